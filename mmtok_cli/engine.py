@@ -1,0 +1,187 @@
+"""Load a model once, then answer batches: preprocess -> encode -> select -> generate, timed.
+
+Data flows one way: the engine asks the adapter for V/U/T, hands them to `selection.select`, asks
+the adapter for the shortened generation inputs and calls transformers' own `generate`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers.generation.streamers import BaseStreamer
+
+from .errors import UsageError
+from .models import Adapter, load_adapter
+from .options import DEFAULT_MODEL, DTYPES, check_options
+from .selection import ALPHA, TAU_V, select
+
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class Answer:
+    """One item's result. Timings are the item's share of its batch, in milliseconds."""
+
+    answer: str
+    output_ids: list[int]
+    vision_total: int
+    vision_kept: int
+    kept_indices: list[list[int]]
+    prompt_unpruned: int
+    prompt_pruned: int
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise UsageError(f"unknown --device '{name}'; use auto, cpu or cuda") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for, but PyTorch sees no CUDA GPU; use --device cpu")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if name not in TORCH_DTYPES:
+        raise UsageError(f"unknown --dtype '{name}'; use {', '.join(DTYPES)}")
+    return TORCH_DTYPES[name]
+
+
+class _Clock(BaseStreamer):
+    """Timestamps generation: `generate` first streams the prompt, then each new token (on the host,
+    so the GPU has finished the step by then)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.first_token = self.done = 0.0
+
+    def put(self, value: Any) -> None:
+        self.calls += 1
+        if self.calls == 2:
+            self.first_token = time.perf_counter()
+
+    def end(self) -> None:
+        self.done = time.perf_counter()
+
+
+class Engine:
+    """A loaded model plus its family adapter; reusable across many batches."""
+
+    def __init__(self, model: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto") -> None:
+        self.model_name = model
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.adapter: Adapter = load_adapter(model, device=self.device, dtype=self.dtype)
+
+    def _sync(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    @torch.inference_mode()
+    def run(
+        self,
+        images: list[Image.Image],
+        questions: list[str],
+        *,
+        tokens: int = 64,
+        method: str = "mmtok",
+        max_new_tokens: int = 64,
+        alpha: float = ALPHA,
+        tau_t: float | None = None,
+        tau_v: float = TAU_V,
+    ) -> list[Answer]:
+        """Answer one question per image as a single batch."""
+        check_options(tokens=tokens, method=method, max_new_tokens=max_new_tokens)
+        if len(images) != len(questions) or not images:
+            raise ValueError("need one question per image, and at least one image")
+        adapter = self.adapter
+
+        t0 = self._sync()
+        inputs = adapter.preprocess(images, questions)
+        t_pre = self._sync()
+        vt = adapter.encode(inputs)
+        t_vis = self._sync()
+        kept = None
+        if method == "mmtok":
+            text, text_mask = adapter.text_tokens(questions)
+            kept = select(
+                vt.vision, vt.features, text, k=tokens, vision_mask=vt.mask, allowed=vt.allowed,
+                text_mask=text_mask, alpha=alpha, tau_t=adapter.tau_t if tau_t is None else tau_t, tau_v=tau_v,
+            ).indices
+        gen_inputs = adapter.generation_inputs(inputs, vt, kept)
+        t_sel = self._sync()
+
+        clock = _Clock()
+        pad_id = adapter.tokenizer.pad_token_id
+        out = adapter.model.generate(
+            **gen_inputs,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            streamer=clock,
+            **({"pad_token_id": pad_id} if pad_id is not None else {}),
+        )
+        t_end = self._sync()
+
+        new_tokens = out[:, gen_inputs["input_ids"].shape[1] :].tolist()
+        per_item = len(images)
+        timings = {
+            "preprocess": (t_pre - t0) * 1e3,
+            "vision": (t_vis - t_pre) * 1e3,
+            "select": (t_sel - t_vis) * 1e3,
+            "prefill": ((clock.first_token or t_end) - t_sel) * 1e3,
+            "decode": (t_end - (clock.first_token or t_end)) * 1e3,
+            "total": (t_end - t0) * 1e3,
+        }
+        share = {k: round(v / per_item, 3) for k, v in timings.items()}
+        counts = vt.counts
+        unpruned = inputs["attention_mask"].sum(1).tolist()
+        pruned = gen_inputs["attention_mask"].sum(1).tolist()
+        eos = set(_as_list(adapter.model.generation_config.eos_token_id))
+        answers = []
+        for row, ids in enumerate(new_tokens):
+            ids = _until_eos(ids, eos)
+            kept_row = list(range(counts[row])) if kept is None else kept[row].tolist()
+            answers.append(
+                Answer(
+                    answer=adapter.tokenizer.decode(ids, skip_special_tokens=True).strip(),
+                    output_ids=ids,
+                    vision_total=counts[row],
+                    vision_kept=len(kept_row),
+                    kept_indices=[kept_row],
+                    prompt_unpruned=unpruned[row],
+                    prompt_pruned=pruned[row],
+                    timings_ms=dict(share),
+                )
+            )
+        return answers
+
+    def ask(self, image: Image.Image, question: str, **options: Any) -> Answer:
+        """Answer one question about one image (see `run` for the options)."""
+        return self.run([image], [question], **options)[0]
+
+
+def _as_list(value: Any) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _until_eos(ids: list[int], eos: set[int]) -> list[int]:
+    """Generated ids up to and including the first end-of-sequence token (drops batch padding after it)."""
+    for i, tok in enumerate(ids):
+        if tok in eos:
+            return ids[: i + 1]
+    return ids

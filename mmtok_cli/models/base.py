@@ -1,0 +1,125 @@
+"""What every model-family adapter provides, and the pieces they share.
+
+An adapter knows one family's layout: how to build its prompt and processor inputs, how to get
+V (projected vision tokens), U (pre-projector features) and the allowed mask, and how to hand a
+shortened sequence to `model.generate`. Selection, batching, timing and I/O live elsewhere.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+
+from ..errors import MmtokError
+from ..text import content_token_ids
+
+
+@dataclass
+class VisionTokens:
+    """A batch's vision tokens, padded to the longest image."""
+
+    vision: torch.Tensor
+    """(B, n, d) V: exactly what the LLM would receive for each image."""
+    features: torch.Tensor
+    """(B, n, e) U: vision-encoder features aligned one-to-one with `vision`."""
+    mask: torch.Tensor
+    """(B, n) bool: True where a token exists (False = batch padding)."""
+    allowed: torch.Tensor
+    """(B, n) bool: True where a token may be kept when pruning."""
+
+    @property
+    def counts(self) -> list[int]:
+        return self.mask.sum(-1).tolist()
+
+
+class Adapter(ABC):
+    """One model family. Subclasses set the class attributes and implement the abstract methods."""
+
+    family: ClassVar[str]
+    model_types: ClassVar[tuple[str, ...]]
+    """`config.model_type` values this adapter handles."""
+    tau_t: ClassVar[float]
+    example: ClassVar[str]
+    """An example checkpoint id, for help texts."""
+
+    def __init__(self, model: Any, processor: Any) -> None:
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        # Batches are left-padded so every row's generated tokens start at the same column.
+        self.tokenizer.padding_side = "left"
+
+    @staticmethod
+    @abstractmethod
+    def model_class() -> type:
+        """The transformers class to load checkpoints of this family with."""
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def image_token(self) -> str:
+        return self.processor.image_token
+
+    @property
+    def image_token_id(self) -> int:
+        return self.model.config.image_token_id
+
+    def prompt(self, question: str) -> str:
+        """The chat-templated prompt: a user turn with the image, then the question text."""
+        if not getattr(self.processor, "chat_template", None):
+            raise MmtokError("the checkpoint has no chat template; add chat_template.jinja to its folder")
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def preprocess(self, images: list[Image.Image], questions: list[str]) -> Any:
+        """Processor outputs (a BatchFeature on the model's device) for one image per question."""
+        prompts = [self.prompt(q) for q in questions]
+        inputs = self.processor(images=images, text=prompts, padding=True, return_tensors="pt")
+        return inputs.to(self.device)
+
+    @abstractmethod
+    def encode(self, inputs: Any) -> VisionTokens:
+        """Run the vision side once and return V, U and the masks."""
+
+    def text_tokens(self, questions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """T for each question, padded: (B, m, d) input-embedding rows and a (B, m) mask."""
+        ids = [content_token_ids(q, self.tokenizer, image_token=self.image_token) for q in questions]
+        m = max((len(i) for i in ids), default=0)
+        padded = torch.zeros(len(ids), m, dtype=torch.long, device=self.device)
+        mask = torch.zeros(len(ids), m, dtype=torch.bool, device=self.device)
+        for row, row_ids in enumerate(ids):
+            padded[row, : len(row_ids)] = torch.tensor(row_ids, dtype=torch.long)
+            mask[row, : len(row_ids)] = True
+        return self.model.get_input_embeddings()(padded), mask
+
+    @abstractmethod
+    def generation_inputs(self, inputs: Any, tokens: VisionTokens, kept: list[torch.Tensor] | None) -> dict:
+        """Keyword arguments for `model.generate` that feed each image's kept tokens (all if None)."""
+
+
+def drop_placeholders(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, token_id: int, keep: torch.Tensor, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shorten each row's run of `token_id` placeholders to `keep[row]` and re-pad the batch on the left.
+
+    Placeholders are identical, so which ones are dropped does not matter: the kept features are
+    scattered into the remaining ones in order.
+    """
+    is_placeholder = input_ids == token_id
+    rank = is_placeholder.long().cumsum(1) - 1
+    stays = attention_mask.bool() & ~(is_placeholder & (rank >= keep[:, None]))
+    lengths = stays.sum(1)
+    width = int(lengths.max())
+    dest = (width - lengths)[:, None] + stays.long().cumsum(1) - 1
+    rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(input_ids)
+    new_ids = torch.full((input_ids.shape[0], width), pad_id, dtype=input_ids.dtype, device=input_ids.device)
+    new_mask = torch.zeros_like(new_ids)
+    new_ids[rows[stays], dest[stays]] = input_ids[stays]
+    new_mask[rows[stays], dest[stays]] = 1
+    return new_ids, new_mask

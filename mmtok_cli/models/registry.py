@@ -1,0 +1,97 @@
+"""Which adapter handles a checkpoint, and loading a checkpoint with clear errors."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+
+from ..errors import MmtokError
+from .base import Adapter
+from .llava import LlavaAdapter
+
+ADAPTERS: tuple[type[Adapter], ...] = (LlavaAdapter,)
+
+
+def supported() -> str:
+    return ", ".join(f"{a.family} (e.g. {a.example})" for a in ADAPTERS)
+
+
+def adapter_class(model_type: str) -> type[Adapter]:
+    for adapter in ADAPTERS:
+        if model_type in adapter.model_types:
+            return adapter
+    raise MmtokError(f"model type '{model_type}' is not supported; supported families: {supported()}")
+
+
+def _looks_like_path(model: str) -> bool:
+    return model.startswith(("/", "./", "../", "~")) or model.count("/") > 1 or os.sep != "/" and os.sep in model
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP probe, so an offline machine fails in seconds instead of after minutes of retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def load_adapter(model: str, *, device: torch.device, dtype: torch.dtype) -> Adapter:
+    """Load config, processor and weights of `model` (hub id or local folder) and wrap them."""
+    from transformers import AutoProcessor, PreTrainedConfig
+
+    path = Path(model).expanduser()
+    if path.is_dir():
+        source, local_only = str(path), True
+        if not (path / "config.json").is_file():
+            raise MmtokError(f"'{model}' is a folder but has no config.json; point --model at a checkpoint folder")
+    elif path.exists():
+        raise MmtokError(f"--model must be a checkpoint folder or a hub id, but '{model}' is a file")
+    elif _looks_like_path(model):
+        raise MmtokError(f"no model folder at '{model}'")
+    else:
+        source, local_only = model, not _hub_reachable()
+
+    def load(fn: Callable[..., Any], **kwargs: Any) -> Any:
+        try:
+            return fn(source, local_files_only=local_only, **kwargs)
+        except MmtokError:
+            raise
+        except Exception as exc:  # transformers raises OSError, ValueError, KeyError... for bad checkpoints
+            if source == model and local_only and isinstance(exc, OSError):
+                raise MmtokError(
+                    f"model '{model}' is not in the local Hugging Face cache and the hub cannot be reached; "
+                    f"download it once where there is internet (`hf download {model}`) "
+                    "or pass --model /path/to/local/checkpoint-folder"
+                ) from exc
+            if source == model and isinstance(exc, OSError):
+                raise MmtokError(
+                    f"could not find '{model}' on the Hugging Face hub (typo? gated?): {_first_line(exc)}"
+                ) from exc
+            raise MmtokError(f"could not load model '{model}': {_first_line(exc)}") from exc
+
+    # The raw config dict names the family even when this transformers version cannot build it.
+    config, _ = load(PreTrainedConfig.get_config_dict)
+    if "model_type" not in config:
+        raise MmtokError(f"'{model}' has a config.json without model_type; is it a transformers checkpoint?")
+    adapter_cls = adapter_class(config["model_type"])
+    processor = load(AutoProcessor.from_pretrained)
+    net = load(adapter_cls.model_class().from_pretrained, dtype=dtype)
+    net.to(device).eval()
+    return adapter_cls(net, processor)

@@ -1,0 +1,29 @@
+"""Option defaults and checks shared by the commands and the engine.
+
+Kept free of torch/transformers imports so the CLI can reject bad input in milliseconds,
+before the seconds-long import of the ML stack.
+"""
+
+from __future__ import annotations
+
+from .errors import UsageError
+
+DEFAULT_MODEL = "llava-hf/llava-1.5-7b-hf"
+METHODS = ("mmtok", "full")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def check_options(
+    *, tokens: int, method: str, max_new_tokens: int, dtype: str = "auto", device: str = "auto"
+) -> None:
+    """Reject impossible requests up front, before any slow model loading."""
+    if dtype not in DTYPES:
+        raise UsageError(f"unknown --dtype '{dtype}'; use {', '.join(DTYPES)}")
+    if device not in ("auto", "cpu", "cuda", "mps") and not device.startswith("cuda:"):
+        raise UsageError(f"unknown --device '{device}'; use auto, cpu, cuda or cuda:N")
+    if method not in METHODS:
+        raise UsageError(f"unknown --method '{method}'; choose one of {', '.join(METHODS)}")
+    if tokens < 1:
+        raise UsageError(f"--tokens must be at least 1 (got {tokens})")
+    if max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens must be at least 1 (got {max_new_tokens})")

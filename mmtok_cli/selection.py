@@ -1,0 +1,189 @@
+"""MMTok selection: coverage matrices and batched greedy maximum coverage (DESIGN.md §2).
+
+Pure tensor code: it knows nothing about models. All shapes carry a leading batch dimension;
+images with fewer tokens (or questions with fewer text tokens) are padded and described by masks,
+so one call selects for a whole batch without a Python loop over images.
+
+Notation (per image): V (n x d) projected vision tokens, U (n x e) pre-projector vision features,
+T (m x d) embedded question content tokens.
+
+    P = softmax_row(cos(T, V) / tau_t) / m        text  -> vision coverage   (m x n)
+    Q = softmax_row(cos(U, U) / tau_v) / n        vision -> vision coverage  (n x n)
+    C = [P ; alpha * Q]                                                      ((m+n) x n)
+    f(S) = sum_r max_{j in S} C[r, j]
+
+Greedy: k times pick the allowed, unselected column with the largest gain
+sum_r max(0, C[r, j] - best[r]) (ties: lowest index), then best = max(best, C[:, j]).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+ALPHA = 0.5
+TAU_V = 0.2
+TAU_T_LLAVA = 0.02
+TAU_T_QWEN = 0.01
+
+
+@dataclass
+class Selection:
+    """Result of `select` for a batch of images."""
+
+    indices: list[torch.Tensor]
+    """Per image: kept token indices (int64, ascending, on the input device)."""
+    gains: torch.Tensor
+    """(B, steps) marginal gain of each greedy pick; NaN where no pick was made (padding, keep-all)."""
+
+    @property
+    def counts(self) -> list[int]:
+        return [int(i.numel()) for i in self.indices]
+
+
+def _masked_row_softmax(logits: torch.Tensor, col_valid: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Row softmax over valid columns only; rows that are padding become all zero."""
+    logits = logits.masked_fill(~col_valid[:, None, :], float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.where(rows[:, :, None] & col_valid[:, None, :], probs, torch.zeros((), device=probs.device))
+
+
+def coverage_matrix(
+    vision: torch.Tensor,
+    features: torch.Tensor,
+    text: torch.Tensor | None = None,
+    *,
+    vision_mask: torch.Tensor | None = None,
+    text_mask: torch.Tensor | None = None,
+    alpha: float = ALPHA,
+    tau_t: float = TAU_T_LLAVA,
+    tau_v: float = TAU_V,
+) -> torch.Tensor:
+    """Build C = [P ; alpha * Q] for a batch, in float32.
+
+    Args:
+        vision: (B, n, d) projected vision tokens V.
+        features: (B, n, e) pre-projector features U aligned with `vision`.
+        text: (B, m, d) embedded question tokens T, or None to drop the text term.
+        vision_mask: (B, n) bool, True where a token exists (False = batch padding).
+        text_mask: (B, m) bool, True where a text token exists. An image whose text rows are all
+            padding simply has no text term.
+    Returns:
+        (B, m + n, n) float32; padding rows and columns are zero.
+    """
+    if vision.ndim != 3 or features.ndim != 3 or vision.shape[:2] != features.shape[:2]:
+        raise ValueError(f"vision {tuple(vision.shape)} and features {tuple(features.shape)} must be (B, n, *)")
+    bsz, n, _ = vision.shape
+    device = vision.device
+    if vision_mask is None:
+        vision_mask = torch.ones(bsz, n, dtype=torch.bool, device=device)
+    vision_mask = vision_mask.to(device=device, dtype=torch.bool)
+    n_valid = vision_mask.sum(-1).clamp_min(1).float()
+
+    u = F.normalize(features.float(), dim=-1)
+    q = _masked_row_softmax(u @ u.transpose(1, 2) / tau_v, vision_mask, vision_mask)
+    q = q * (alpha / n_valid)[:, None, None]
+    if text is None or text.shape[1] == 0:
+        return q
+
+    if text_mask is None:
+        text_mask = torch.ones(text.shape[:2], dtype=torch.bool, device=device)
+    text_mask = text_mask.to(device=device, dtype=torch.bool)
+    t = F.normalize(text.float(), dim=-1)
+    v = F.normalize(vision.float(), dim=-1)
+    p = _masked_row_softmax(t @ v.transpose(1, 2) / tau_t, vision_mask, text_mask)
+    p = p / text_mask.sum(-1).clamp_min(1).float()[:, None, None]
+    return torch.cat([p, q], dim=1)
+
+
+def greedy_max_coverage(
+    coverage: torch.Tensor, k: torch.Tensor | Sequence[int] | int, allowed: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy maximisation of f(S) = sum_r max_{j in S} C[r, j] for every image at once.
+
+    Args:
+        coverage: (B, R, n) non-negative coverage matrix.
+        k: picks per image (int or one per image).
+        allowed: (B, n) bool, columns that may be picked.
+    Returns:
+        picks (B, max k) int64 in pick order, -1 where an image made no pick at that step
+        (its k reached or nothing allowed left); gains (B, max k), NaN where no pick.
+    """
+    bsz, _, n = coverage.shape
+    device = coverage.device
+    coverage = coverage.float()
+    k_t = torch.as_tensor(k, device=device).expand(bsz) if not isinstance(k, torch.Tensor) else k.to(device)
+    steps = int(k_t.max().item()) if bsz else 0
+    available = allowed.to(device=device, dtype=torch.bool).clone()
+    best = torch.zeros(coverage.shape[:2], device=device)
+    picks = torch.full((bsz, steps), -1, dtype=torch.long, device=device)
+    gains = torch.full((bsz, steps), float("nan"), device=device)
+    rows = torch.arange(bsz, device=device)
+    for step in range(steps):
+        gain = (coverage - best[:, :, None]).clamp_min_(0).sum(1)
+        gain.masked_fill_(~available, float("-inf"))
+        # torch.argmax returns the first maximal index: the lowest-index tie rule.
+        top_gain, j = gain.max(-1)
+        active = (step < k_t) & available.any(-1)
+        picks[:, step] = torch.where(active, j, -1)
+        gains[:, step] = torch.where(active, top_gain, float("nan"))
+        best = torch.where(active[:, None], torch.maximum(best, coverage[rows, :, j]), best)
+        available[rows, j] &= ~active
+    return picks, gains
+
+
+def select(
+    vision: torch.Tensor,
+    features: torch.Tensor,
+    text: torch.Tensor | None = None,
+    *,
+    k: int | Sequence[int] | torch.Tensor,
+    vision_mask: torch.Tensor | None = None,
+    allowed: torch.Tensor | None = None,
+    text_mask: torch.Tensor | None = None,
+    alpha: float = ALPHA,
+    tau_t: float = TAU_T_LLAVA,
+    tau_v: float = TAU_V,
+) -> Selection:
+    """Choose up to k vision tokens per image with MMTok (see module docstring).
+
+    Args:
+        vision, features, text, vision_mask, text_mask: as in `coverage_matrix`.
+        k: vision tokens to keep, one int for all images or one per image. An image with
+            k >= n keeps all its n tokens (allowed or not), so pruning is a no-op there.
+        allowed: (B, n) bool, tokens that may be picked (default: every existing token). If fewer
+            than k are allowed, all allowed tokens are kept.
+    Returns:
+        A `Selection` with ascending kept indices per image.
+    """
+    bsz, n, _ = vision.shape
+    device = vision.device
+    if vision_mask is None:
+        vision_mask = torch.ones(bsz, n, dtype=torch.bool, device=device)
+    vision_mask = vision_mask.to(device=device, dtype=torch.bool)
+    allowed = vision_mask if allowed is None else allowed.to(device=device, dtype=torch.bool) & vision_mask
+    k_t = torch.as_tensor(k, device=device).expand(bsz) if not isinstance(k, torch.Tensor) else k.to(device)
+    if bool((k_t < 0).any()):
+        raise ValueError("k must be >= 0")
+    keep_all = k_t >= vision_mask.sum(-1)
+    keep_allowed = ~keep_all & (k_t >= allowed.sum(-1))
+    # Only images that really prune take part in the greedy loop; the others cost nothing.
+    steps_k = torch.where(keep_all | keep_allowed, torch.zeros_like(k_t), k_t)
+
+    picks = torch.empty(bsz, 0, dtype=torch.long, device=device)
+    gains = torch.empty(bsz, 0, device=device)
+    if bool((steps_k > 0).any()):
+        cov = coverage_matrix(
+            vision, features, text, vision_mask=vision_mask, text_mask=text_mask,
+            alpha=alpha, tau_t=tau_t, tau_v=tau_v,
+        )
+        picks, gains = greedy_max_coverage(cov, steps_k, allowed)
+
+    chosen = torch.zeros(bsz, n + 1, dtype=torch.bool, device=device)
+    chosen.scatter_(1, torch.where(picks < 0, n, picks), True)  # "no pick" lands in spare column n
+    chosen = chosen[:, :n] | (keep_all[:, None] & vision_mask) | (keep_allowed[:, None] & allowed)
+    indices = [row.nonzero().flatten() for row in chosen]
+    return Selection(indices=indices, gains=gains)

@@ -1,0 +1,49 @@
+"""Question -> content words -> token ids: the text side T of MMTok (DESIGN.md §2)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+STOP_WORDS = frozenset(
+    """a an the is are was were be been being have has had do does did it they he she we you i
+    what where when why how who which and or but so if then question answer to for with by from
+    at into onto upon""".split()
+)
+
+# Fixed answer-format instructions that benchmarks append to questions: they say nothing about
+# the image, so they must not steer which tokens are kept.
+ANSWER_FORMAT_INSTRUCTIONS = (
+    "Answer the question using a single word or phrase.",
+    "Answer with the option's letter from the given choices directly.",
+)
+
+_WORD = re.compile(r"[^\W_]+")  # runs of letters and digits
+
+
+def content_words(
+    question: str,
+    *,
+    image_token: str | None = "<image>",
+    instructions: Iterable[str] = ANSWER_FORMAT_INSTRUCTIONS,
+) -> list[str]:
+    """The question's content words: no image placeholder, no answer-format instruction,
+    punctuation dropped, stop words removed (all words if none survive)."""
+    text = question
+    if image_token:
+        text = text.replace(image_token, " ")
+    for phrase in instructions:
+        text = re.sub(re.escape(phrase), " ", text, flags=re.IGNORECASE)
+    words = _WORD.findall(text)
+    content = [w for w in words if w.lower() not in STOP_WORDS]
+    return content or words
+
+
+def content_token_ids(question: str, tokenizer: Any, *, image_token: str | None = "<image>") -> list[int]:
+    """Token ids of the content words, each word tokenized on its own, without special tokens."""
+    words = content_words(question, image_token=image_token)
+    if not words:
+        return []
+    ids = tokenizer(words, is_split_into_words=True, add_special_tokens=False)["input_ids"]
+    return list(ids)
