@@ -58,7 +58,7 @@ def load_adapter(model: str, *, device: torch.device, dtype: torch.dtype) -> Ada
 
     path = Path(model).expanduser()
     if path.is_dir():
-        source, local_only = str(path), True
+        source, local_only, hub = str(path), True, False
         if not (path / "config.json").is_file():
             raise MmtokError(f"'{model}' is a folder but has no config.json; point --model at a checkpoint folder")
     elif path.exists():
@@ -66,7 +66,7 @@ def load_adapter(model: str, *, device: torch.device, dtype: torch.dtype) -> Ada
     elif _looks_like_path(model):
         raise MmtokError(f"no model folder at '{model}'")
     else:
-        source, local_only = model, not _hub_reachable()
+        source, local_only, hub = model, not _hub_reachable(), True
 
     def load(fn: Callable[..., Any], **kwargs: Any) -> Any:
         try:
@@ -74,13 +74,13 @@ def load_adapter(model: str, *, device: torch.device, dtype: torch.dtype) -> Ada
         except MmtokError:
             raise
         except Exception as exc:  # transformers raises OSError, ValueError, KeyError... for bad checkpoints
-            if source == model and local_only and isinstance(exc, OSError):
+            if hub and local_only and isinstance(exc, OSError):
                 raise MmtokError(
                     f"model '{model}' is not in the local Hugging Face cache and the hub cannot be reached; "
                     f"download it once where there is internet (`hf download {model}`) "
                     "or pass --model /path/to/local/checkpoint-folder"
                 ) from exc
-            if source == model and isinstance(exc, OSError):
+            if hub and isinstance(exc, OSError):
                 raise MmtokError(
                     f"could not find '{model}' on the Hugging Face hub (typo? gated?): {_first_line(exc)}"
                 ) from exc

@@ -1,0 +1,124 @@
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from mmtok_cli.cli import app
+
+from .conftest import noise_image
+
+runner = CliRunner()
+
+
+def ask(*args):
+    return runner.invoke(app, ["ask", *map(str, args)])
+
+
+def test_json_output_has_every_field(tiny_llava, image_file, engine):
+    result = ask(image_file, "What colour is the cat?", "--model", tiny_llava, "--tokens", 8, "--json",
+                 "--max-new-tokens", 5)
+    assert result.exit_code == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["model"] == str(tiny_llava) and record["method"] == "mmtok"
+    assert record["vision_tokens"] == {"total": 64, "kept": 8}
+    (kept,) = record["kept_indices"]
+    assert len(kept) == 8 and kept == sorted(set(kept)) and all(0 <= i < 64 for i in kept)
+    assert record["prompt_tokens"]["pruned"] == record["prompt_tokens"]["unpruned"] - 56
+    assert set(record["timings_ms"]) >= {"vision", "select", "prefill", "decode", "total"}
+    assert record["device"] == "cpu" and record["dtype"] == "float32"
+    # the CLI reports exactly what the library computes
+    from mmtok_cli.io import load_image
+
+    direct = engine.ask(load_image(str(image_file)), "What colour is the cat?", tokens=8, max_new_tokens=5)
+    assert record["answer"] == direct.answer and kept == direct.kept_indices[0]
+
+
+def test_human_output_is_answer_then_stats_on_stderr(tiny_llava, image_file):
+    result = ask(image_file, "What is here?", "--model", tiny_llava, "-k", 4, "--max-new-tokens", 3)
+    assert result.exit_code == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 1
+    assert "vision tokens 4/64 · prompt" in result.stderr and "(was " in result.stderr
+
+
+def test_full_method_keeps_every_token(tiny_llava, image_file):
+    result = ask(image_file, "What is here?", "--model", tiny_llava, "--method", "full", "--json",
+                 "--max-new-tokens", 2)
+    record = json.loads(result.stdout)
+    assert record["vision_tokens"] == {"total": 64, "kept": 64}
+    assert record["kept_indices"] == [list(range(64))]
+
+
+@pytest.fixture
+def bad_inputs(tmp_path, tiny_llava):
+    not_image = tmp_path / "notes.jpg"
+    not_image.write_text("this is not a jpeg")
+    truncated = tmp_path / "cut.png"
+    noise_image(1).save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    no_weights = tmp_path / "no-weights"
+    no_weights.mkdir()
+    (no_weights / "config.json").write_text((tiny_llava / "config.json").read_text())
+    return {"not_image": not_image, "truncated": truncated, "bert": bert, "no_weights": no_weights}
+
+
+@pytest.mark.parametrize(
+    "case,code,message",
+    [
+        ("missing image", 1, "image not found"),
+        ("not an image", 1, "is not an image"),
+        ("truncated image", 1, "could not be decoded"),
+        ("tokens zero", 2, "--tokens must be at least 1"),
+        ("negative tokens", 2, "--tokens must be at least 1"),
+        ("empty question", 2, "question is empty"),
+        ("unknown method", 2, "unknown --method"),
+        ("unknown dtype", 2, "unknown --dtype"),
+        ("missing model folder", 1, "no model folder"),
+        ("unsupported architecture", 1, "model type 'bert' is not supported; supported families: llava"),
+        ("offline hub id", 1, "--model /path/to/local"),
+        ("folder without weights", 1, "could not load model"),
+    ],
+)
+def test_errors_are_one_line_with_exit_status(case, code, message, tiny_llava, image_file, bad_inputs, tmp_path):
+    args = {
+        "missing image": [tmp_path / "nope.png", "q", "--model", tiny_llava],
+        "not an image": [bad_inputs["not_image"], "q", "--model", tiny_llava],
+        "truncated image": [bad_inputs["truncated"], "q", "--model", tiny_llava],
+        "tokens zero": [image_file, "q", "--tokens", 0],
+        "negative tokens": [image_file, "q", "--tokens", -3],
+        "empty question": [image_file, "   "],
+        "unknown method": [image_file, "q", "--method", "magic"],
+        "unknown dtype": [image_file, "q", "--dtype", "float8"],
+        "missing model folder": [image_file, "q", "--model", tmp_path / "no-such-model"],
+        "unsupported architecture": [image_file, "q", "--model", bad_inputs["bert"]],
+        "offline hub id": [image_file, "q", "--model", "someone/not-a-cached-model"],
+        "folder without weights": [image_file, "q", "--model", bad_inputs["no_weights"]],
+    }[case]
+    result = ask(*args)
+    assert result.exit_code == code
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = ask(tmp_path / "nope.png", "q", "--debug")
+    assert result.exit_code == 1
+    assert result.exception is not None and "image not found" in str(result.exception)
+
+
+def test_console_script_pipes_clean_json(tiny_llava, image_file):
+    """A real process, as a shell pipeline sees it: stdout is exactly one JSON line."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "mmtok_cli", "ask", str(image_file), "What is here?", "--model", str(tiny_llava),
+         "--tokens", "3", "--json", "--max-new-tokens", "2"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["vision_tokens"]["kept"] == 3

@@ -1,0 +1,119 @@
+"""The LLaVA-1.5 path on a tiny random checkpoint, against plain transformers and a hand-built reference."""
+
+import pytest
+import torch
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+from . import reference
+from .conftest import noise_image
+
+QUESTION = "What colour is the cat on the sofa?"
+NEW = 8
+
+
+@pytest.fixture(scope="module")
+def plain(tiny_llava):
+    """The checkpoint loaded independently of mmtok, straight through transformers."""
+    model = LlavaForConditionalGeneration.from_pretrained(tiny_llava).eval()
+    return model, AutoProcessor.from_pretrained(tiny_llava)
+
+
+def _processor_inputs(processor, image, question):
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return processor(images=[image], text=[prompt], return_tensors="pt")
+
+
+def _until_eos(ids, eos):
+    return ids[: ids.index(eos) + 1] if eos in ids else ids
+
+
+@pytest.mark.parametrize("method,k", [("full", 64), ("mmtok", 64), ("mmtok", 500)])
+def test_unpruned_equals_plain_generate(engine, plain, method, k):
+    model, processor = plain
+    image = noise_image(2)
+    inputs = _processor_inputs(processor, image, QUESTION)
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=NEW, do_sample=False)
+    expected = _until_eos(out[0, inputs["input_ids"].shape[1] :].tolist(), model.generation_config.eos_token_id)
+
+    answer = engine.ask(image, QUESTION, method=method, tokens=k, max_new_tokens=NEW)
+    assert answer.output_ids == expected
+    assert answer.vision_kept == answer.vision_total == 64
+    assert answer.kept_indices == [list(range(64))]
+    assert answer.prompt_pruned == answer.prompt_unpruned == inputs["input_ids"].shape[1]
+
+
+@pytest.mark.parametrize("k", [1, 8, 40])
+def test_pruned_run_equals_hand_built_reference(engine, plain, k):
+    model, processor = plain
+    image = noise_image(3)
+    inputs = _processor_inputs(processor, image, QUESTION)
+    with torch.no_grad():
+        # features -> selection, written out without mmtok code
+        hidden = model.model.vision_tower(inputs["pixel_values"], output_hidden_states=True).hidden_states
+        U = hidden[-2][0, 1:]  # penultimate layer, CLS dropped
+        V = model.model.multi_modal_projector(U)
+        word_ids = processor.tokenizer(
+            ["colour", "cat", "on", "sofa"], is_split_into_words=True, add_special_tokens=False
+        )["input_ids"]
+        embed = model.get_input_embeddings()
+        T = embed(torch.tensor(word_ids))
+        kept = reference.mmtok_indices(V, U, T, k)
+        # shortened input: the image's run of 64 embeddings replaced by the k kept ones
+        ids = inputs["input_ids"][0]
+        run = (ids == model.config.image_token_id).nonzero().flatten()
+        row = embed(ids)
+        short = torch.cat([row[: run[0]], V[kept], row[run[-1] + 1 :]])[None]
+        out = model.generate(
+            inputs_embeds=short, attention_mask=torch.ones(short.shape[:2], dtype=torch.long),
+            max_new_tokens=NEW, do_sample=False,
+        )
+    expected = _until_eos(out[0].tolist(), model.generation_config.eos_token_id)
+
+    answer = engine.ask(image, QUESTION, tokens=k, max_new_tokens=NEW)
+    assert answer.kept_indices == [kept]
+    assert answer.output_ids == expected
+    assert answer.prompt_pruned == short.shape[1] == answer.prompt_unpruned - (64 - k)
+
+
+def test_language_model_sees_exactly_k_image_tokens(engine):
+    seen = []
+    lm = engine.adapter.model.model.language_model
+
+    def record(module, args, kwargs):
+        seen.append(kwargs["inputs_embeds"].shape[1])
+
+    handle = lm.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        full = engine.ask(noise_image(4), QUESTION, method="full", max_new_tokens=2)
+        seen_full = seen[0]
+        seen.clear()
+        pruned = engine.ask(noise_image(4), QUESTION, tokens=5, max_new_tokens=2)
+    finally:
+        handle.remove()
+    assert seen_full == full.prompt_unpruned
+    assert seen[0] == pruned.prompt_pruned == seen_full - 64 + 5  # prefill reads k image tokens
+    assert seen[1:] == [1]  # then one token per decode step
+    assert pruned.vision_kept == 5 and len(pruned.kept_indices[0]) == 5
+
+
+def test_batch_equals_one_by_one(engine):
+    images = [noise_image(10, (160, 120)), noise_image(11, (90, 200)), noise_image(12, (300, 300))]
+    questions = ["What is on the table?", "Is there a red circle?", "Describe the photo in detail."]
+    batch = engine.run(images, questions, tokens=6, max_new_tokens=NEW)
+    for image, question, got in zip(images, questions, batch):
+        alone = engine.ask(image, question, tokens=6, max_new_tokens=NEW)
+        assert got.kept_indices == alone.kept_indices
+        assert got.output_ids == alone.output_ids
+        assert got.prompt_pruned == alone.prompt_pruned
+    assert len({b.prompt_unpruned for b in batch}) > 1  # the rows really were padded
+
+
+def test_timings_cover_every_stage(engine):
+    answer = engine.ask(noise_image(5), QUESTION, tokens=8, max_new_tokens=4)
+    t = answer.timings_ms
+    assert set(t) == {"preprocess", "vision", "select", "prefill", "decode", "total"}
+    assert all(v >= 0 for v in t.values())
+    parts = sum(v for key, v in t.items() if key != "total")
+    assert parts == pytest.approx(t["total"], rel=0.01, abs=0.05)
