@@ -109,9 +109,9 @@ class Engine:
         adapter = self.adapter
 
         t0 = self._sync()
-        inputs = adapter.preprocess(images, questions)
+        prepared = adapter.preprocess(images, questions)
         t_pre = self._sync()
-        vt = adapter.encode(inputs)
+        vt = adapter.encode(prepared)
         t_vis = self._sync()
         kept = None
         if method == "mmtok":
@@ -120,7 +120,7 @@ class Engine:
                 vt.vision, vt.features, text, k=tokens, vision_mask=vt.mask, allowed=vt.allowed,
                 text_mask=text_mask, alpha=alpha, tau_t=adapter.tau_t if tau_t is None else tau_t, tau_v=tau_v,
             ).indices
-        gen_inputs = adapter.generation_inputs(inputs, vt, kept)
+        gen_inputs = adapter.generation_inputs(prepared, vt, kept)
         t_sel = self._sync()
 
         clock = _Clock()
@@ -147,7 +147,7 @@ class Engine:
         }
         share = {k: round(v / per_item, 3) for k, v in timings.items()}
         counts = vt.counts
-        unpruned = inputs["attention_mask"].sum(1).tolist()
+        unpruned = prepared.inputs["attention_mask"].sum(1).tolist()
         pruned = gen_inputs["attention_mask"].sum(1).tolist()
         eos = set(_as_list(adapter.model.generation_config.eos_token_id))
         answers = []

@@ -77,14 +77,19 @@ def build_tiny_llava(
     vision_hidden: int = 32,
     text_hidden: int = 64,
     layers: int = 2,
+    pad_to_square: bool = False,
+    chat_template: bool = True,
 ) -> Path:
     """Save a random-weight `LlavaForConditionalGeneration` checkpoint with its processor to `path`.
 
     Laid out like `llava-hf/llava-1.5-7b-hf` (CLIP vision tower, penultimate-layer features with
     CLS dropped, 2-layer MLP projector, Llama LLM), only tiny: (image_size/patch_size)^2 tokens.
+    `pad_to_square` selects the original LLaVA preprocessing (LlavaImageProcessor with do_pad);
+    `chat_template=False` saves a checkpoint without one, as some older conversions are.
     """
     from transformers import (
         CLIPImageProcessorPil,
+        LlavaImageProcessorPil,
         CLIPVisionConfig,
         LlamaConfig,
         LlavaConfig,
@@ -129,9 +134,10 @@ def build_tiny_llava(
     model = LlavaForConditionalGeneration(config).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
-    image_processor = CLIPImageProcessorPil(
+    image_processor = (LlavaImageProcessorPil if pad_to_square else CLIPImageProcessorPil)(
         size={"shortest_edge": image_size},
         crop_size={"height": image_size, "width": image_size},
+        **({"do_pad": True} if pad_to_square else {}),
     )
     processor = LlavaProcessor(
         image_processor=image_processor,
@@ -139,7 +145,7 @@ def build_tiny_llava(
         patch_size=patch_size,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
-        chat_template=CHAT_TEMPLATE,
+        chat_template=CHAT_TEMPLATE if chat_template else None,
     )
     model.save_pretrained(path)
     processor.save_pretrained(path)

@@ -117,3 +117,43 @@ def test_timings_cover_every_stage(engine):
     assert all(v >= 0 for v in t.values())
     parts = sum(v for key, v in t.items() if key != "total")
     assert parts == pytest.approx(t["total"], rel=0.01, abs=0.05)
+
+
+@pytest.fixture(scope="module")
+def padded_engine(tmp_path_factory):
+    from mmtok_cli.engine import Engine
+    from mmtok_cli.tiny import build_tiny_llava
+
+    path = build_tiny_llava(tmp_path_factory.mktemp("padded") / "llava-pad", seed=1, pad_to_square=True)
+    return Engine(str(path), device="cpu")
+
+
+def test_pad_to_square_padding_patches_are_never_kept(padded_engine):
+    adapter = padded_engine.adapter
+    wide = noise_image(6, (224, 56))  # a 4:1 strip: most of the padded square is background
+    prepared = adapter.preprocess([wide], [QUESTION])
+    allowed = adapter.encode(prepared).allowed[0]
+    assert 0 < int(allowed.sum()) < 64
+    # independent check on the pixels: every disallowed patch is pure, uniform background
+    pixels = prepared.inputs["pixel_values"][0]
+    patches = pixels.unfold(1, 14, 14).unfold(2, 14, 14).permute(1, 2, 0, 3, 4).reshape(64, 3, -1)
+    spread = patches.amax(-1) - patches.amin(-1)
+    assert float(spread[~allowed].max()) < 1e-5
+    assert float(spread[allowed].min()) > 0.1  # allowed patches hold real image content
+
+    k = 6
+    answer = padded_engine.ask(wide, QUESTION, tokens=k, max_new_tokens=2)
+    assert len(answer.kept_indices[0]) == k and all(bool(allowed[i]) for i in answer.kept_indices[0])
+    many = padded_engine.ask(wide, QUESTION, tokens=int(allowed.sum()) + 3, max_new_tokens=2)
+    assert many.kept_indices[0] == allowed.nonzero().flatten().tolist()
+
+
+def test_checkpoint_without_chat_template_uses_llava_conversation_format(tmp_path):
+    from mmtok_cli.engine import Engine
+    from mmtok_cli.tiny import build_tiny_llava
+
+    path = build_tiny_llava(tmp_path / "no-template", chat_template=False)
+    engine = Engine(str(path), device="cpu")
+    assert engine.adapter.prompt("Is it red?") == "USER: <image>\nIs it red? ASSISTANT:"
+    answer = engine.ask(noise_image(7), "Is it red?", tokens=4, max_new_tokens=2)
+    assert answer.vision_kept == 4

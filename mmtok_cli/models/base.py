@@ -36,6 +36,16 @@ class VisionTokens:
         return self.mask.sum(-1).tolist()
 
 
+@dataclass
+class Prepared:
+    """Processor outputs for a batch, plus what the processor does not keep."""
+
+    inputs: Any
+    """The processor's BatchFeature (input_ids, attention_mask, pixel_values, ...) on the model's device."""
+    image_sizes: list[tuple[int, int]]
+    """(height, width) of each original image, before any resizing or padding."""
+
+
 class Adapter(ABC):
     """One model family. Subclasses set the class attributes and implement the abstract methods."""
 
@@ -45,6 +55,8 @@ class Adapter(ABC):
     tau_t: ClassVar[float]
     example: ClassVar[str]
     """An example checkpoint id, for help texts."""
+    fallback_prompt: ClassVar[str | None] = None
+    """The family's conversation format, for checkpoints saved without a chat template."""
 
     def __init__(self, model: Any, processor: Any) -> None:
         self.model = model
@@ -52,6 +64,8 @@ class Adapter(ABC):
         self.tokenizer = processor.tokenizer
         # Batches are left-padded so every row's generated tokens start at the same column.
         self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:  # some checkpoints ship none; padded rows are masked anyway
+            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
 
     @staticmethod
     @abstractmethod
@@ -73,18 +87,20 @@ class Adapter(ABC):
     def prompt(self, question: str) -> str:
         """The chat-templated prompt: a user turn with the image, then the question text."""
         if not getattr(self.processor, "chat_template", None):
-            raise MmtokError("the checkpoint has no chat template; add chat_template.jinja to its folder")
+            if self.fallback_prompt is None:
+                raise MmtokError("the checkpoint has no chat template; add chat_template.jinja to its folder")
+            return self.fallback_prompt.format(image=self.image_token, question=question)
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
-    def preprocess(self, images: list[Image.Image], questions: list[str]) -> Any:
-        """Processor outputs (a BatchFeature on the model's device) for one image per question."""
+    def preprocess(self, images: list[Image.Image], questions: list[str]) -> Prepared:
+        """Processor outputs for one image per question, on the model's device."""
         prompts = [self.prompt(q) for q in questions]
         inputs = self.processor(images=images, text=prompts, padding=True, return_tensors="pt")
-        return inputs.to(self.device)
+        return Prepared(inputs=inputs.to(self.device), image_sizes=[(im.height, im.width) for im in images])
 
     @abstractmethod
-    def encode(self, inputs: Any) -> VisionTokens:
+    def encode(self, prepared: Prepared) -> VisionTokens:
         """Run the vision side once and return V, U and the masks."""
 
     def text_tokens(self, questions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,7 +115,7 @@ class Adapter(ABC):
         return self.model.get_input_embeddings()(padded), mask
 
     @abstractmethod
-    def generation_inputs(self, inputs: Any, tokens: VisionTokens, kept: list[torch.Tensor] | None) -> dict:
+    def generation_inputs(self, prepared: Prepared, tokens: VisionTokens, kept: list[torch.Tensor] | None) -> dict:
         """Keyword arguments for `model.generate` that feed each image's kept tokens (all if None)."""
 
 
