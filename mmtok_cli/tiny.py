@@ -150,3 +150,23 @@ def build_tiny_llava(
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m mmtok_cli.tiny DIR`: write a tiny random LLaVA checkpoint for offline smoke runs."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m mmtok_cli.tiny", description=main.__doc__)
+    parser.add_argument("path", help="folder to write the checkpoint to")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pad-to-square", action="store_true", help="use LLaVA's pad-to-square preprocessing")
+    args = parser.parse_args(argv)
+    import transformers
+
+    transformers.logging.disable_progress_bar()
+    out = build_tiny_llava(args.path, seed=args.seed, pad_to_square=args.pad_to_square)
+    print(f"tiny random-weight LLaVA checkpoint written to {out} (answers are gibberish by design)")
+
+
+if __name__ == "__main__":
+    main()
