@@ -79,6 +79,8 @@ def build_tiny_llava(
     layers: int = 2,
     pad_to_square: bool = False,
     chat_template: bool = True,
+    feature_layer: int | list[int] = -2,
+    select_strategy: str = "default",
 ) -> Path:
     """Save a random-weight `LlavaForConditionalGeneration` checkpoint with its processor to `path`.
 
@@ -86,6 +88,8 @@ def build_tiny_llava(
     CLS dropped, 2-layer MLP projector, Llama LLM), only tiny: (image_size/patch_size)^2 tokens.
     `pad_to_square` selects the original LLaVA preprocessing (LlavaImageProcessor with do_pad);
     `chat_template=False` saves a checkpoint without one, as some older conversions are.
+    `feature_layer` / `select_strategy` set the config's `vision_feature_layer` (one layer or a list
+    to concatenate) and `vision_feature_select_strategy` ("default" drops CLS, "full" keeps it).
     """
     from transformers import (
         CLIPImageProcessorPil,
@@ -126,8 +130,8 @@ def build_tiny_llava(
         vision_config=vision,
         text_config=text,
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
+        vision_feature_layer=feature_layer,
+        vision_feature_select_strategy=select_strategy,
         projector_hidden_act="gelu",
     )
     torch.manual_seed(seed)
@@ -143,7 +147,7 @@ def build_tiny_llava(
         image_processor=image_processor,
         tokenizer=tokenizer,
         patch_size=patch_size,
-        vision_feature_select_strategy="default",
+        vision_feature_select_strategy=select_strategy,
         num_additional_image_tokens=1,
         chat_template=CHAT_TEMPLATE if chat_template else None,
     )

@@ -157,3 +157,34 @@ def test_checkpoint_without_chat_template_uses_llava_conversation_format(tmp_pat
     assert engine.adapter.prompt("Is it red?") == "USER: <image>\nIs it red? ASSISTANT:"
     answer = engine.ask(noise_image(7), "Is it red?", tokens=4, max_new_tokens=2)
     assert answer.vision_kept == 4
+
+
+@pytest.mark.parametrize(
+    "layout", [{}, {"select_strategy": "full"}, {"feature_layer": [-3, -2]}, {"feature_layer": -1}]
+)
+def test_feature_layouts_u_is_the_projector_input(tmp_path, layout):
+    """Whatever layer(s) and CLS handling the config names, U is exactly what the projector consumes."""
+    from mmtok_cli.engine import Engine
+    from mmtok_cli.tiny import build_tiny_llava
+
+    path = build_tiny_llava(tmp_path / "layout", seed=2, **layout)
+    engine = Engine(str(path), device="cpu")
+    adapter = engine.adapter
+    seen = []
+    hook = adapter.model.model.multi_modal_projector.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    try:
+        with torch.no_grad():
+            tokens = adapter.encode(adapter.preprocess([noise_image(8)], [QUESTION]))
+    finally:
+        hook.remove()
+    torch.testing.assert_close(tokens.features, seen[0], rtol=0, atol=0)
+    n = 65 if layout.get("select_strategy") == "full" else 64
+    assert tokens.vision.shape[1] == n
+
+    model = LlavaForConditionalGeneration.from_pretrained(path).eval()
+    inputs = _processor_inputs(AutoProcessor.from_pretrained(path), noise_image(8), QUESTION)
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=NEW, do_sample=False)
+    expected = _until_eos(out[0, inputs["input_ids"].shape[1] :].tolist(), model.generation_config.eos_token_id)
+    assert engine.ask(noise_image(8), QUESTION, tokens=n, max_new_tokens=NEW).output_ids == expected
+    assert engine.ask(noise_image(8), QUESTION, tokens=7, max_new_tokens=NEW).vision_kept == 7
