@@ -44,6 +44,17 @@ class Selection:
         return [int(i.numel()) for i in self.indices]
 
 
+def _mask(mask: torch.Tensor | None, shape: torch.Size, device: torch.device) -> torch.Tensor:
+    """A bool mask on `device`; None means everything is present."""
+    if mask is None:
+        return torch.ones(shape, dtype=torch.bool, device=device)
+    return mask.to(device=device, dtype=torch.bool)
+
+
+def _per_image(k: int | Sequence[int] | torch.Tensor, bsz: int, device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(k, device=device).expand(bsz)
+
+
 def _masked_row_softmax(logits: torch.Tensor, col_valid: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Row softmax over valid columns only; rows that are padding become all zero."""
     logits = logits.masked_fill(~col_valid[:, None, :], float("-inf"))
@@ -76,11 +87,7 @@ def coverage_matrix(
     """
     if vision.ndim != 3 or features.ndim != 3 or vision.shape[:2] != features.shape[:2]:
         raise ValueError(f"vision {tuple(vision.shape)} and features {tuple(features.shape)} must be (B, n, *)")
-    bsz, n, _ = vision.shape
-    device = vision.device
-    if vision_mask is None:
-        vision_mask = torch.ones(bsz, n, dtype=torch.bool, device=device)
-    vision_mask = vision_mask.to(device=device, dtype=torch.bool)
+    vision_mask = _mask(vision_mask, vision.shape[:2], vision.device)
     n_valid = vision_mask.sum(-1).clamp_min(1).float()
 
     u = F.normalize(features.float(), dim=-1)
@@ -89,9 +96,7 @@ def coverage_matrix(
     if text is None or text.shape[1] == 0:
         return q
 
-    if text_mask is None:
-        text_mask = torch.ones(text.shape[:2], dtype=torch.bool, device=device)
-    text_mask = text_mask.to(device=device, dtype=torch.bool)
+    text_mask = _mask(text_mask, text.shape[:2], vision.device)
     t = F.normalize(text.float(), dim=-1)
     v = vision.float()
     # Divide by |V| after the product instead of normalising V: V is the widest tensor (d = 4096
@@ -124,8 +129,8 @@ def greedy_max_coverage(
     """
     bsz, rows, n = coverage.shape
     device = coverage.device
-    k_t = torch.as_tensor(k, device=device).expand(bsz) if not isinstance(k, torch.Tensor) else k.to(device)
-    allowed = allowed.to(device=device, dtype=torch.bool)
+    k_t = _per_image(k, bsz, device)
+    allowed = _mask(allowed, (bsz, n), device)
     group = bsz if device.type != "cpu" else max(1, _CPU_CACHE_BYTES // (rows * n * 4))
     if group >= bsz:
         return _greedy(coverage.float(), k_t, allowed)
@@ -190,29 +195,31 @@ def select(
     """
     bsz, n, _ = vision.shape
     device = vision.device
-    if vision_mask is None:
-        vision_mask = torch.ones(bsz, n, dtype=torch.bool, device=device)
-    vision_mask = vision_mask.to(device=device, dtype=torch.bool)
-    allowed = vision_mask if allowed is None else allowed.to(device=device, dtype=torch.bool) & vision_mask
-    k_t = torch.as_tensor(k, device=device).expand(bsz) if not isinstance(k, torch.Tensor) else k.to(device)
+    vision_mask = _mask(vision_mask, (bsz, n), device)
+    allowed = _mask(allowed, (bsz, n), device) & vision_mask
+    k_t = _per_image(k, bsz, device)
     if bool((k_t < 0).any()):
         raise ValueError("k must be >= 0")
     keep_all = k_t >= vision_mask.sum(-1)
     keep_allowed = ~keep_all & (k_t >= allowed.sum(-1))
-    # Only images that really prune take part in the greedy loop; the others cost nothing.
-    steps_k = torch.where(keep_all | keep_allowed, torch.zeros_like(k_t), k_t)
+    chosen = (keep_all[:, None] & vision_mask) | (keep_allowed[:, None] & allowed)
 
-    picks = torch.empty(bsz, 0, dtype=torch.long, device=device)
-    gains = torch.empty(bsz, 0, device=device)
-    if bool((steps_k > 0).any()):
+    gains = torch.full((bsz, 0), float("nan"), device=device)
+    pruning = ~keep_all & ~keep_allowed
+    if bool(pruning.any()):
+        # Only images that really prune take part in the matrix build and the greedy loop; when
+        # all do (the usual case) a full slice keeps views instead of copying V.
+        rows = slice(None) if bool(pruning.all()) else pruning.nonzero().flatten()
         cov = coverage_matrix(
-            vision, features, text, vision_mask=vision_mask, text_mask=text_mask,
+            vision[rows], features[rows], None if text is None else text[rows],
+            vision_mask=vision_mask[rows], text_mask=None if text_mask is None else text_mask[rows],
             alpha=alpha, tau_t=tau_t, tau_v=tau_v,
         )
-        picks, gains = greedy_max_coverage(cov, steps_k, allowed)
-
-    chosen = torch.zeros(bsz, n + 1, dtype=torch.bool, device=device)
-    chosen.scatter_(1, torch.where(picks < 0, n, picks), True)  # "no pick" lands in spare column n
-    chosen = chosen[:, :n] | (keep_all[:, None] & vision_mask) | (keep_allowed[:, None] & allowed)
+        picks, row_gains = greedy_max_coverage(cov, k_t[rows], allowed[rows])
+        picked = torch.zeros(picks.shape[0], n + 1, dtype=torch.bool, device=device)
+        picked.scatter_(1, torch.where(picks < 0, n, picks), True)  # "no pick" lands in spare column n
+        chosen[rows] |= picked[:, :n]
+        gains = torch.full((bsz, picks.shape[1]), float("nan"), device=device)
+        gains[rows] = row_gains
     indices = [row.nonzero().flatten() for row in chosen]
     return Selection(indices=indices, gains=gains)
