@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from . import __version__
 from .options import DEFAULT_MODEL, METHODS, check_options
@@ -96,7 +97,7 @@ def _guarded(debug: bool, work: Callable[[], Any]) -> Any:
     except MmtokError as exc:
         if debug:
             raise
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2 if isinstance(exc, UsageError) else 1) from None
     except KeyboardInterrupt:
         err.print("[red]interrupted[/]")
@@ -106,7 +107,7 @@ def _guarded(debug: bool, work: Callable[[], Any]) -> Any:
             raise
         first = (str(exc).strip().splitlines() or [""])[0]
         err.print(
-            f"[bold red]error:[/] unexpected {type(exc).__name__}: {first} (rerun with --debug for details)",
+            f"[bold red]error:[/] unexpected {type(exc).__name__}: {escape(first)} (rerun with --debug for details)",
             highlight=False,
         )
         raise typer.Exit(1) from None
@@ -165,6 +166,7 @@ def ask(
             raise UsageError("the question is empty; pass the question as the second argument, in quotes")
         picture = load_image(image)
         from .engine import Engine
+
         start = time.perf_counter()
         with err.status(f"loading {model} …"):
             engine = Engine(model, device=device, dtype=dtype)

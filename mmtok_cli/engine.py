@@ -64,7 +64,7 @@ class _Clock(BaseStreamer):
 
     def __init__(self) -> None:
         self.calls = 0
-        self.first_token = self.done = 0.0
+        self.first_token = 0.0
 
     def put(self, value: Any) -> None:
         self.calls += 1
@@ -72,7 +72,7 @@ class _Clock(BaseStreamer):
             self.first_token = time.perf_counter()
 
     def end(self) -> None:
-        self.done = time.perf_counter()
+        pass
 
 
 class Engine:

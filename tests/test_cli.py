@@ -122,3 +122,13 @@ def test_console_script_pipes_clean_json(tiny_llava, image_file):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["vision_tokens"]["kept"] == 3
+
+
+def test_image_from_stdin_and_markup_safe_errors(tiny_llava, image_file, tmp_path):
+    result = runner.invoke(app, ["ask", "-", "What is here?", "--model", str(tiny_llava), "--json", "-k", "2",
+                                 "--max-new-tokens", "1"], input=image_file.read_bytes())
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["vision_tokens"]["kept"] == 2
+    odd = tmp_path / "[bold]no.png"
+    result = ask(odd, "q")
+    assert result.exit_code == 1 and f"image not found: {odd}" in result.stderr
