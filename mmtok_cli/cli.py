@@ -18,8 +18,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from . import __version__
-from .options import DEFAULT_MODEL, METHODS, check_options
 from .errors import MmtokError, UsageError
+from .options import DEFAULT_MODEL, METHODS, check_options
 
 if TYPE_CHECKING:  # the ML stack loads lazily so bad input is rejected fast
     from .engine import Answer, Engine
@@ -113,7 +113,7 @@ def _guarded(debug: bool, work: Callable[[], Any]) -> Any:
         raise typer.Exit(1) from None
 
 
-def _record(answer: "Answer", *, engine: "Engine", method: str, load_ms: float, **extra: Any) -> dict:
+def _record(answer: Answer, *, engine: Engine, method: str, load_ms: float, **extra: Any) -> dict:
     return {
         **extra,
         "answer": answer.answer,

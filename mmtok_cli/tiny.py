@@ -93,11 +93,11 @@ def build_tiny_llava(
     """
     from transformers import (
         CLIPImageProcessorPil,
-        LlavaImageProcessorPil,
         CLIPVisionConfig,
         LlamaConfig,
         LlavaConfig,
         LlavaForConditionalGeneration,
+        LlavaImageProcessorPil,
         LlavaProcessor,
     )
 

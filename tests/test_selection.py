@@ -90,7 +90,7 @@ def test_greedy_gains_match_objective_and_are_monotone():
 def test_ties_pick_lowest_index():
     # columns 1 and 3 are identical and dominate: the first pick must be column 1, then 3 adds nothing
     C = torch.tensor([[0.1, 0.5, 0.2, 0.5], [0.0, 0.4, 0.1, 0.4], [0.2, 0.3, 0.3, 0.3]])
-    picks, gains = greedy_max_coverage(C[None], 3, torch.ones(1, 4, dtype=torch.bool))
+    picks, _ = greedy_max_coverage(C[None], 3, torch.ones(1, 4, dtype=torch.bool))
     assert picks[0].tolist()[0] == 1
     ref, _ = reference.greedy(C.double(), 3)
     assert picks[0].tolist() == ref
