@@ -30,6 +30,11 @@ app = typer.Typer(
         "Ask vision-language models about images while the language model reads only a few, "
         "well-chosen vision tokens (MMTok coverage pruning, arXiv 2508.18264)."
     ),
+    epilog=(
+        "Examples:  mmtok ask photo.jpg \"What is here?\" --tokens 32   ·   "
+        "mmtok ask photo.jpg \"Describe it.\" --json | jq .answer   ·   "
+        "exit status 0 ok, 1 failed, 2 bad options"
+    ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
