@@ -7,6 +7,7 @@ the adapter for the shortened generation inputs and calls transformers' own `gen
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,17 +96,21 @@ class Engine:
         images: list[Image.Image],
         questions: list[str],
         *,
-        tokens: int = 64,
+        tokens: int | Sequence[int] = 64,
         method: str = "mmtok",
         max_new_tokens: int = 64,
         alpha: float = ALPHA,
         tau_t: float | None = None,
         tau_v: float = TAU_V,
     ) -> list[Answer]:
-        """Answer one question per image as a single batch."""
-        check_options(tokens=tokens, method=method, max_new_tokens=max_new_tokens)
+        """Answer one question per image as a single batch; `tokens` is one budget or one per image."""
         if len(images) != len(questions) or not images:
             raise ValueError("need one question per image, and at least one image")
+        budgets = [tokens] * len(images) if isinstance(tokens, int) else list(tokens)
+        if len(budgets) != len(images):
+            raise ValueError("need one token budget per image")
+        for budget in budgets:
+            check_options(tokens=budget, method=method, max_new_tokens=max_new_tokens)
         adapter = self.adapter
 
         t0 = self._sync()
@@ -117,7 +122,7 @@ class Engine:
         if method == "mmtok":
             text, text_mask = adapter.text_tokens(questions)
             kept = select(
-                vt.vision, vt.features, text, k=tokens, vision_mask=vt.mask, allowed=vt.allowed,
+                vt.vision, vt.features, text, k=budgets, vision_mask=vt.mask, allowed=vt.allowed,
                 text_mask=text_mask, alpha=alpha, tau_t=adapter.tau_t if tau_t is None else tau_t, tau_v=tau_v,
             ).indices
         gen_inputs = adapter.generation_inputs(prepared, vt, kept)

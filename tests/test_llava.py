@@ -109,6 +109,12 @@ def test_batch_equals_one_by_one(engine):
         assert got.prompt_pruned == alone.prompt_pruned
     assert len({b.prompt_unpruned for b in batch}) > 1  # the rows really were padded
 
+    mixed = engine.run(images, questions, tokens=[3, 64, 10], max_new_tokens=NEW)
+    for image, question, k, got in zip(images, questions, [3, 64, 10], mixed):
+        alone = engine.ask(image, question, tokens=k, max_new_tokens=NEW)
+        assert got.vision_kept == min(k, 64) and got.kept_indices == alone.kept_indices
+        assert got.output_ids == alone.output_ids
+
 
 def test_timings_cover_every_stage(engine):
     answer = engine.ask(noise_image(5), QUESTION, tokens=8, max_new_tokens=4)
