@@ -109,8 +109,7 @@ class Engine:
         budgets = [tokens] * len(images) if isinstance(tokens, int) else list(tokens)
         if len(budgets) != len(images):
             raise ValueError("need one token budget per image")
-        for budget in budgets:
-            check_options(tokens=budget, method=method, max_new_tokens=max_new_tokens)
+        check_options(tokens=min(budgets), method=method, max_new_tokens=max_new_tokens)
         adapter = self.adapter
 
         t0 = self._sync()
