@@ -11,8 +11,10 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -22,7 +24,8 @@ from .errors import MmtokError, UsageError
 from .options import DEFAULT_MODEL, METHODS, check_options
 
 if TYPE_CHECKING:  # the ML stack loads lazily so bad input is rejected fast
-    from .engine import Answer, Engine
+    from .batch import Summary
+    from .engine import Engine
 
 app = typer.Typer(
     name="mmtok",
@@ -32,8 +35,9 @@ app = typer.Typer(
     ),
     epilog=(
         "Examples:  mmtok ask photo.jpg \"What is here?\" --tokens 32   ·   "
-        "mmtok ask photo.jpg \"Describe it.\" --json | jq .answer   ·   "
-        "exit status 0 ok, 1 failed, 2 bad options"
+        "mmtok batch questions.jsonl --out answers.jsonl --batch-size 16   ·   "
+        "cat questions.jsonl | mmtok batch - | jq .answer   ·   "
+        "exit status 0 ok, 1 failed (batch: some items failed), 2 bad options"
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -67,6 +71,59 @@ DtypeOpt = Annotated[
     str, typer.Option("--dtype", help="auto | float32 | bfloat16 | float16 (auto: bfloat16 on GPU, float32 on CPU).")
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks and library warnings.")]
+
+
+def _load_config(ctx: typer.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """`--config FILE.yaml`: option defaults from a YAML mapping; flags on the command line still win.
+
+    Keys are option names (`batch_size` or `batch-size`). A key another command uses is fine here
+    (one file can serve ask and batch); a key no command knows is an error, so typos do not pass.
+    """
+    if value is None or ctx.resilient_parsing:
+        return value
+    import yaml
+
+    try:
+        data = yaml.safe_load(value.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {value}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where else ""
+        raise click.BadParameter(f"{value} is not valid YAML{line}") from None
+    if data is None:
+        return value
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"{value} must hold a mapping of option names to values")
+    options = {str(k).replace("-", "_"): v for k, v in data.items()}
+    mine = _option_names(ctx.command)
+    group = ctx.parent.command if ctx.parent else None
+    known = set().union(*(_option_names(c) for c in getattr(group, "commands", {}).values())) | mine
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise click.BadParameter(
+            f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} in {value}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+    ctx.default_map = {**(ctx.default_map or {}), **{k: v for k, v in options.items() if k in mine}}
+    return value
+
+
+def _option_names(command: click.Command) -> set[str]:
+    return {p.name for p in command.params if isinstance(p, click.Option) and p.name not in ("config", "help")}
+
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="YAML file of option defaults, e.g. 'model: /models/llava' and 'tokens: 32' on separate lines; "
+        "options given on the command line win.",
+        callback=_load_config,
+        is_eager=True,
+        exists=False,
+    ),
+]
 
 
 def _version(value: bool) -> None:
@@ -118,21 +175,33 @@ def _guarded(debug: bool, work: Callable[[], Any]) -> Any:
         raise typer.Exit(1) from None
 
 
-def _record(answer: Answer, *, engine: Engine, method: str, load_ms: float, **extra: Any) -> dict:
+def _engine_fields(engine: Engine, method: str, load_ms: float) -> dict[str, Any]:
     return {
-        **extra,
-        "answer": answer.answer,
         "model": engine.model_name,
         "family": engine.adapter.family,
         "method": method,
-        "vision_tokens": {"total": answer.vision_total, "kept": answer.vision_kept},
-        "kept_indices": answer.kept_indices,
-        "prompt_tokens": {"unpruned": answer.prompt_unpruned, "pruned": answer.prompt_pruned},
-        "timings_ms": answer.timings_ms,
         "model_load_ms": round(load_ms, 3),
         "device": str(engine.device),
         "dtype": str(engine.dtype).removeprefix("torch."),
     }
+
+
+def _load_engine(model: str, device: str, dtype: str) -> tuple[Engine, float]:
+    from .engine import Engine
+
+    start = time.perf_counter()
+    with err.status(f"loading {escape(model)} …"):
+        engine = Engine(model, device=device, dtype=dtype)
+    return engine, (time.perf_counter() - start) * 1e3
+
+
+CompareOpt = Annotated[
+    bool,
+    typer.Option(
+        "--compare",
+        help="Also run unpruned (method full) and report the measured speedup and whether the answers agree.",
+    ),
+]
 
 
 @app.command()
@@ -145,49 +214,305 @@ def ask(
     max_new_tokens: MaxNewOpt = 64,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    compare: CompareOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of text.")] = False,
+    config: ConfigOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Answer one QUESTION about one IMAGE, showing the language model only --tokens vision tokens.
 
     Prints the answer on stdout, and on stderr how many vision tokens the model saw, how long the
-    prompt was with and without pruning, and the time taken.
+    prompt was with and without pruning, and the estimated speedup.
 
-    With --json, stdout gets one JSON object with: answer, model, method, vision_tokens {total,
-    kept}, kept_indices (one ascending list per image), prompt_tokens {unpruned, pruned},
-    timings_ms {preprocess, vision, select, prefill, decode, total}, device, dtype.
+    With --json, stdout gets one JSON object with: answer, vision_tokens {total, kept},
+    prompt_tokens {unpruned, pruned}, timings_ms {preprocess, vision, select, prefill, decode,
+    total}, speedup {estimated, measured}, kept_indices (one ascending list per image), model,
+    family, method, model_load_ms, device, dtype. speedup.estimated is an ESTIMATE: the language
+    model's prefill FLOPs unpruned / pruned, from the model config; speedup.measured is filled
+    only with --compare.
 
     Examples:
 
       mmtok ask photo.jpg "What is on the table?" --tokens 32
 
       mmtok ask photo.jpg "Describe the scene." --method full --json | jq .answer
+
+      mmtok ask photo.jpg "How many people?" --compare --json | jq .speedup
     """
-    from .io import load_image
+    from .io import answer_fields, load_image
 
     def work() -> None:
         check_options(tokens=tokens, method=method, max_new_tokens=max_new_tokens, dtype=dtype, device=device)
         if not question.strip():
             raise UsageError("the question is empty; pass the question as the second argument, in quotes")
         picture = load_image(image)
-        from .engine import Engine
-
-        start = time.perf_counter()
-        with err.status(f"loading {model} …"):
-            engine = Engine(model, device=device, dtype=dtype)
-        load_ms = (time.perf_counter() - start) * 1e3
-        answer = engine.ask(picture, question, tokens=tokens, method=method, max_new_tokens=max_new_tokens)
+        engine, load_ms = _load_engine(model, device, dtype)
+        options = {"tokens": tokens, "max_new_tokens": max_new_tokens}
+        answer = engine.ask(picture, question, method=method, **options)
+        full = engine.ask(picture, question, method="full", **options) if compare else None
+        fields = answer_fields(answer, full=full)
         if as_json:
-            record = _record(answer, engine=engine, method=method, load_ms=load_ms, image=image, question=question)
+            record = {"image": image, "question": question, **fields, "kept_indices": answer.kept_indices,
+                      **_engine_fields(engine, method, load_ms)}
             sys.stdout.write(json.dumps(record) + "\n")
-        else:
-            sys.stdout.write(answer.answer + "\n")
-            err.print(
-                f"vision tokens {answer.vision_kept}/{answer.vision_total} · "
-                f"prompt {answer.prompt_pruned} tokens (was {answer.prompt_unpruned}) · "
-                f"{answer.timings_ms['total'] / 1e3:.2f} s",
-                style="dim",
-                highlight=False,
-            )
+            return
+        sys.stdout.write(answer.answer + "\n")
+        speedup = fields["speedup"]
+        measured = f", measured {speedup['measured']:.2f}x" if speedup["measured"] else ""
+        agree = "" if full is None else (" · same answer unpruned" if fields["compare"]["agree"] else
+                                        f" · unpruned answer differs: {full.answer!r}")
+        err.print(
+            f"vision tokens {answer.vision_kept}/{answer.vision_total} · "
+            f"prompt {answer.prompt_pruned} tokens (was {answer.prompt_unpruned}) · "
+            f"{answer.timings_ms['total'] / 1e3:.2f} s · "
+            f"speedup estimated {speedup['estimated']:.2f}x{measured}{agree}",
+            style="dim",
+            highlight=False,
+            markup=False,
+        )
 
     _guarded(debug, work)
+
+
+@app.command()
+def batch(
+    source: Annotated[
+        str,
+        typer.Argument(
+            metavar="INPUT",
+            help="A JSONL file (one {\"image\", \"question\"} object per line), a folder of images "
+            "(with --question), or '-' for JSONL on stdin.",
+        ),
+    ],
+    out: Annotated[
+        str, typer.Option("--out", "-o", help="Where records go: a JSONL file, or '-' for stdout.")
+    ] = "-",
+    question: Annotated[
+        str | None,
+        typer.Option("--question", "-q", help="The question for every image of a folder (for JSONL: the default "
+                     "for lines without one)."),
+    ] = None,
+    model: ModelOpt = DEFAULT_MODEL,
+    tokens: TokensOpt = 64,
+    method: MethodOpt = "mmtok",
+    max_new_tokens: MaxNewOpt = 64,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", "-b", help="Items per forward pass (halved automatically on CUDA "
+                          "out-of-memory).")
+    ] = 8,
+    compare: CompareOpt = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Skip ids already in the --out file and append the rest.")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.")] = False,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    config: ConfigOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Answer many questions about many images, batched, writing one JSON record per input line.
+
+    INPUT lines look like {"image": "cat.jpg", "question": "What is here?"}; image paths are
+    relative to the JSONL file's folder (or absolute, or http(s) URLs). Optional keys: id (default:
+    the line number), tokens, max_new_tokens; any other key is copied to the record (a key that
+    clashes with a record field goes under "input").
+
+    Every input line gets exactly one record, in input order: id, image, question, answer,
+    vision_tokens {total, kept}, prompt_tokens {unpruned, pruned}, timings_ms (this item's share of
+    its batch, plus 'load': its own image loading, done in the background), speedup {estimated,
+    measured}, error. A line that cannot be answered (bad JSON, missing field, missing or corrupt
+    image, unreachable URL, empty question) gets error set, and the run goes on. speedup.estimated
+    is an ESTIMATE (language-model prefill FLOPs unpruned / pruned, from the config); measured and
+    a 'compare' object {answer, agree, timings_ms} come with --compare.
+
+    Records are flushed after every batch: an interrupted run loses at most the batch in flight, and
+    --resume continues it. stdout carries only records; progress and the summary go to stderr.
+
+    Exit status: 0 every item answered, 1 some items have errors (or the run failed), 2 bad options.
+
+    Examples:
+
+      mmtok batch questions.jsonl --out answers.jsonl --batch-size 16
+
+      mmtok batch photos/ --question "What is in this picture?" --out captions.jsonl
+
+      cat questions.jsonl | mmtok batch - --tokens 32 | jq -r .answer
+
+      mmtok batch questions.jsonl --out answers.jsonl --resume
+    """
+
+    def work() -> int:
+        check_options(tokens=tokens, method=method, max_new_tokens=max_new_tokens, dtype=dtype, device=device)
+        if batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
+        plan = _plan_batch(source, out, question, resume=resume, overwrite=overwrite)
+        engine, _ = _load_engine(model, device, dtype)
+        from .batch import BatchOptions, BatchRunner
+        from .io import RecordWriter
+
+        options = BatchOptions(tokens=tokens, method=method, max_new_tokens=max_new_tokens,
+                               batch_size=batch_size, compare=compare, debug=debug)
+        runner = BatchRunner(engine, options, base=plan.base)
+        writer = RecordWriter(out, append=resume)
+        with _BatchProgress(plan.total, plan.skipped) as progress:
+            try:
+                summary = runner.run(plan.items(), writer.write, progress.update)
+            except KeyboardInterrupt:
+                progress.stop()
+                err.print(f"[red]interrupted[/]; records written so far are complete: rerun with --resume "
+                          f"to continue{'' if out != '-' else ' (needs --out FILE)'}", highlight=False)
+                raise typer.Exit(130) from None
+            finally:
+                writer.close()
+        _print_summary(summary, plan, out, batch_size)
+        return 1 if summary.failed else 0
+
+    code = _guarded(debug, work)
+    raise typer.Exit(code)
+
+
+class _Plan:
+    """What a batch run reads: items (after --resume), how many, and where relative images live."""
+
+    def __init__(self, make_items: Callable[[], Any], total: int | None, base: Path, skipped: int,
+                 done: set[str], notes: list[str]) -> None:
+        self._make_items, self.total, self.base, self.skipped, self.done, self.notes = (
+            make_items, total, base, skipped, done, notes)
+
+    def items(self) -> Any:
+        from .io import id_key
+
+        seen: set[str] = set()
+        warned = False
+        for item in self._make_items():
+            key = id_key(item.id)
+            if key in self.done:
+                continue
+            if key in seen and not warned:
+                err.print(f"[yellow]warning:[/] id {escape(key)} appears more than once in the input; "
+                          "--resume cannot tell such items apart", highlight=False)
+                warned = True
+            seen.add(key)
+            yield item
+
+
+def _plan_batch(source: str, out: str, question: str | None, *, resume: bool, overwrite: bool) -> _Plan:
+    """Check the input and output before the model loads, so mistakes cost milliseconds."""
+    from .io import IMAGE_SUFFIXES, done_ids, folder_items, id_key, read_jsonl
+
+    if question is not None and not question.strip():
+        raise UsageError("--question is empty")
+    if out == "-":
+        if resume:
+            raise UsageError("--resume needs --out FILE (it reads the ids already written there)")
+    else:
+        target = Path(out)
+        if target.is_dir():
+            raise UsageError(f"--out '{out}' is a folder; give a file name such as {out.rstrip('/')}/answers.jsonl")
+        if target.exists() and target.stat().st_size and not (resume or overwrite):
+            raise UsageError(f"'{out}' already exists; pass --resume to continue it or --overwrite to replace it")
+        if not target.parent.exists():
+            raise UsageError(f"the folder of --out '{out}' does not exist")
+    done = done_ids(Path(out)) if resume else set()
+    notes: list[str] = []
+    if source == "-":
+        if sys.stdin.isatty():
+            raise UsageError("INPUT is '-' but nothing is piped in; pipe JSONL lines into mmtok batch -")
+        return _Plan(lambda: read_jsonl(sys.stdin, question), None, Path.cwd(), len(done), done, notes)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if question is None:
+            raise UsageError(f"'{source}' is a folder: give the question for its images with --question")
+        items, skipped = folder_items(path, question)
+        if not items:
+            raise UsageError(f"no images in '{source}' (looked for {', '.join(IMAGE_SUFFIXES)})")
+        if skipped:
+            notes.append(f"skipped {len(skipped)} file(s) that are not images: {', '.join(skipped[:5])}"
+                         + (" …" if len(skipped) > 5 else ""))
+        left = sum(1 for it in items if id_key(it.id) not in done)
+        return _Plan(lambda: iter(items), len(items), path, len(items) - left, done, notes)
+    if not path.is_file():
+        raise UsageError(f"INPUT '{source}' not found (expected a JSONL file, a folder of images or '-')")
+    try:
+        with path.open("rb") as fp:
+            total = sum(1 for _ in fp)
+    except OSError as exc:
+        raise UsageError(f"cannot read '{source}': {exc.strerror or exc}") from None
+
+    def lines() -> Any:
+        with path.open(encoding="utf-8", errors="replace") as fp:
+            yield from read_jsonl(fp, question)
+
+    skipped = len(done) if resume else 0
+    return _Plan(lines, total, path.parent, min(skipped, total), done, notes)
+
+
+class _BatchProgress:
+    """A Rich progress bar on a terminal; on a pipe or log file, a plain line every 30 s."""
+
+    LOG_EVERY_S = 30.0
+
+    def __init__(self, total: int | None, skipped: int) -> None:
+        self.total, self.skipped = total, skipped
+        self.bar = None
+        self.last_log = time.monotonic()
+
+    def __enter__(self) -> _BatchProgress:
+        if err.is_terminal:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(
+                SpinnerColumn(), TextColumn("answering"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"), TextColumn("·"), TextColumn("{task.fields[failed]}"),
+                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=err, transient=False,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task("batch", total=self.total, completed=self.skipped, rate="", failed="")
+        return self
+
+    def update(self, n: int, summary: Summary) -> None:
+        rate = f"{summary.items_per_s:.2f} items/s"
+        if self.bar is not None:
+            self.bar.update(self.task, advance=n, rate=rate, failed=f"{summary.failed} failed")
+        elif time.monotonic() - self.last_log >= self.LOG_EVERY_S:
+            self.last_log = time.monotonic()
+            of = f"/{self.total}" if self.total is not None else ""
+            err.print(f"mmtok batch: {self.skipped + summary.items}{of} items · {summary.failed} failed · {rate}",
+                      highlight=False, markup=False)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _print_summary(summary: Summary, plan: _Plan, out: str, asked_batch: int) -> None:
+    for note in plan.notes:
+        err.print(f"note: {note}", highlight=False, markup=False)
+    d = summary.as_dict()
+    kept = (f"{d['mean_vision_tokens_kept']:g}/{d['mean_vision_tokens_total']:g} vision tokens kept on average · "
+            if summary.ok else "")
+    resumed = f" ({plan.skipped} already done)" if plan.skipped else ""
+    err.print(
+        f"{summary.items} items{resumed}: {summary.ok} ok, {summary.failed} failed · {kept}"
+        f"{d['items_per_s']:g} items/s · {d['wall_s']:.1f} s · "
+        f"model waited on image loading {100 * d['waiting_on_loader_share']:.0f}% of the time",
+        highlight=False, markup=False,
+    )
+    if summary.batch_size < asked_batch:
+        err.print(f"out of GPU memory: the batch size was lowered to {summary.batch_size} (asked {asked_batch})",
+                  highlight=False, markup=False, style="yellow")
+    if summary.failed:
+        where = "the records" if out == "-" else out
+        err.print(f"items that failed have 'error' set in {where}", highlight=False, markup=False, style="yellow")

@@ -16,7 +16,9 @@ from PIL import Image
 from transformers.generation.streamers import BaseStreamer
 
 from .errors import UsageError
+from .flops import estimated_speedup
 from .models import Adapter, load_adapter
+from .models.base import Prepared
 from .options import DEFAULT_MODEL, DTYPES, check_options
 from .selection import ALPHA, TAU_V, select
 
@@ -34,6 +36,8 @@ class Answer:
     kept_indices: list[list[int]]
     prompt_unpruned: int
     prompt_pruned: int
+    speedup_estimated: float = 1.0
+    """Language-model prefill FLOPs unpruned / pruned, from the config (an estimate, see flops.py)."""
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
@@ -90,6 +94,17 @@ class Engine:
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
+    def preprocessor(self) -> Adapter:
+        """An adapter for a background thread: shares the model, owns a copy of the processor
+        (fast tokenizers must not be used from two threads at once)."""
+        return self.adapter.for_thread()
+
+    def prepare(self, images: list[Image.Image], questions: list[str], *, adapter: Adapter | None = None) -> Prepared:
+        """Processor inputs for a batch (CPU work; safe in a background thread with `preprocessor()`)."""
+        if len(images) != len(questions) or not images:
+            raise ValueError("need one question per image, and at least one image")
+        return (adapter or self.adapter).preprocess(images, questions)
+
     @torch.inference_mode()
     def run(
         self,
@@ -98,22 +113,43 @@ class Engine:
         *,
         tokens: int | Sequence[int] = 64,
         method: str = "mmtok",
-        max_new_tokens: int = 64,
+        max_new_tokens: int | Sequence[int] = 64,
         alpha: float = ALPHA,
         tau_t: float | None = None,
         tau_v: float = TAU_V,
     ) -> list[Answer]:
-        """Answer one question per image as a single batch; `tokens` is one budget or one per image."""
-        if len(images) != len(questions) or not images:
-            raise ValueError("need one question per image, and at least one image")
-        budgets = [tokens] * len(images) if isinstance(tokens, int) else list(tokens)
-        if len(budgets) != len(images):
-            raise ValueError("need one token budget per image")
-        check_options(tokens=min(budgets), method=method, max_new_tokens=max_new_tokens)
+        """Answer one question per image as a single batch.
+
+        `tokens` and `max_new_tokens` are one value for all or one per image.
+        """
+        t0 = self._sync()
+        prepared = self.prepare(images, questions)
+        preprocess_ms = (self._sync() - t0) * 1e3
+        return self.run_prepared(
+            prepared, questions, tokens=tokens, method=method, max_new_tokens=max_new_tokens,
+            alpha=alpha, tau_t=tau_t, tau_v=tau_v, preprocess_ms=preprocess_ms,
+        )
+
+    @torch.inference_mode()
+    def run_prepared(
+        self,
+        prepared: Prepared,
+        questions: list[str],
+        *,
+        tokens: int | Sequence[int] = 64,
+        method: str = "mmtok",
+        max_new_tokens: int | Sequence[int] = 64,
+        alpha: float = ALPHA,
+        tau_t: float | None = None,
+        tau_v: float = TAU_V,
+        preprocess_ms: float = 0.0,
+    ) -> list[Answer]:
+        """`run` on inputs already made by `prepare`; `preprocess_ms` is what that took, for the timings."""
+        budgets = _per_item(tokens, len(questions), "token budget")
+        limits = _per_item(max_new_tokens, len(questions), "max_new_tokens")
+        check_options(tokens=min(budgets), method=method, max_new_tokens=min(limits))
         adapter = self.adapter
 
-        t0 = self._sync()
-        prepared = adapter.preprocess(images, questions)
         t_pre = self._sync()
         vt = adapter.encode(prepared)
         t_vis = self._sync()
@@ -129,9 +165,11 @@ class Engine:
 
         clock = _Clock()
         pad_id = adapter.tokenizer.pad_token_id
+        # Greedy decoding is deterministic, so one run to the largest limit, cut per item, gives
+        # every item exactly what a run with its own limit would.
         out = adapter.model.generate(
             **gen_inputs,
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=max(limits),
             do_sample=False,
             num_beams=1,
             streamer=clock,
@@ -140,15 +178,15 @@ class Engine:
         t_end = self._sync()
 
         new_tokens = out[:, gen_inputs["input_ids"].shape[1] :].tolist()
-        per_item = len(images)
+        per_item = len(questions)
         timings = {
-            "preprocess": (t_pre - t0) * 1e3,
+            "preprocess": preprocess_ms,
             "vision": (t_vis - t_pre) * 1e3,
             "select": (t_sel - t_vis) * 1e3,
             "prefill": ((clock.first_token or t_end) - t_sel) * 1e3,
             "decode": (t_end - (clock.first_token or t_end)) * 1e3,
-            "total": (t_end - t0) * 1e3,
         }
+        timings["total"] = sum(timings.values())
         share = {k: round(v / per_item, 3) for k, v in timings.items()}
         counts = vt.counts
         unpruned = prepared.inputs["attention_mask"].sum(1).tolist()
@@ -156,7 +194,7 @@ class Engine:
         eos = set(_as_list(adapter.model.generation_config.eos_token_id))
         answers = []
         for row, ids in enumerate(new_tokens):
-            ids = _until_eos(ids, eos)
+            ids = _until_eos(ids[: limits[row]], eos)
             kept_row = list(range(counts[row])) if kept is None else kept[row].tolist()
             answers.append(
                 Answer(
@@ -167,6 +205,7 @@ class Engine:
                     kept_indices=[kept_row],
                     prompt_unpruned=unpruned[row],
                     prompt_pruned=pruned[row],
+                    speedup_estimated=round(estimated_speedup(adapter.model.config, unpruned[row], pruned[row]), 3),
                     timings_ms=dict(share),
                 )
             )
@@ -175,6 +214,13 @@ class Engine:
     def ask(self, image: Image.Image, question: str, **options: Any) -> Answer:
         """Answer one question about one image (see `run` for the options)."""
         return self.run([image], [question], **options)[0]
+
+
+def _per_item(value: int | Sequence[int], n: int, what: str) -> list[int]:
+    values = [value] * n if isinstance(value, int) else list(value)
+    if len(values) != n:
+        raise ValueError(f"need one {what} per image")
+    return values
 
 
 def _as_list(value: Any) -> list:

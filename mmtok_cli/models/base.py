@@ -7,6 +7,7 @@ shortened sequence to `model.generate`. Selection, batching, timing and I/O live
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -66,6 +67,13 @@ class Adapter(ABC):
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:  # some checkpoints ship none; padded rows are masked anyway
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+
+    def for_thread(self) -> Adapter:
+        """A copy sharing the model but owning its processor, for preprocessing in another thread."""
+        clone = copy.copy(self)
+        clone.processor = copy.deepcopy(self.processor)
+        clone.tokenizer = clone.processor.tokenizer
+        return clone
 
     @staticmethod
     @abstractmethod

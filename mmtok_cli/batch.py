@@ -1,0 +1,268 @@
+"""Many items through one loaded model: load in the background, batch, answer, write in order.
+
+A background thread decodes (or downloads) images with a small thread pool and runs the processor,
+so the model never waits on disk, network or PIL when the loader keeps up. The main thread runs the
+model on one chunk at a time and writes the chunk's records (in input order, errors included) before
+taking the next, so an interruption loses at most the chunk in flight.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from .engine import Engine
+from .errors import MmtokError
+from .io import Item, answer_fields, open_source, record
+from .models.base import Prepared
+
+LOAD_THREADS = 4
+"""Images decoded or downloaded at once: enough to hide network latency without hogging cores."""
+QUEUE_CHUNKS = 2
+"""Chunks the loader may prepare ahead of the model."""
+
+
+@dataclass
+class BatchOptions:
+    tokens: int = 64
+    method: str = "mmtok"
+    max_new_tokens: int = 64
+    batch_size: int = 8
+    compare: bool = False
+    debug: bool = False
+    """Let unexpected exceptions propagate instead of turning them into error records."""
+
+
+@dataclass
+class Summary:
+    items: int = 0
+    ok: int = 0
+    failed: int = 0
+    kept: int = 0
+    total: int = 0
+    wall_s: float = 0.0
+    wait_s: float = 0.0
+    """Time the model side spent waiting for the loader (images + preprocessing)."""
+    batch_size: int = 0
+    """The batch size in use at the end (smaller than asked after out-of-memory halving)."""
+
+    @property
+    def items_per_s(self) -> float:
+        return self.items / self.wall_s if self.wall_s else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "items": self.items, "ok": self.ok, "failed": self.failed,
+            "mean_vision_tokens_kept": round(self.kept / self.ok, 2) if self.ok else None,
+            "mean_vision_tokens_total": round(self.total / self.ok, 2) if self.ok else None,
+            "items_per_s": round(self.items_per_s, 3), "wall_s": round(self.wall_s, 3),
+            "waiting_on_loader_share": round(self.wait_s / self.wall_s, 4) if self.wall_s else 0.0,
+            "batch_size": self.batch_size,
+        }
+
+
+@dataclass
+class _Entry:
+    item: Item
+    image: Image.Image | None = None
+    load_ms: float = 0.0
+
+
+@dataclass
+class _Chunk:
+    entries: list[_Entry]
+    prepared: Prepared | None = None
+    preprocess_ms: float = 0.0
+    ready: list[_Entry] = field(default_factory=list)
+    """Entries with an image, in order; `prepared` holds exactly these."""
+
+
+_END = object()
+
+
+class BatchRunner:
+    """Runs items through an `Engine` and hands each chunk's records to `emit`, in input order."""
+
+    def __init__(self, engine: Engine, options: BatchOptions, *, base: Path | None = None) -> None:
+        self.engine = engine
+        self.options = options
+        self.base = base
+        self.batch_size = options.batch_size
+        self._stop = threading.Event()
+
+    def run(
+        self,
+        items: Iterable[Item],
+        emit: Callable[[list[dict[str, Any]]], None],
+        progress: Callable[[int, Summary], None] | None = None,
+    ) -> Summary:
+        summary = Summary(batch_size=self.batch_size)
+        chunks: queue.Queue = queue.Queue(maxsize=QUEUE_CHUNKS)
+        loader = threading.Thread(target=self._load, args=(iter(items), chunks), name="mmtok-loader", daemon=True)
+        start = time.perf_counter()
+        loader.start()
+        try:
+            while True:
+                waited = time.perf_counter()
+                chunk = chunks.get()
+                summary.wait_s += time.perf_counter() - waited
+                if chunk is _END:
+                    break
+                if isinstance(chunk, BaseException):
+                    raise chunk
+                records = self._answer_chunk(chunk, summary)
+                emit(records)
+                summary.wall_s = time.perf_counter() - start
+                summary.batch_size = self.batch_size
+                if progress:
+                    progress(len(records), summary)
+        finally:
+            self._stop.set()
+            summary.wall_s = time.perf_counter() - start
+        return summary
+
+    # -- background side -------------------------------------------------------------------------
+
+    def _load(self, items: Iterator[Item], out: queue.Queue) -> None:
+        try:
+            adapter = self.engine.preprocessor()
+            with ThreadPoolExecutor(LOAD_THREADS, thread_name_prefix="mmtok-image") as pool:
+                pending: deque[tuple[Item, Future | None]] = deque()
+                chunk: list[_Entry] = []
+                ok = 0
+                exhausted = False
+                while not self._stop.is_set():
+                    # Keep the pool busy a little ahead of the chunk being assembled.
+                    while not exhausted and len(pending) < 2 * max(self.batch_size, LOAD_THREADS):
+                        item = next(items, None)
+                        if item is None:
+                            exhausted = True
+                            break
+                        pending.append((item, pool.submit(self._open, item) if item.error is None else None))
+                    if not pending:
+                        break
+                    item, future = pending.popleft()
+                    entry = _Entry(item)
+                    if future is not None:
+                        entry.image, entry.load_ms, error = future.result()
+                        item.error = error
+                        ok += entry.image is not None
+                    chunk.append(entry)
+                    if ok >= self.batch_size or (exhausted and not pending):
+                        self._put(out, self._prepare(chunk, adapter))
+                        chunk, ok = [], 0
+                if chunk and not self._stop.is_set():
+                    self._put(out, self._prepare(chunk, adapter))
+                pool.shutdown(wait=False, cancel_futures=True)
+            self._put(out, _END)
+        except BaseException as exc:  # hand it to the main thread, which reports it
+            self._put(out, exc)
+
+    def _put(self, out: queue.Queue, value: Any) -> None:
+        while not self._stop.is_set():
+            try:
+                out.put(value, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def _open(self, item: Item) -> tuple[Image.Image | None, float, str | None]:
+        start = time.perf_counter()
+        try:
+            image = open_source(item.image, self.base)
+        except MmtokError as exc:
+            return None, (time.perf_counter() - start) * 1e3, str(exc)
+        return image, (time.perf_counter() - start) * 1e3, None
+
+    def _prepare(self, entries: list[_Entry], adapter: Any) -> _Chunk:
+        chunk = _Chunk(entries, ready=[e for e in entries if e.image is not None])
+        if not chunk.ready:
+            return chunk
+        start = time.perf_counter()
+        try:
+            chunk.prepared = self.engine.prepare(
+                [e.image for e in chunk.ready], [e.item.question for e in chunk.ready], adapter=adapter
+            )
+        except Exception:  # one bad image must not sink its neighbours: the main thread retries one by one
+            chunk.prepared = None
+        chunk.preprocess_ms = (time.perf_counter() - start) * 1e3
+        return chunk
+
+    # -- model side ------------------------------------------------------------------------------
+
+    def _answer_chunk(self, chunk: _Chunk, summary: Summary) -> list[dict[str, Any]]:
+        results: dict[int, dict[str, Any] | str] = {}
+        if chunk.ready:
+            outcomes = self._answer(chunk.ready, chunk.prepared, chunk.preprocess_ms)
+            results = {id(e): o for e, o in zip(chunk.ready, outcomes)}
+        records = []
+        for entry in chunk.entries:
+            outcome = results.get(id(entry))
+            if isinstance(outcome, dict):
+                records.append(record(entry.item, outcome))
+                summary.ok += 1
+                summary.kept += outcome["vision_tokens"]["kept"]
+                summary.total += outcome["vision_tokens"]["total"]
+            else:
+                records.append(record(entry.item, None, error=outcome or entry.item.error or "not processed"))
+                summary.failed += 1
+            summary.items += 1
+        return records
+
+    def _answer(self, entries: list[_Entry], prepared: Prepared | None, preprocess_ms: float) -> list[Any]:
+        """Results (dicts) or error messages (str) for `entries`, splitting the batch when it must."""
+        if len(entries) > self.batch_size:  # the batch size was lowered after an out-of-memory
+            mid = self.batch_size
+            return self._answer(entries[:mid], None, 0.0) + self._answer(entries[mid:], None, 0.0)
+        try:
+            if prepared is None:
+                start = time.perf_counter()
+                prepared = self.engine.prepare([e.image for e in entries], [e.item.question for e in entries])
+                preprocess_ms = (time.perf_counter() - start) * 1e3
+            return self._results(entries, prepared, preprocess_ms)
+        except torch.cuda.OutOfMemoryError:
+            if self.engine.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(entries) == 1:
+                return ["out of memory even at batch size 1 (try fewer --tokens, a smaller model or --dtype bfloat16)"]
+            self.batch_size = max(1, len(entries) // 2)
+            return self._answer(entries, None, 0.0)
+        except Exception as exc:
+            if self.options.debug:
+                raise
+            if len(entries) > 1:  # find the item that fails; the others still get answers
+                return [o for e in entries for o in self._answer([e], None, 0.0)]
+            if isinstance(exc, MmtokError):
+                return [str(exc)]
+            first = (str(exc).strip().splitlines() or [""])[0]
+            return [f"unexpected {type(exc).__name__}: {first}"]
+
+    def _results(self, entries: list[_Entry], prepared: Prepared, preprocess_ms: float) -> list[dict[str, Any]]:
+        opts = self.options
+        questions = [e.item.question for e in entries]
+        run = {
+            "tokens": [e.item.tokens or opts.tokens for e in entries],
+            "max_new_tokens": [e.item.max_new_tokens or opts.max_new_tokens for e in entries],
+            "preprocess_ms": preprocess_ms,
+        }
+        answers = self.engine.run_prepared(prepared, questions, method=opts.method, **run)
+        full = None
+        if opts.compare:
+            full = answers if opts.method == "full" else self.engine.run_prepared(
+                prepared, questions, method="full", **run
+            )
+        return [
+            answer_fields(a, load_ms=e.load_ms, full=None if full is None else full[i])
+            for i, (e, a) in enumerate(zip(entries, answers))
+        ]
+
