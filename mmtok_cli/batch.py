@@ -11,9 +11,8 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,8 @@ LOAD_THREADS = 4
 """Images decoded or downloaded at once: enough to hide network latency without hogging cores."""
 QUEUE_CHUNKS = 2
 """Chunks the loader may prepare ahead of the model."""
+STALL_S = 0.25
+"""When input stops arriving for this long, a partial chunk goes to the model instead of waiting."""
 
 
 @dataclass
@@ -134,31 +135,35 @@ class BatchRunner:
     # -- background side -------------------------------------------------------------------------
 
     def _load(self, items: Iterator[Item], out: queue.Queue) -> None:
+        """Assemble chunks of `batch_size` loaded images and preprocess them; runs in a thread."""
         try:
             adapter = self.engine.preprocessor()
             with ThreadPoolExecutor(LOAD_THREADS, thread_name_prefix="mmtok-image") as pool:
-                pending: deque[tuple[Item, Future | None]] = deque()
+                inbox: queue.Queue = queue.Queue(maxsize=2 * max(self.batch_size, LOAD_THREADS))
+                reader = threading.Thread(target=self._read, args=(items, pool, inbox), daemon=True)
+                reader.start()
                 chunk: list[_Entry] = []
                 ok = 0
-                exhausted = False
                 while not self._stop.is_set():
-                    # Keep the pool busy a little ahead of the chunk being assembled.
-                    while not exhausted and len(pending) < 2 * max(self.batch_size, LOAD_THREADS):
-                        item = next(items, None)
-                        if item is None:
-                            exhausted = True
-                            break
-                        pending.append((item, pool.submit(self._open, item) if item.error is None else None))
-                    if not pending:
+                    try:
+                        # Input that stalls (a slow producer on stdin) must not hold back answers.
+                        got = inbox.get(timeout=STALL_S if chunk else 0.2)
+                    except queue.Empty:
+                        if chunk:
+                            self._put(out, self._prepare(chunk, adapter))
+                            chunk, ok = [], 0
+                        continue
+                    if got is _END:
                         break
-                    item, future = pending.popleft()
+                    if isinstance(got, BaseException):
+                        raise got
+                    item, future = got
                     entry = _Entry(item)
                     if future is not None:
-                        entry.image, entry.load_ms, error = future.result()
-                        item.error = error
+                        entry.image, entry.load_ms, item.error = future.result()
                         ok += entry.image is not None
                     chunk.append(entry)
-                    if ok >= self.batch_size or (exhausted and not pending):
+                    if ok >= self.batch_size:
                         self._put(out, self._prepare(chunk, adapter))
                         chunk, ok = [], 0
                 if chunk and not self._stop.is_set():
@@ -167,6 +172,17 @@ class BatchRunner:
             self._put(out, _END)
         except BaseException as exc:  # hand it to the main thread, which reports it
             self._put(out, exc)
+
+    def _read(self, items: Iterator[Item], pool: ThreadPoolExecutor, inbox: queue.Queue) -> None:
+        """Read input and start loading each image; the bounded inbox limits how far ahead this runs."""
+        try:
+            for item in items:
+                if self._stop.is_set():
+                    return
+                self._put(inbox, (item, pool.submit(self._open, item) if item.error is None else None))
+            self._put(inbox, _END)
+        except BaseException as exc:
+            self._put(inbox, exc)
 
     def _put(self, out: queue.Queue, value: Any) -> None:
         while not self._stop.is_set():

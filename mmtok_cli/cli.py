@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -73,7 +72,7 @@ DtypeOpt = Annotated[
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks and library warnings.")]
 
 
-def _load_config(ctx: typer.Context, param: click.Parameter, value: Path | None) -> Path | None:
+def _load_config(ctx: typer.Context, param: typer.CallbackParam, value: Path | None) -> Path | None:
     """`--config FILE.yaml`: option defaults from a YAML mapping; flags on the command line still win.
 
     Keys are option names (`batch_size` or `batch-size`). A key another command uses is fine here
@@ -86,31 +85,38 @@ def _load_config(ctx: typer.Context, param: click.Parameter, value: Path | None)
     try:
         data = yaml.safe_load(value.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise click.BadParameter(f"cannot read {value}: {exc.strerror or exc}") from None
+        raise typer.BadParameter(f"cannot read {value}: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" (line {where.line + 1})" if where else ""
-        raise click.BadParameter(f"{value} is not valid YAML{line}") from None
+        raise typer.BadParameter(f"{value} is not valid YAML{line}") from None
     if data is None:
         return value
     if not isinstance(data, dict):
-        raise click.BadParameter(f"{value} must hold a mapping of option names to values")
+        raise typer.BadParameter(f"{value} must hold a mapping of option names to values")
     options = {str(k).replace("-", "_"): v for k, v in data.items()}
     mine = _option_names(ctx.command)
     group = ctx.parent.command if ctx.parent else None
-    known = set().union(*(_option_names(c) for c in getattr(group, "commands", {}).values())) | mine
+    known = {k for c in getattr(group, "commands", {}).values() for k in _option_names(c)} | set(mine)
     unknown = sorted(set(options) - known)
     if unknown:
-        raise click.BadParameter(
+        raise typer.BadParameter(
             f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} in {value}; "
             f"known: {', '.join(sorted(known))}"
         )
-    ctx.default_map = {**(ctx.default_map or {}), **{k: v for k, v in options.items() if k in mine}}
+    ctx.default_map = {**(ctx.default_map or {}), **{mine[k]: v for k, v in options.items() if k in mine}}
     return value
 
 
-def _option_names(command: click.Command) -> set[str]:
-    return {p.name for p in command.params if isinstance(p, click.Option) and p.name not in ("config", "help")}
+def _option_names(command: Any) -> dict[str, str]:
+    """Config keys a command accepts (its long flags, `json` for --json, and parameter names) -> parameter."""
+    names = {}
+    # Typer ships its own copy of click, so ask the parameter what it is rather than isinstance.
+    for p in command.params:
+        if p.param_type_name == "option" and p.name not in ("config", "help"):
+            names[p.name] = p.name
+            names.update({o.lstrip("-").replace("-", "_"): p.name for o in p.opts if o.startswith("--")})
+    return names
 
 
 ConfigOpt = Annotated[
@@ -156,6 +162,8 @@ def _guarded(debug: bool, work: Callable[[], Any]) -> Any:
         _quiet_libraries()
     try:
         return work()
+    except typer.Exit:
+        raise
     except MmtokError as exc:
         if debug:
             raise

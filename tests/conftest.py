@@ -6,6 +6,9 @@ from PIL import Image
 
 # Tests never touch the network: a hub id must fail fast, from the cache alone.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Tiny models gain nothing from intra-op threads, and spinning OpenMP threads slow to a crawl when
+# the CPU is shared (CI runners, parallel jobs). Set before torch loads; subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
