@@ -54,7 +54,7 @@ def _first_line(exc: BaseException) -> str:
 
 def load_adapter(model: str, *, device: torch.device, dtype: torch.dtype) -> Adapter:
     """Load config, processor and weights of `model` (hub id or local folder) and wrap them."""
-    from transformers import AutoProcessor, PreTrainedConfig
+    from transformers import PreTrainedConfig
 
     path = Path(model).expanduser()
     if path.is_dir():
@@ -91,7 +91,7 @@ def load_adapter(model: str, *, device: torch.device, dtype: torch.dtype) -> Ada
     if "model_type" not in config:
         raise MmtokError(f"'{model}' has a config.json without model_type; is it a transformers checkpoint?")
     adapter_cls = adapter_class(config["model_type"])
-    processor = load(AutoProcessor.from_pretrained)
+    processor = load(adapter_cls.load_processor)
     net = load(adapter_cls.model_class().from_pretrained, dtype=dtype)
     net.to(device).eval()
     return adapter_cls(net, processor)
