@@ -41,13 +41,46 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tokenizer(vocab_size: int = 600):
-    """A Llama-style (metaspace BPE) tokenizer trained on a small built-in corpus."""
+QWEN_VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+
+
+def qwen_chat_template(system: str | None) -> str:
+    """Qwen-VL's conversation format for images (the real templates also handle videos and tools).
+
+    Qwen2.5-VL opens with a default system turn ("You are a helpful assistant."); Qwen3-VL has none.
+    """
+    opening = (
+        "{% if loop.first and message['role'] != 'system' %}"
+        "{{ '<|im_start|>system\\n" + system + "<|im_end|>\\n' }}{% endif %}"
+        if system
+        else ""
+    )
+    return (
+        "{% for message in messages %}" + opening + "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+        "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+        "{% for part in message['content'] %}"
+        "{% if part['type'] == 'image' %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+        "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+        "{% endfor %}{% endif %}"
+        "{{ '<|im_end|>\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    )
+
+
+def build_tokenizer(vocab_size: int = 600, *, qwen: bool = False):
+    """A metaspace BPE tokenizer trained on a small built-in corpus.
+
+    Llama-style specials by default; `qwen=True` gives the Qwen-VL chat and vision specials
+    (`<|im_start|>`, `<|vision_start|>`, `<|image_pad|>`, ...) and no BOS token, as Qwen has none.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    if qwen:
+        specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + list(QWEN_VISION_TOKENS)
+    else:
+        specials = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+    tok = Tokenizer(models.BPE(unk_token=specials[0]))
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
     trainer = trainers.BpeTrainer(
@@ -57,6 +90,14 @@ def build_tokenizer(vocab_size: int = 600):
         show_progress=False,
     )
     tok.train_from_iterator(_CORPUS.split("\n") * 4, trainer=trainer)
+    if qwen:
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok,
+            unk_token="<|endoftext|>",
+            eos_token="<|im_end|>",
+            pad_token="<|endoftext|>",
+            extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
+        )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         unk_token="<unk>",
@@ -153,6 +194,97 @@ def build_tiny_llava(
     )
     model.save_pretrained(path)
     processor.save_pretrained(path)
+    return path
+
+
+def build_tiny_qwen_vl(
+    path: str | Path,
+    *,
+    version: str = "2.5",
+    seed: int = 0,
+    vision_hidden: int = 32,
+    text_hidden: int = 64,
+    layers: int = 2,
+    max_tokens: int = 64,
+) -> Path:
+    """Save a random-weight Qwen2.5-VL (`version="2.5"`) or Qwen3-VL (`"3"`) checkpoint to `path`.
+
+    Laid out like `Qwen/Qwen2.5-VL-7B-Instruct` / `Qwen/Qwen3-VL-8B-Instruct`: dynamic-resolution
+    ViT (2.5: window attention with full-attention blocks; 3: learned position grid and deepstack
+    mergers feeding early LLM layers), 2x2 patch merger, M-RoPE language model. Tiny: images are
+    resized to at most `max_tokens` merged tokens, so n differs per image size.
+
+    The processor is saved as its parts (image processor, tokenizer, chat template), as many real
+    Qwen-VL checkpoints are; the full `Qwen*VLProcessor` also wants a video processor, which needs
+    torchvision, and mmtok assembles an image-only one when it cannot be built (see models/qwen_vl.py).
+    """
+    from transformers import Qwen2VLImageProcessorPil
+
+    path = Path(path)
+    tokenizer = build_tokenizer(qwen=True)
+    ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in zip(
+        ("vision_start_token_id", "vision_end_token_id", "image_token_id", "video_token_id"), QWEN_VISION_TOKENS
+    )}
+    heads = 4
+    text = dict(
+        hidden_size=text_hidden,
+        intermediate_size=text_hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=2,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=2048,
+        bos_token_id=None,  # Qwen has none
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        initializer_range=0.2,  # larger than usual so random outputs depend visibly on the input
+    )
+    half = text_hidden // heads // 2  # M-RoPE splits each head's rotary frequencies into (t, h, w) sections
+    section = [half - 2 * (half // 3), half // 3, half // 3]
+    if version == "2.5":
+        from transformers import Qwen2_5_VLConfig as Config
+        from transformers import Qwen2_5_VLForConditionalGeneration as Model
+
+        patch = 14
+        vision = dict(
+            depth=layers + 1, hidden_size=vision_hidden, intermediate_size=vision_hidden * 2, num_heads=4,
+            out_hidden_size=text_hidden, patch_size=patch, spatial_merge_size=2, temporal_patch_size=2,
+            window_size=patch * 2 * 2, fullatt_block_indexes=[layers],  # 2x2-merged-token windows, last block full
+        )
+        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": section}
+        system = "You are a helpful assistant."
+    elif version == "3":
+        from transformers import Qwen3VLConfig as Config
+        from transformers import Qwen3VLForConditionalGeneration as Model
+
+        patch = 16
+        vision = dict(
+            depth=layers + 1, hidden_size=vision_hidden, intermediate_size=vision_hidden * 2, num_heads=4,
+            out_hidden_size=text_hidden, patch_size=patch, spatial_merge_size=2, temporal_patch_size=2,
+            num_position_embeddings=64, deepstack_visual_indexes=list(range(layers)),
+            initializer_range=0.2,  # deepstack features as large as the LLM's hidden states, so they matter
+        )
+        text["head_dim"] = text_hidden // heads
+        text["rope_parameters"] = {
+            "rope_type": "default", "rope_theta": 10000.0, "mrope_section": section, "mrope_interleaved": True,
+        }
+        system = None
+    else:
+        raise ValueError(f"unknown Qwen-VL version {version!r}; use '2.5' or '3'")
+    config = Config(vision_config=vision, text_config=text, tie_word_embeddings=False, **ids)
+    torch.manual_seed(seed)
+    model = Model(config).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    unit = patch * 2  # one merged token covers (2 patches)^2
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=patch, merge_size=2, temporal_patch_size=2,
+        size={"shortest_edge": 4 * unit * unit, "longest_edge": max_tokens * unit * unit},
+    )
+    model.save_pretrained(path)
+    image_processor.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    (path / "chat_template.jinja").write_text(qwen_chat_template(system))
     return path
 
 

@@ -14,8 +14,9 @@ import torch
 from ..errors import MmtokError
 from .base import Adapter
 from .llava import LlavaAdapter
+from .qwen_vl import Qwen3VLAdapter, QwenVLAdapter
 
-ADAPTERS: tuple[type[Adapter], ...] = (LlavaAdapter,)
+ADAPTERS: tuple[type[Adapter], ...] = (LlavaAdapter, QwenVLAdapter, Qwen3VLAdapter)
 
 
 def supported() -> str:
