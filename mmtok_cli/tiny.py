@@ -226,19 +226,19 @@ def build_tiny_qwen_vl(
         ("vision_start_token_id", "vision_end_token_id", "image_token_id", "video_token_id"), QWEN_VISION_TOKENS
     )}
     heads = 4
-    text = dict(
-        hidden_size=text_hidden,
-        intermediate_size=text_hidden * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=2,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=2048,
-        bos_token_id=None,  # Qwen has none
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        initializer_range=0.2,  # larger than usual so random outputs depend visibly on the input
-    )
+    text = {
+        "hidden_size": text_hidden,
+        "intermediate_size": text_hidden * 2,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": 2,
+        "vocab_size": len(tokenizer),
+        "max_position_embeddings": 2048,
+        "bos_token_id": None,  # Qwen has none
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "initializer_range": 0.2,  # larger than usual so random outputs depend visibly on the input
+    }
     half = text_hidden // heads // 2  # M-RoPE splits each head's rotary frequencies into (t, h, w) sections
     section = [half - 2 * (half // 3), half // 3, half // 3]
     if version == "2.5":
@@ -246,11 +246,12 @@ def build_tiny_qwen_vl(
         from transformers import Qwen2_5_VLForConditionalGeneration as Model
 
         patch = 14
-        vision = dict(
-            depth=layers + 1, hidden_size=vision_hidden, intermediate_size=vision_hidden * 2, num_heads=4,
-            out_hidden_size=text_hidden, patch_size=patch, spatial_merge_size=2, temporal_patch_size=2,
-            window_size=patch * 2 * 2, fullatt_block_indexes=[layers],  # 2x2-merged-token windows, last block full
-        )
+        vision = {
+            "depth": layers + 1, "hidden_size": vision_hidden, "intermediate_size": vision_hidden * 2, "num_heads": 4,
+            "out_hidden_size": text_hidden, "patch_size": patch, "spatial_merge_size": 2, "temporal_patch_size": 2,
+            # windows of 2x2 merged tokens; the last block attends over the whole image
+            "window_size": patch * 2 * 2, "fullatt_block_indexes": [layers],
+        }
         text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": section}
         system = "You are a helpful assistant."
     elif version == "3":
@@ -258,12 +259,12 @@ def build_tiny_qwen_vl(
         from transformers import Qwen3VLForConditionalGeneration as Model
 
         patch = 16
-        vision = dict(
-            depth=layers + 1, hidden_size=vision_hidden, intermediate_size=vision_hidden * 2, num_heads=4,
-            out_hidden_size=text_hidden, patch_size=patch, spatial_merge_size=2, temporal_patch_size=2,
-            num_position_embeddings=64, deepstack_visual_indexes=list(range(layers)),
-            initializer_range=0.2,  # deepstack features as large as the LLM's hidden states, so they matter
-        )
+        vision = {
+            "depth": layers + 1, "hidden_size": vision_hidden, "intermediate_size": vision_hidden * 2, "num_heads": 4,
+            "out_hidden_size": text_hidden, "patch_size": patch, "spatial_merge_size": 2, "temporal_patch_size": 2,
+            "num_position_embeddings": 64, "deepstack_visual_indexes": list(range(layers)),
+            "initializer_range": 0.2,  # deepstack features as large as the LLM's hidden states, so they matter
+        }
         text["head_dim"] = text_hidden // heads
         text["rope_parameters"] = {
             "rope_type": "default", "rope_theta": 10000.0, "mrope_section": section, "mrope_interleaved": True,

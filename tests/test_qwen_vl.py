@@ -62,7 +62,7 @@ def _new_tokens(out, width, eos):
 def test_processor_is_assembled_when_the_full_one_cannot_load(qwen):
     """No torchvision: transformers cannot build the Qwen-VL processor; mmtok assembles an image-only one
     whose outputs equal the hand-built inputs."""
-    version, path, engine, _ = qwen
+    _, path, engine, _ = qwen
     processor = engine.adapter.processor
     if not is_torchvision_available():
         from transformers import AutoProcessor
@@ -89,7 +89,7 @@ def test_videos_without_torchvision_get_a_clear_error(qwen):
 
 @pytest.mark.parametrize("method,k", [("full", 0), ("mmtok", 10_000)])
 def test_unpruned_batch_equals_plain_generate(qwen, method, k):
-    version, path, engine, model = qwen
+    _, path, engine, model = qwen
     images = [noise_image(20 + i, size) for i, size in enumerate(SIZES)]
     questions = [QUESTION, "Is there a red circle?", "Describe the photo in detail."]
     inputs, tok = _plain_inputs(path, images, questions)
@@ -161,7 +161,7 @@ def _vision_by_hand(model, inputs):
 
 @pytest.mark.parametrize("k", [1, 6, 17])
 def test_pruned_run_equals_hand_built_reference(qwen, k):
-    version, path, engine, model = qwen
+    _, path, engine, model = qwen
     image = noise_image(3, (200, 140))
     inputs, tok = _plain_inputs(path, [image], [QUESTION])
     image_id = tok.convert_tokens_to_ids("<|image_pad|>")
@@ -189,7 +189,7 @@ def test_pruned_run_equals_hand_built_reference(qwen, k):
 
 
 def test_u_is_the_merger_input_pooled_per_group(qwen):
-    version, path, engine, model = qwen
+    _, path, engine, model = qwen
     image = noise_image(4, (230, 120))
     inputs, _ = _plain_inputs(path, [image], [QUESTION])
     with torch.no_grad():
@@ -200,7 +200,7 @@ def test_u_is_the_merger_input_pooled_per_group(qwen):
 
 
 def test_language_model_sees_exactly_k_image_tokens(qwen):
-    version, path, engine, _ = qwen
+    version, _, engine, _ = qwen
     lm = engine.adapter.model.model.language_model
     calls = []
 
@@ -224,7 +224,7 @@ def test_language_model_sees_exactly_k_image_tokens(qwen):
 
 
 def test_batch_of_mixed_sizes_equals_one_by_one(qwen):
-    version, path, engine, _ = qwen
+    engine = qwen[2]
     images = [noise_image(10 + i, size) for i, size in enumerate(SIZES)]
     questions = ["What is on the table?", "Is there a red circle?", "Describe the photo in detail."]
     for budgets in ([6, 6, 6], [2, 10_000, 9]):
@@ -237,11 +237,12 @@ def test_batch_of_mixed_sizes_equals_one_by_one(qwen):
 
 
 def test_ask_end_to_end(qwen, image_file):
-    version, path, engine, _ = qwen
+    version, path, _, _ = qwen
     result = CliRunner().invoke(app, ["ask", str(image_file), QUESTION, "--model", str(path), "--tokens", "4",
                                       "--json", "--max-new-tokens", "3"])
     assert result.exit_code == 0, result.stderr
     record = json.loads(result.stdout)
     assert record["family"] == ("qwen2.5-vl" if version == "2.5" else "qwen3-vl")
     assert record["vision_tokens"]["kept"] == 4 and len(record["kept_indices"][0]) == 4
-    assert record["prompt_tokens"]["pruned"] == record["prompt_tokens"]["unpruned"] - record["vision_tokens"]["total"] + 4
+    tokens = record["prompt_tokens"]
+    assert tokens["pruned"] == tokens["unpruned"] - record["vision_tokens"]["total"] + 4

@@ -104,17 +104,23 @@ class QwenVLAdapter(Adapter):
         from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
         from transformers.utils import is_torchvision_available
 
+        full_error = None
         if is_torchvision_available():
             try:
                 return AutoProcessor.from_pretrained(source, **kwargs)
-            except Exception:  # e.g. no video processor config: images do not need one
-                pass
-        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        return image_only(cls.processor_class())(
-            image_processor=AutoImageProcessor.from_pretrained(source, **kwargs),
-            tokenizer=tokenizer,
-            chat_template=_chat_template(source, tokenizer, **kwargs),
-        )
+            except Exception as exc:  # noqa: BLE001 -- e.g. no video processor config; images need none
+                full_error = exc
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+            return image_only(cls.processor_class())(
+                image_processor=AutoImageProcessor.from_pretrained(source, **kwargs),
+                tokenizer=tokenizer,
+                chat_template=_chat_template(source, tokenizer, **kwargs),
+            )
+        except Exception:
+            if full_error is not None:  # the full processor's error says more
+                raise full_error from None
+            raise
 
     @property
     def image_token_id(self) -> int:
@@ -129,7 +135,7 @@ class QwenVLAdapter(Adapter):
         counts = [len(v) for v in per_image]
         features = self._merged_groups(out.last_hidden_state, grid).split(counts)
         vision = pad_sequence(per_image, batch_first=True)
-        mask = torch.arange(vision.shape[1], device=vision.device)[None] < torch.tensor(counts, device=vision.device)[:, None]
+        mask = torch.arange(vision.shape[1], device=vision.device) < torch.tensor(counts, device=vision.device)[:, None]
         deepstack = getattr(out, "deepstack_features", None)
         return QwenVisionTokens(
             vision=vision,
@@ -196,7 +202,9 @@ class Qwen3VLAdapter(QwenVLAdapter):
     family = "qwen3-vl"
     model_types = ("qwen3_vl",)
     example = "Qwen/Qwen3-VL-8B-Instruct"
-    fallback_prompt = "<|im_start|>user\n<|vision_start|>{image}<|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n"
+    fallback_prompt = (
+        "<|im_start|>user\n<|vision_start|>{image}<|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n"
+    )
     windowed = False
 
     @staticmethod
