@@ -197,6 +197,86 @@ def build_tiny_llava(
     return path
 
 
+def build_tiny_llava_next(
+    path: str | Path,
+    *,
+    seed: int = 0,
+    image_size: int = 56,
+    patch_size: int = 14,
+    vision_hidden: int = 32,
+    text_hidden: int = 64,
+    layers: int = 2,
+) -> Path:
+    """Save a random-weight `LlavaNextForConditionalGeneration` checkpoint with its processor to `path`.
+
+    Laid out like `llava-hf/llava-v1.6-vicuna-7b-hf` (CLIP tower, penultimate layer without CLS, MLP
+    projector, Llama LLM, any-resolution crops with row-newline tokens), only tiny: each crop is
+    (image_size/patch_size)^2 tokens and the crop grids are 1x2, 2x1 or 2x2 crops of `image_size`,
+    so an image has a base view plus 2 or 4 crops.
+    """
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessorPil,
+        LlavaNextProcessor,
+    )
+
+    path = Path(path)
+    tokenizer = build_tokenizer()
+    pinpoints = [[image_size, 2 * image_size], [2 * image_size, image_size], [2 * image_size, 2 * image_size]]
+    vision = CLIPVisionConfig(
+        hidden_size=vision_hidden,
+        intermediate_size=vision_hidden * 2,
+        num_hidden_layers=layers + 1,
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=patch_size,
+        projection_dim=vision_hidden,
+    )
+    text = LlamaConfig(
+        hidden_size=text_hidden,
+        intermediate_size=text_hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        initializer_range=0.2,  # larger than the usual 0.02 so random outputs depend visibly on the input
+    )
+    config = LlavaNextConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=pinpoints,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+    torch.manual_seed(seed)
+    model = LlavaNextForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    processor = LlavaNextProcessor(
+        image_processor=LlavaNextImageProcessorPil(
+            size={"shortest_edge": image_size},
+            crop_size={"height": image_size, "width": image_size},
+            image_grid_pinpoints=pinpoints,
+        ),
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=CHAT_TEMPLATE,
+    )
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
 def build_tiny_qwen_vl(
     path: str | Path,
     *,

@@ -14,9 +14,10 @@ import torch
 from ..errors import MmtokError
 from .base import Adapter
 from .llava import LlavaAdapter
+from .llava_next import LlavaNextAdapter
 from .qwen_vl import Qwen3VLAdapter, QwenVLAdapter
 
-ADAPTERS: tuple[type[Adapter], ...] = (LlavaAdapter, QwenVLAdapter, Qwen3VLAdapter)
+ADAPTERS: tuple[type[Adapter], ...] = (LlavaAdapter, LlavaNextAdapter, QwenVLAdapter, Qwen3VLAdapter)
 
 
 def supported() -> str:
