@@ -46,7 +46,7 @@ ModelOpt = Annotated[
     str,
     typer.Option(
         "--model", "-m",
-        help="Hugging Face hub id or local checkpoint folder (LLaVA-1.5 family).",
+        help="Hugging Face hub id or local checkpoint folder (see `mmtok models` for the families).",
         show_default=True,
     ),
 ]
@@ -191,3 +191,39 @@ def ask(
             )
 
     _guarded(debug, work)
+
+
+@app.command()
+def models(
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list instead of a table.")] = False,
+) -> None:
+    """List the supported model families, with their defaults and an example checkpoint each.
+
+    The family is detected from the checkpoint's config.json (model_type), so any checkpoint of a
+    listed family works, including local folders.
+    """
+    from .models import ADAPTERS
+    from .selection import ALPHA, TAU_V
+
+    rows = [
+        {
+            "family": a.family,
+            "model_types": list(a.model_types),
+            "tau_t": a.tau_t,
+            "tau_v": TAU_V,
+            "alpha": ALPHA,
+            "tokens": a.budget,
+            "example": a.example,
+        }
+        for a in ADAPTERS
+    ]
+    if as_json:
+        sys.stdout.write(json.dumps(rows) + "\n")
+        return
+    for row in rows:
+        sys.stdout.write(
+            f"{row['family']:<12} e.g. {row['example']}\n"
+            f"{'':<12} config model_type: {', '.join(row['model_types'])} · tau_t {row['tau_t']} · "
+            f"tau_v {row['tau_v']} · alpha {row['alpha']}\n"
+            f"{'':<12} --tokens: {row['tokens']}\n"
+        )

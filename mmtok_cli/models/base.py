@@ -56,6 +56,8 @@ class Adapter(ABC):
     tau_t: ClassVar[float]
     example: ClassVar[str]
     """An example checkpoint id, for help texts."""
+    budget: ClassVar[str]
+    """What `--tokens K` means for this family, in a line (for `mmtok models`)."""
     fallback_prompt: ClassVar[str | None] = None
     """The family's conversation format, for checkpoints saved without a chat template."""
 

@@ -25,6 +25,7 @@ class LlavaAdapter(Adapter):
     model_types = ("llava",)
     tau_t = TAU_T_LLAVA
     example = "llava-hf/llava-1.5-7b-hf"
+    budget = "K of the image's patch tokens (576 = 24 x 24 for the 336-px checkpoints)"
     fallback_prompt = "USER: {image}\n{question} ASSISTANT:"
 
     @staticmethod

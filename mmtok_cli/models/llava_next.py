@@ -57,6 +57,7 @@ class LlavaNextAdapter(Adapter):
     model_types = ("llava_next",)
     tau_t = TAU_T_LLAVA
     example = "llava-hf/llava-v1.6-vicuna-7b-hf"
+    budget = "K in total, split evenly over the base view and the crops (e.g. 32 x 5); row newlines dropped"
     fallback_prompt = "USER: {image}\n{question} ASSISTANT:"
     crop_budget: ClassVar[str] = "even"
     """"even": split --tokens over the base view and the crops (the paper); "global": one selection over all."""

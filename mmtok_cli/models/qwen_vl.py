@@ -79,6 +79,7 @@ class QwenVLAdapter(Adapter):
     model_types = ("qwen2_5_vl",)
     tau_t = TAU_T_QWEN
     example = "Qwen/Qwen2.5-VL-7B-Instruct"
+    budget = "K of the image's merged tokens (n grows with resolution); kept tokens keep their M-RoPE positions"
     fallback_prompt = (
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
         "<|im_start|>user\n<|vision_start|>{image}<|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n"
