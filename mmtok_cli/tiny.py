@@ -109,6 +109,45 @@ def build_tokenizer(vocab_size: int = 600, *, qwen: bool = False):
     )
 
 
+def _clip_and_llama(tokenizer, image_size: int, patch_size: int, vision_hidden: int, text_hidden: int, layers: int):
+    """Tiny CLIP vision tower and Llama LLM configs, the LLaVA families' pair."""
+    from transformers import CLIPVisionConfig, LlamaConfig
+
+    vision = CLIPVisionConfig(
+        hidden_size=vision_hidden,
+        intermediate_size=vision_hidden * 2,
+        num_hidden_layers=layers + 1,
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=patch_size,
+        projection_dim=vision_hidden,
+    )
+    text = LlamaConfig(
+        hidden_size=text_hidden,
+        intermediate_size=text_hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        # Larger than the usual 0.02 so that random outputs depend visibly on the input.
+        initializer_range=0.2,
+    )
+    return vision, text
+
+
+def _random_model(model_class: type, config, tokenizer, seed: int):
+    """A seeded random-weight model whose generation stops at the tokenizer's EOS."""
+    torch.manual_seed(seed)
+    model = model_class(config).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
 def build_tiny_llava(
     path: str | Path,
     *,
@@ -134,8 +173,6 @@ def build_tiny_llava(
     """
     from transformers import (
         CLIPImageProcessorPil,
-        CLIPVisionConfig,
-        LlamaConfig,
         LlavaConfig,
         LlavaForConditionalGeneration,
         LlavaImageProcessorPil,
@@ -144,29 +181,7 @@ def build_tiny_llava(
 
     path = Path(path)
     tokenizer = build_tokenizer()
-    vision = CLIPVisionConfig(
-        hidden_size=vision_hidden,
-        intermediate_size=vision_hidden * 2,
-        num_hidden_layers=layers + 1,
-        num_attention_heads=4,
-        image_size=image_size,
-        patch_size=patch_size,
-        projection_dim=vision_hidden,
-    )
-    text = LlamaConfig(
-        hidden_size=text_hidden,
-        intermediate_size=text_hidden * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        # Larger than the usual 0.02 so that random outputs depend visibly on the input.
-        initializer_range=0.2,
-    )
+    vision, text = _clip_and_llama(tokenizer, image_size, patch_size, vision_hidden, text_hidden, layers)
     config = LlavaConfig(
         vision_config=vision,
         text_config=text,
@@ -175,10 +190,7 @@ def build_tiny_llava(
         vision_feature_select_strategy=select_strategy,
         projector_hidden_act="gelu",
     )
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config).eval()
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model = _random_model(LlavaForConditionalGeneration, config, tokenizer, seed)
     image_processor = (LlavaImageProcessorPil if pad_to_square else CLIPImageProcessorPil)(
         size={"shortest_edge": image_size},
         crop_size={"height": image_size, "width": image_size},
@@ -215,8 +227,6 @@ def build_tiny_llava_next(
     so an image has a base view plus 2 or 4 crops.
     """
     from transformers import (
-        CLIPVisionConfig,
-        LlamaConfig,
         LlavaNextConfig,
         LlavaNextForConditionalGeneration,
         LlavaNextImageProcessorPil,
@@ -226,28 +236,7 @@ def build_tiny_llava_next(
     path = Path(path)
     tokenizer = build_tokenizer()
     pinpoints = [[image_size, 2 * image_size], [2 * image_size, image_size], [2 * image_size, 2 * image_size]]
-    vision = CLIPVisionConfig(
-        hidden_size=vision_hidden,
-        intermediate_size=vision_hidden * 2,
-        num_hidden_layers=layers + 1,
-        num_attention_heads=4,
-        image_size=image_size,
-        patch_size=patch_size,
-        projection_dim=vision_hidden,
-    )
-    text = LlamaConfig(
-        hidden_size=text_hidden,
-        intermediate_size=text_hidden * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        initializer_range=0.2,  # larger than the usual 0.02 so random outputs depend visibly on the input
-    )
+    vision, text = _clip_and_llama(tokenizer, image_size, patch_size, vision_hidden, text_hidden, layers)
     config = LlavaNextConfig(
         vision_config=vision,
         text_config=text,
@@ -256,10 +245,7 @@ def build_tiny_llava_next(
         vision_feature_layer=-2,
         vision_feature_select_strategy="default",
     )
-    torch.manual_seed(seed)
-    model = LlavaNextForConditionalGeneration(config).eval()
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model = _random_model(LlavaNextForConditionalGeneration, config, tokenizer, seed)
     processor = LlavaNextProcessor(
         image_processor=LlavaNextImageProcessorPil(
             size={"shortest_edge": image_size},
@@ -353,10 +339,7 @@ def build_tiny_qwen_vl(
     else:
         raise ValueError(f"unknown Qwen-VL version {version!r}; use '2.5' or '3'")
     config = Config(vision_config=vision, text_config=text, tie_word_embeddings=False, **ids)
-    torch.manual_seed(seed)
-    model = Model(config).eval()
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model = _random_model(Model, config, tokenizer, seed)
     unit = patch * 2  # one merged token covers (2 patches)^2
     image_processor = Qwen2VLImageProcessorPil(
         patch_size=patch, merge_size=2, temporal_patch_size=2,
@@ -369,20 +352,30 @@ def build_tiny_qwen_vl(
     return path
 
 
+BUILDERS = {
+    "llava": build_tiny_llava,
+    "llava-next": build_tiny_llava_next,
+    "qwen2.5-vl": lambda path, **kw: build_tiny_qwen_vl(path, version="2.5", **kw),
+    "qwen3-vl": lambda path, **kw: build_tiny_qwen_vl(path, version="3", **kw),
+}
+
+
 def main(argv: list[str] | None = None) -> None:
-    """`python -m mmtok_cli.tiny DIR`: write a tiny random LLaVA checkpoint for offline smoke runs."""
+    """`python -m mmtok_cli.tiny DIR [--family F]`: write a tiny random checkpoint for offline smoke runs."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m mmtok_cli.tiny", description=main.__doc__)
     parser.add_argument("path", help="folder to write the checkpoint to")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--pad-to-square", action="store_true", help="use LLaVA's pad-to-square preprocessing")
+    parser.add_argument("--family", choices=list(BUILDERS), default="llava")
+    parser.add_argument("--pad-to-square", action="store_true", help="llava only: pad-to-square preprocessing")
     args = parser.parse_args(argv)
     import transformers
 
     transformers.logging.disable_progress_bar()
-    out = build_tiny_llava(args.path, seed=args.seed, pad_to_square=args.pad_to_square)
-    print(f"tiny random-weight LLaVA checkpoint written to {out} (answers are gibberish by design)")
+    options = {"pad_to_square": True} if args.pad_to_square else {}
+    out = BUILDERS[args.family](args.path, seed=args.seed, **options)
+    print(f"tiny random-weight {args.family} checkpoint written to {out} (answers are gibberish by design)")
 
 
 if __name__ == "__main__":

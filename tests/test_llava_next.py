@@ -12,6 +12,7 @@ from mmtok_cli.cli import app
 from mmtok_cli.models.llava_next import split_evenly
 
 from . import reference
+from .checks import assert_batch_equals_one_by_one
 from .conftest import noise_image
 
 QUESTION = "What colour is the cat on the sofa?"
@@ -178,15 +179,7 @@ def test_language_model_sees_exactly_k_image_tokens_and_no_newlines(next_engine,
 
 
 def test_batch_of_mixed_sizes_equals_one_by_one(next_engine):
-    images = [noise_image(10 + i, size) for i, size in enumerate(SIZES)]
-    questions = ["What is on the table?", "Is there a red circle?", "Describe the photo in detail."]
-    for budgets in ([6, 6, 6], [3, 10_000, 11]):
-        batch = next_engine.run(images, questions, tokens=budgets, max_new_tokens=NEW)
-        for image, question, k, got in zip(images, questions, budgets, batch):
-            alone = next_engine.ask(image, question, tokens=k, max_new_tokens=NEW)
-            assert got.kept_indices == alone.kept_indices and got.vision_kept == min(k, got.vision_total)
-            assert got.output_ids == alone.output_ids
-            assert got.prompt_pruned == alone.prompt_pruned
+    assert_batch_equals_one_by_one(next_engine, ([6, 6, 6], [3, 10_000, 11]), sizes=SIZES)
 
 
 def test_ask_end_to_end(next_path, image_file):

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from mmtok_cli.cli import app
 
 from . import reference
+from .checks import assert_batch_equals_one_by_one
 from .conftest import noise_image
 
 QUESTION = "What colour is the cat on the sofa?"
@@ -224,16 +225,7 @@ def test_language_model_sees_exactly_k_image_tokens(qwen):
 
 
 def test_batch_of_mixed_sizes_equals_one_by_one(qwen):
-    engine = qwen[2]
-    images = [noise_image(10 + i, size) for i, size in enumerate(SIZES)]
-    questions = ["What is on the table?", "Is there a red circle?", "Describe the photo in detail."]
-    for budgets in ([6, 6, 6], [2, 10_000, 9]):
-        batch = engine.run(images, questions, tokens=budgets, max_new_tokens=NEW)
-        for image, question, k, got in zip(images, questions, budgets, batch):
-            alone = engine.ask(image, question, tokens=k, max_new_tokens=NEW)
-            assert got.kept_indices == alone.kept_indices and got.vision_kept == min(k, got.vision_total)
-            assert got.output_ids == alone.output_ids
-            assert got.prompt_pruned == alone.prompt_pruned
+    assert_batch_equals_one_by_one(qwen[2], ([6, 6, 6], [2, 10_000, 9]))
 
 
 def test_ask_end_to_end(qwen, image_file):
@@ -246,3 +238,22 @@ def test_ask_end_to_end(qwen, image_file):
     assert record["vision_tokens"]["kept"] == 4 and len(record["kept_indices"][0]) == 4
     tokens = record["prompt_tokens"]
     assert tokens["pruned"] == tokens["unpruned"] - record["vision_tokens"]["total"] + 4
+
+
+@pytest.mark.parametrize("layout", ["chat_template.json", "no template"])
+def test_checkpoints_with_other_chat_template_layouts(tmp_path, layout):
+    """Older Qwen-VL checkpoints ship chat_template.json; conversions may ship none (Qwen's format is used)."""
+    from mmtok_cli.engine import Engine
+    from mmtok_cli.tiny import build_tiny_qwen_vl
+
+    path = build_tiny_qwen_vl(tmp_path / "qwen", version="2.5", layers=1)
+    template = path / "chat_template.jinja"
+    if layout == "chat_template.json":
+        (path / "chat_template.json").write_text(json.dumps({"chat_template": template.read_text()}))
+    template.unlink()
+    engine = Engine(str(path), device="cpu")
+    assert engine.adapter.prompt("Is it red?") == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+        "<|vision_start|><|image_pad|><|vision_end|>Is it red?<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert engine.ask(noise_image(7), "Is it red?", tokens=3, max_new_tokens=2).vision_kept == 3

@@ -14,7 +14,6 @@ sequence unchanged, newlines included, i.e. exactly the unpruned model.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
@@ -59,15 +58,9 @@ class LlavaNextAdapter(Adapter):
     example = "llava-hf/llava-v1.6-vicuna-7b-hf"
     budget = "K in total, split evenly over the base view and the crops (e.g. 32 x 5); row newlines dropped"
     fallback_prompt = "USER: {image}\n{question} ASSISTANT:"
-    crop_budget: ClassVar[str] = "even"
-    """"even": split --tokens over the base view and the crops (the paper); "global": one selection over all."""
-
-    def __init__(self, model: Any, processor: Any, *, crop_budget: str | None = None) -> None:
-        super().__init__(model, processor)
-        if crop_budget is not None:
-            if crop_budget not in CROP_BUDGETS:
-                raise ValueError(f"crop_budget must be one of {CROP_BUDGETS}, not {crop_budget!r}")
-            self.crop_budget = crop_budget
+    crop_budget: str = "even"
+    """"even": split --tokens over the base view and the crops (the paper); "global": one selection over all.
+    Set it on an engine's adapter: `engine.adapter.crop_budget = "global"`."""
 
     @staticmethod
     def model_class() -> type:
@@ -124,6 +117,8 @@ class LlavaNextAdapter(Adapter):
     ) -> list[torch.Tensor]:
         """Per-view selection with the budget split evenly over the views (or one global selection)."""
         assert isinstance(tokens, NextVisionTokens)
+        if self.crop_budget not in CROP_BUDGETS:
+            raise ValueError(f"crop_budget must be one of {CROP_BUDGETS}, not {self.crop_budget!r}")
         if self.crop_budget == "global":
             return super().select(tokens, text, text_mask, budgets, **params)
         # One row per (image, view): each view selects its share of the image's budget from its own tokens.

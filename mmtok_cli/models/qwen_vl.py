@@ -154,10 +154,13 @@ class QwenVLAdapter(Adapter):
         pooled = hidden.view(-1, unit, hidden.shape[-1]).mean(1)  # the merger flattens `unit` consecutive rows
         if not self.windowed:
             return pooled
-        from transformers.vision_utils import get_vision_window_index
-
         # The merger's output is put back in raster order with argsort(window_index); do the same here.
-        window_index, _ = get_vision_window_index(grid, vc.spatial_merge_size, vc.window_size, vc.patch_size)
+        try:
+            from transformers.vision_utils import get_vision_window_index
+        except ImportError:  # transformers releases before vision_utils kept it on the vision model
+            window_index, _ = self.model.model.visual.get_window_index(grid)
+        else:
+            window_index, _ = get_vision_window_index(grid, vc.spatial_merge_size, vc.window_size, vc.patch_size)
         return pooled[torch.argsort(window_index.to(pooled.device))]
 
     def generation_inputs(self, prepared: Prepared, tokens: VisionTokens, kept: list[torch.Tensor] | None) -> dict:
