@@ -49,7 +49,7 @@ ModelOpt = Annotated[
     str,
     typer.Option(
         "--model", "-m",
-        help="Hugging Face hub id or local checkpoint folder (LLaVA-1.5 family).",
+        help="Hugging Face hub id or local checkpoint folder (see `mmtok models` for the families).",
         show_default=True,
     ),
 ]
@@ -524,3 +524,39 @@ def _print_summary(summary: Summary, plan: _Plan, out: str, asked_batch: int) ->
     if summary.failed:
         where = "the records" if out == "-" else out
         err.print(f"items that failed have 'error' set in {where}", highlight=False, markup=False, style="yellow")
+
+
+@app.command()
+def models(
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list instead of a table.")] = False,
+) -> None:
+    """List the supported model families, with their defaults and an example checkpoint each.
+
+    The family is detected from the checkpoint's config.json (model_type), so any checkpoint of a
+    listed family works, including local folders.
+    """
+    from .models import ADAPTERS
+    from .selection import ALPHA, TAU_V
+
+    rows = [
+        {
+            "family": a.family,
+            "model_types": list(a.model_types),
+            "tau_t": a.tau_t,
+            "tau_v": TAU_V,
+            "alpha": ALPHA,
+            "tokens": a.budget,
+            "example": a.example,
+        }
+        for a in ADAPTERS
+    ]
+    if as_json:
+        sys.stdout.write(json.dumps(rows) + "\n")
+        return
+    for row in rows:
+        sys.stdout.write(
+            f"{row['family']:<12} e.g. {row['example']}\n"
+            f"{'':<12} config model_type: {', '.join(row['model_types'])} · tau_t {row['tau_t']} · "
+            f"tau_v {row['tau_v']} · alpha {row['alpha']}\n"
+            f"{'':<12} --tokens: {row['tokens']}\n"
+        )

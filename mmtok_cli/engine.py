@@ -20,7 +20,7 @@ from .flops import estimated_speedup
 from .models import Adapter, load_adapter
 from .models.base import Prepared
 from .options import DEFAULT_MODEL, DTYPES, check_options
-from .selection import ALPHA, TAU_V, select
+from .selection import ALPHA, TAU_V
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -156,10 +156,9 @@ class Engine:
         kept = None
         if method == "mmtok":
             text, text_mask = adapter.text_tokens(questions)
-            kept = select(
-                vt.vision, vt.features, text, k=budgets, vision_mask=vt.mask, allowed=vt.allowed,
-                text_mask=text_mask, alpha=alpha, tau_t=adapter.tau_t if tau_t is None else tau_t, tau_v=tau_v,
-            ).indices
+            kept = adapter.select(
+                vt, text, text_mask, budgets, alpha=alpha, tau_t=adapter.tau_t if tau_t is None else tau_t, tau_v=tau_v
+            )
         gen_inputs = adapter.generation_inputs(prepared, vt, kept)
         t_sel = self._sync()
 

@@ -223,7 +223,9 @@ def answer_fields(answer: Answer, *, load_ms: float | None = None, full: Answer 
     if full is not None:
         pruned_ms, full_ms = answer.timings_ms["total"], full.timings_ms["total"]
         fields["speedup"]["measured"] = round(full_ms / pruned_ms, 3) if pruned_ms > 0 else None
-        fields["compare"] = {"answer": full.answer, "agree": full.answer == answer.answer, "timings_ms": full.timings_ms}
+        fields["compare"] = {
+            "answer": full.answer, "agree": full.answer == answer.answer, "timings_ms": full.timings_ms,
+        }
     return fields
 
 

@@ -7,7 +7,9 @@ from collections.abc import Iterable
 from typing import Any
 
 STOP_WORDS = frozenset(
-    ["a", "an", "the", "is", "are", "was", "were", "be", "been", "being", "have", "has", "had", "do", "does", "did", "it", "they", "he", "she", "we", "you", "i", "what", "where", "when", "why", "how", "who", "which", "and", "or", "but", "so", "if", "then", "question", "answer", "to", "for", "with", "by", "from", "at", "into", "onto", "upon"]
+    """a an the is are was were be been being have has had do does did it they he she we you i
+    what where when why how who which and or but so if then question answer to for with by from
+    at into onto upon""".split()
 )
 
 # Fixed answer-format instructions that benchmarks append to questions: they say nothing about

@@ -41,13 +41,46 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tokenizer(vocab_size: int = 600):
-    """A Llama-style (metaspace BPE) tokenizer trained on a small built-in corpus."""
+QWEN_VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+
+
+def qwen_chat_template(system: str | None) -> str:
+    """Qwen-VL's conversation format for images (the real templates also handle videos and tools).
+
+    Qwen2.5-VL opens with a default system turn ("You are a helpful assistant."); Qwen3-VL has none.
+    """
+    opening = (
+        "{% if loop.first and message['role'] != 'system' %}"
+        "{{ '<|im_start|>system\\n" + system + "<|im_end|>\\n' }}{% endif %}"
+        if system
+        else ""
+    )
+    return (
+        "{% for message in messages %}" + opening + "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+        "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+        "{% for part in message['content'] %}"
+        "{% if part['type'] == 'image' %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+        "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+        "{% endfor %}{% endif %}"
+        "{{ '<|im_end|>\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    )
+
+
+def build_tokenizer(vocab_size: int = 600, *, qwen: bool = False):
+    """A metaspace BPE tokenizer trained on a small built-in corpus.
+
+    Llama-style specials by default; `qwen=True` gives the Qwen-VL chat and vision specials
+    (`<|im_start|>`, `<|vision_start|>`, `<|image_pad|>`, ...) and no BOS token, as Qwen has none.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    if qwen:
+        specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + list(QWEN_VISION_TOKENS)
+    else:
+        specials = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+    tok = Tokenizer(models.BPE(unk_token=specials[0]))
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
     trainer = trainers.BpeTrainer(
@@ -57,6 +90,14 @@ def build_tokenizer(vocab_size: int = 600):
         show_progress=False,
     )
     tok.train_from_iterator(_CORPUS.split("\n") * 4, trainer=trainer)
+    if qwen:
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok,
+            unk_token="<|endoftext|>",
+            eos_token="<|im_end|>",
+            pad_token="<|endoftext|>",
+            extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
+        )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         unk_token="<unk>",
@@ -66,6 +107,45 @@ def build_tokenizer(vocab_size: int = 600):
         extra_special_tokens={"image_token": "<image>"},
         add_bos_token=True,
     )
+
+
+def _clip_and_llama(tokenizer, image_size: int, patch_size: int, vision_hidden: int, text_hidden: int, layers: int):
+    """Tiny CLIP vision tower and Llama LLM configs, the LLaVA families' pair."""
+    from transformers import CLIPVisionConfig, LlamaConfig
+
+    vision = CLIPVisionConfig(
+        hidden_size=vision_hidden,
+        intermediate_size=vision_hidden * 2,
+        num_hidden_layers=layers + 1,
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=patch_size,
+        projection_dim=vision_hidden,
+    )
+    text = LlamaConfig(
+        hidden_size=text_hidden,
+        intermediate_size=text_hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        # Larger than the usual 0.02 so that random outputs depend visibly on the input.
+        initializer_range=0.2,
+    )
+    return vision, text
+
+
+def _random_model(model_class: type, config, tokenizer, seed: int):
+    """A seeded random-weight model whose generation stops at the tokenizer's EOS."""
+    torch.manual_seed(seed)
+    model = model_class(config).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
 
 
 def build_tiny_llava(
@@ -93,8 +173,6 @@ def build_tiny_llava(
     """
     from transformers import (
         CLIPImageProcessorPil,
-        CLIPVisionConfig,
-        LlamaConfig,
         LlavaConfig,
         LlavaForConditionalGeneration,
         LlavaImageProcessorPil,
@@ -103,29 +181,7 @@ def build_tiny_llava(
 
     path = Path(path)
     tokenizer = build_tokenizer()
-    vision = CLIPVisionConfig(
-        hidden_size=vision_hidden,
-        intermediate_size=vision_hidden * 2,
-        num_hidden_layers=layers + 1,
-        num_attention_heads=4,
-        image_size=image_size,
-        patch_size=patch_size,
-        projection_dim=vision_hidden,
-    )
-    text = LlamaConfig(
-        hidden_size=text_hidden,
-        intermediate_size=text_hidden * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        # Larger than the usual 0.02 so that random outputs depend visibly on the input.
-        initializer_range=0.2,
-    )
+    vision, text = _clip_and_llama(tokenizer, image_size, patch_size, vision_hidden, text_hidden, layers)
     config = LlavaConfig(
         vision_config=vision,
         text_config=text,
@@ -134,10 +190,7 @@ def build_tiny_llava(
         vision_feature_select_strategy=select_strategy,
         projector_hidden_act="gelu",
     )
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config).eval()
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model = _random_model(LlavaForConditionalGeneration, config, tokenizer, seed)
     image_processor = (LlavaImageProcessorPil if pad_to_square else CLIPImageProcessorPil)(
         size={"shortest_edge": image_size},
         crop_size={"height": image_size, "width": image_size},
@@ -156,20 +209,173 @@ def build_tiny_llava(
     return path
 
 
+def build_tiny_llava_next(
+    path: str | Path,
+    *,
+    seed: int = 0,
+    image_size: int = 56,
+    patch_size: int = 14,
+    vision_hidden: int = 32,
+    text_hidden: int = 64,
+    layers: int = 2,
+) -> Path:
+    """Save a random-weight `LlavaNextForConditionalGeneration` checkpoint with its processor to `path`.
+
+    Laid out like `llava-hf/llava-v1.6-vicuna-7b-hf` (CLIP tower, penultimate layer without CLS, MLP
+    projector, Llama LLM, any-resolution crops with row-newline tokens), only tiny: each crop is
+    (image_size/patch_size)^2 tokens and the crop grids are 1x2, 2x1 or 2x2 crops of `image_size`,
+    so an image has a base view plus 2 or 4 crops.
+    """
+    from transformers import (
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessorPil,
+        LlavaNextProcessor,
+    )
+
+    path = Path(path)
+    tokenizer = build_tokenizer()
+    pinpoints = [[image_size, 2 * image_size], [2 * image_size, image_size], [2 * image_size, 2 * image_size]]
+    vision, text = _clip_and_llama(tokenizer, image_size, patch_size, vision_hidden, text_hidden, layers)
+    config = LlavaNextConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=pinpoints,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+    model = _random_model(LlavaNextForConditionalGeneration, config, tokenizer, seed)
+    processor = LlavaNextProcessor(
+        image_processor=LlavaNextImageProcessorPil(
+            size={"shortest_edge": image_size},
+            crop_size={"height": image_size, "width": image_size},
+            image_grid_pinpoints=pinpoints,
+        ),
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=CHAT_TEMPLATE,
+    )
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def build_tiny_qwen_vl(
+    path: str | Path,
+    *,
+    version: str = "2.5",
+    seed: int = 0,
+    vision_hidden: int = 32,
+    text_hidden: int = 64,
+    layers: int = 2,
+    max_tokens: int = 64,
+) -> Path:
+    """Save a random-weight Qwen2.5-VL (`version="2.5"`) or Qwen3-VL (`"3"`) checkpoint to `path`.
+
+    Laid out like `Qwen/Qwen2.5-VL-7B-Instruct` / `Qwen/Qwen3-VL-8B-Instruct`: dynamic-resolution
+    ViT (2.5: window attention with full-attention blocks; 3: learned position grid and deepstack
+    mergers feeding early LLM layers), 2x2 patch merger, M-RoPE language model. Tiny: images are
+    resized to at most `max_tokens` merged tokens, so n differs per image size.
+
+    The processor is saved as its parts (image processor, tokenizer, chat template), as many real
+    Qwen-VL checkpoints are; the full `Qwen*VLProcessor` also wants a video processor, which needs
+    torchvision, and mmtok assembles an image-only one when it cannot be built (see models/qwen_vl.py).
+    """
+    from transformers import Qwen2VLImageProcessorPil
+
+    path = Path(path)
+    tokenizer = build_tokenizer(qwen=True)
+    ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in zip(
+        ("vision_start_token_id", "vision_end_token_id", "image_token_id", "video_token_id"), QWEN_VISION_TOKENS
+    )}
+    heads = 4
+    text = {
+        "hidden_size": text_hidden,
+        "intermediate_size": text_hidden * 2,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": 2,
+        "vocab_size": len(tokenizer),
+        "max_position_embeddings": 2048,
+        "bos_token_id": None,  # Qwen has none
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "initializer_range": 0.2,  # larger than usual so random outputs depend visibly on the input
+    }
+    half = text_hidden // heads // 2  # M-RoPE splits each head's rotary frequencies into (t, h, w) sections
+    section = [half - 2 * (half // 3), half // 3, half // 3]
+    if version == "2.5":
+        from transformers import Qwen2_5_VLConfig as Config
+        from transformers import Qwen2_5_VLForConditionalGeneration as Model
+
+        patch = 14
+        vision = {
+            "depth": layers + 1, "hidden_size": vision_hidden, "intermediate_size": vision_hidden * 2, "num_heads": 4,
+            "out_hidden_size": text_hidden, "patch_size": patch, "spatial_merge_size": 2, "temporal_patch_size": 2,
+            # windows of 2x2 merged tokens; the last block attends over the whole image
+            "window_size": patch * 2 * 2, "fullatt_block_indexes": [layers],
+        }
+        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": section}
+        system = "You are a helpful assistant."
+    elif version == "3":
+        from transformers import Qwen3VLConfig as Config
+        from transformers import Qwen3VLForConditionalGeneration as Model
+
+        patch = 16
+        vision = {
+            "depth": layers + 1, "hidden_size": vision_hidden, "intermediate_size": vision_hidden * 2, "num_heads": 4,
+            "out_hidden_size": text_hidden, "patch_size": patch, "spatial_merge_size": 2, "temporal_patch_size": 2,
+            "num_position_embeddings": 64, "deepstack_visual_indexes": list(range(layers)),
+            "initializer_range": 0.2,  # deepstack features as large as the LLM's hidden states, so they matter
+        }
+        text["head_dim"] = text_hidden // heads
+        text["rope_parameters"] = {
+            "rope_type": "default", "rope_theta": 10000.0, "mrope_section": section, "mrope_interleaved": True,
+        }
+        system = None
+    else:
+        raise ValueError(f"unknown Qwen-VL version {version!r}; use '2.5' or '3'")
+    config = Config(vision_config=vision, text_config=text, tie_word_embeddings=False, **ids)
+    model = _random_model(Model, config, tokenizer, seed)
+    unit = patch * 2  # one merged token covers (2 patches)^2
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=patch, merge_size=2, temporal_patch_size=2,
+        size={"shortest_edge": 4 * unit * unit, "longest_edge": max_tokens * unit * unit},
+    )
+    model.save_pretrained(path)
+    image_processor.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    (path / "chat_template.jinja").write_text(qwen_chat_template(system))
+    return path
+
+
+BUILDERS = {
+    "llava": build_tiny_llava,
+    "llava-next": build_tiny_llava_next,
+    "qwen2.5-vl": lambda path, **kw: build_tiny_qwen_vl(path, version="2.5", **kw),
+    "qwen3-vl": lambda path, **kw: build_tiny_qwen_vl(path, version="3", **kw),
+}
+
+
 def main(argv: list[str] | None = None) -> None:
-    """`python -m mmtok_cli.tiny DIR`: write a tiny random LLaVA checkpoint for offline smoke runs."""
+    """`python -m mmtok_cli.tiny DIR [--family F]`: write a tiny random checkpoint for offline smoke runs."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m mmtok_cli.tiny", description=main.__doc__)
     parser.add_argument("path", help="folder to write the checkpoint to")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--pad-to-square", action="store_true", help="use LLaVA's pad-to-square preprocessing")
+    parser.add_argument("--family", choices=list(BUILDERS), default="llava")
+    parser.add_argument("--pad-to-square", action="store_true", help="llava only: pad-to-square preprocessing")
     args = parser.parse_args(argv)
     import transformers
 
     transformers.logging.disable_progress_bar()
-    out = build_tiny_llava(args.path, seed=args.seed, pad_to_square=args.pad_to_square)
-    print(f"tiny random-weight LLaVA checkpoint written to {out} (answers are gibberish by design)")
+    options = {"pad_to_square": True} if args.pad_to_square else {}
+    out = BUILDERS[args.family](args.path, seed=args.seed, **options)
+    print(f"tiny random-weight {args.family} checkpoint written to {out} (answers are gibberish by design)")
 
 
 if __name__ == "__main__":

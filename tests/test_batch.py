@@ -3,7 +3,6 @@
 import functools
 import http.server
 import json
-import os
 import signal
 import subprocess
 import sys

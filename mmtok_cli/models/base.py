@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from ..errors import MmtokError
+from ..selection import select
 from ..text import content_token_ids
 
 
@@ -56,6 +57,8 @@ class Adapter(ABC):
     tau_t: ClassVar[float]
     example: ClassVar[str]
     """An example checkpoint id, for help texts."""
+    budget: ClassVar[str]
+    """What `--tokens K` means for this family, in a line (for `mmtok models`)."""
     fallback_prompt: ClassVar[str | None] = None
     """The family's conversation format, for checkpoints saved without a chat template."""
 
@@ -79,6 +82,13 @@ class Adapter(ABC):
     @abstractmethod
     def model_class() -> type:
         """The transformers class to load checkpoints of this family with."""
+
+    @classmethod
+    def load_processor(cls, source: str, **kwargs: Any) -> Any:
+        """The checkpoint's processor (`kwargs` go to `from_pretrained`)."""
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(source, **kwargs)
 
     @property
     def device(self) -> torch.device:
@@ -122,6 +132,19 @@ class Adapter(ABC):
             mask[row, : len(row_ids)] = True
         return self.model.get_input_embeddings()(padded), mask
 
+    def select(
+        self, tokens: VisionTokens, text: torch.Tensor, text_mask: torch.Tensor, budgets: list[int], **params: float
+    ) -> list[torch.Tensor]:
+        """Kept token indices per image (ascending) for per-image budgets; `params` are alpha / tau_t / tau_v.
+
+        One batched MMTok selection over each image's tokens. Families whose budget is split over parts
+        of an image (LLaVA-NeXT's crops) override this.
+        """
+        return select(
+            tokens.vision, tokens.features, text, k=budgets, vision_mask=tokens.mask, allowed=tokens.allowed,
+            text_mask=text_mask, **params,
+        ).indices
+
     @abstractmethod
     def generation_inputs(self, prepared: Prepared, tokens: VisionTokens, kept: list[torch.Tensor] | None) -> dict:
         """Keyword arguments for `model.generate` that feed each image's kept tokens (all if None)."""
@@ -138,12 +161,26 @@ def drop_placeholders(
     is_placeholder = input_ids == token_id
     rank = is_placeholder.long().cumsum(1) - 1
     stays = attention_mask.bool() & ~(is_placeholder & (rank >= keep[:, None]))
+    new_mask, (new_ids,) = compact(stays, input_ids, pad=pad_id)
+    return new_ids, new_mask
+
+
+def compact(stays: torch.Tensor, *seqs: torch.Tensor, pad: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Keep the (B, L) `stays` positions of each row, left-padded to the longest row.
+
+    Every tensor in `seqs` has the sequence as its last two dims (B, L) (leading dims, e.g. the
+    three M-RoPE axes, are carried along). Returns the new attention mask and the compacted tensors,
+    with `pad` in the padding.
+    """
     lengths = stays.sum(1)
     width = int(lengths.max())
     dest = (width - lengths)[:, None] + stays.long().cumsum(1) - 1
-    rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(input_ids)
-    new_ids = torch.full((input_ids.shape[0], width), pad_id, dtype=input_ids.dtype, device=input_ids.device)
-    new_mask = torch.zeros_like(new_ids)
-    new_ids[rows[stays], dest[stays]] = input_ids[stays]
+    rows = torch.arange(stays.shape[0], device=stays.device)[:, None].expand_as(stays)
+    new_mask = torch.zeros(stays.shape[0], width, dtype=torch.long, device=stays.device)
     new_mask[rows[stays], dest[stays]] = 1
-    return new_ids, new_mask
+    out = []
+    for seq in seqs:
+        new = torch.full((*seq.shape[:-2], stays.shape[0], width), pad, dtype=seq.dtype, device=seq.device)
+        new[..., rows[stays], dest[stays]] = seq[..., stays]
+        out.append(new)
+    return new_mask, out

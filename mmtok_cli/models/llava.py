@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
@@ -9,11 +11,21 @@ from ..selection import TAU_T_LLAVA
 from .base import Adapter, Prepared, VisionTokens, drop_placeholders
 
 
+def projector_input(config: Any, hidden: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """U: the projector's input, from the same vision layer(s) and CLS handling the model itself uses."""
+    layers = config.vision_feature_layer
+    features = hidden[layers] if isinstance(layers, int) else torch.cat([hidden[i] for i in layers], -1)
+    if config.vision_feature_select_strategy == "default":
+        features = features[:, 1:]
+    return features
+
+
 class LlavaAdapter(Adapter):
     family = "llava"
     model_types = ("llava",)
     tau_t = TAU_T_LLAVA
     example = "llava-hf/llava-1.5-7b-hf"
+    budget = "K of the image's patch tokens (576 = 24 x 24 for the 336-px checkpoints)"
     fallback_prompt = "USER: {image}\n{question} ASSISTANT:"
 
     @staticmethod
@@ -27,12 +39,7 @@ class LlavaAdapter(Adapter):
         pixels = prepared.inputs["pixel_values"]
         out = self.model.get_image_features(pixel_values=pixels, return_dict=True)
         vision = torch.stack(list(out.pooler_output))
-        # U is the projector's input: the same layer(s) and CLS handling the model itself uses.
-        layers = config.vision_feature_layer
-        hidden = out.hidden_states
-        features = hidden[layers] if isinstance(layers, int) else torch.cat([hidden[i] for i in layers], -1)
-        if config.vision_feature_select_strategy == "default":
-            features = features[:, 1:]
+        features = projector_input(config, out.hidden_states)
         mask = torch.ones(vision.shape[:2], dtype=torch.bool, device=vision.device)
         allowed = self._content_patches(prepared.image_sizes, pixels.shape[-2:]).to(vision.device)
         if allowed.shape != mask.shape:  # an unusual layout: do not guess, allow everything

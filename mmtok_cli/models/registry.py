@@ -14,8 +14,10 @@ import torch
 from ..errors import MmtokError
 from .base import Adapter
 from .llava import LlavaAdapter
+from .llava_next import LlavaNextAdapter
+from .qwen_vl import Qwen3VLAdapter, QwenVLAdapter
 
-ADAPTERS: tuple[type[Adapter], ...] = (LlavaAdapter,)
+ADAPTERS: tuple[type[Adapter], ...] = (LlavaAdapter, LlavaNextAdapter, QwenVLAdapter, Qwen3VLAdapter)
 
 
 def supported() -> str:
@@ -54,7 +56,7 @@ def _first_line(exc: BaseException) -> str:
 
 def load_adapter(model: str, *, device: torch.device, dtype: torch.dtype) -> Adapter:
     """Load config, processor and weights of `model` (hub id or local folder) and wrap them."""
-    from transformers import AutoProcessor, PreTrainedConfig
+    from transformers import PreTrainedConfig
 
     path = Path(model).expanduser()
     if path.is_dir():
@@ -91,7 +93,7 @@ def load_adapter(model: str, *, device: torch.device, dtype: torch.dtype) -> Ada
     if "model_type" not in config:
         raise MmtokError(f"'{model}' has a config.json without model_type; is it a transformers checkpoint?")
     adapter_cls = adapter_class(config["model_type"])
-    processor = load(AutoProcessor.from_pretrained)
+    processor = load(adapter_cls.load_processor)
     net = load(adapter_cls.model_class().from_pretrained, dtype=dtype)
     net.to(device).eval()
     return adapter_cls(net, processor)

@@ -1,0 +1,88 @@
+"""Real-size configurations of the supported families, for speed measurements with random weights.
+
+Speed does not depend on weight values once the number of generated tokens is fixed, so a profiler
+can build these architectures without downloading anything. The numbers are transcribed from the
+checkpoints' published config.json files (the fields that shape compute and memory); `build_config`
+turns one into a transformers config and `tests/test_archs.py` checks the parameter counts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_CLIP_L_336 = {
+    "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
+    "image_size": 336, "patch_size": 14, "projection_dim": 768, "hidden_act": "quick_gelu",
+}
+_NEXT = {
+    "model_type": "llava_next",
+    "image_grid_pinpoints": [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
+    "image_token_id": 32000,
+    "vision_feature_layer": -2,
+    "vision_feature_select_strategy": "default",
+    "projector_hidden_act": "gelu",
+    "vision_config": {"model_type": "clip_vision_model", **_CLIP_L_336},
+}
+_VICUNA = {"model_type": "llama", "vocab_size": 32064, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5}
+_QWEN25_VISION = {
+    "depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16, "hidden_act": "silu",
+    "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112,
+    "fullatt_block_indexes": [7, 15, 23, 31], "tokens_per_second": 2,
+}
+_QWEN_IDS = {"image_token_id": 151655, "video_token_id": 151656, "vision_start_token_id": 151652,
+             "vision_end_token_id": 151653}
+
+ARCHS: dict[str, dict[str, Any]] = {
+    "llava-v1.6-vicuna-7b": {
+        **_NEXT,
+        "text_config": {**_VICUNA, "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+                        "num_attention_heads": 32, "num_key_value_heads": 32},
+    },
+    "llava-v1.6-vicuna-13b": {
+        **_NEXT,
+        "text_config": {**_VICUNA, "hidden_size": 5120, "intermediate_size": 13824, "num_hidden_layers": 40,
+                        "num_attention_heads": 40, "num_key_value_heads": 40},
+    },
+    "qwen2.5-vl-3b": {
+        "model_type": "qwen2_5_vl", **_QWEN_IDS, "tie_word_embeddings": True,
+        "vision_config": {**_QWEN25_VISION, "out_hidden_size": 2048},
+        "text_config": {"hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36,
+                        "num_attention_heads": 16, "num_key_value_heads": 2, "vocab_size": 151936,
+                        "max_position_embeddings": 128000, "rms_norm_eps": 1e-6,
+                        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0,
+                                            "mrope_section": [16, 24, 24]}},
+    },
+    "qwen2.5-vl-7b": {
+        "model_type": "qwen2_5_vl", **_QWEN_IDS, "tie_word_embeddings": False,
+        "vision_config": {**_QWEN25_VISION, "out_hidden_size": 3584},
+        "text_config": {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+                        "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064,
+                        "max_position_embeddings": 128000, "rms_norm_eps": 1e-6,
+                        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0,
+                                            "mrope_section": [16, 24, 24]}},
+    },
+    "qwen3-vl-8b": {
+        "model_type": "qwen3_vl", **_QWEN_IDS, "tie_word_embeddings": False,
+        "vision_config": {"depth": 27, "hidden_size": 1152, "intermediate_size": 4304, "num_heads": 16,
+                          "hidden_act": "gelu_pytorch_tanh", "patch_size": 16, "spatial_merge_size": 2,
+                          "temporal_patch_size": 2, "out_hidden_size": 4096, "num_position_embeddings": 2304,
+                          "deepstack_visual_indexes": [8, 16, 24]},
+        "text_config": {"hidden_size": 4096, "intermediate_size": 12288, "num_hidden_layers": 36,
+                        "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+                        "vocab_size": 151936, "max_position_embeddings": 262144, "rms_norm_eps": 1e-6,
+                        "rope_parameters": {"rope_type": "default", "rope_theta": 5000000.0,
+                                            "mrope_section": [24, 20, 20], "mrope_interleaved": True}},
+    },
+}
+
+
+def build_config(name: str) -> Any:
+    """The transformers config of a real-size architecture in `ARCHS` (random weights: build the model from it)."""
+    import copy
+
+    from transformers import AutoConfig
+
+    if name not in ARCHS:
+        raise KeyError(f"unknown architecture '{name}'; known: {', '.join(ARCHS)}")
+    spec = copy.deepcopy(ARCHS[name])
+    return AutoConfig.for_model(spec.pop("model_type"), **spec)

@@ -1,0 +1,172 @@
+"""LLaVA-NeXT (`LlavaNextForConditionalGeneration`, e.g. llava-hf/llava-v1.6-vicuna-7b-hf).
+
+Any-resolution input: a base view of the whole image plus a grid of high-resolution crops. The model
+packs them into one sequence: the base view's tokens, then the crop grid stitched together with its
+padding removed ("unpad"), each row followed by a learned row-newline token. The image's n tokens
+are the packed tokens without the newlines, in that order; `kept_indices` index them.
+
+`--tokens K` is the total per image. By default it is split evenly over the base view and the crops
+(the paper's 32 x 5 = 160), each part choosing its own tokens; `crop_budget = "global"` selects over
+all of them at once instead. Row newlines are dropped when pruning; `k >= n` feeds the packed
+sequence unchanged, newlines included, i.e. exactly the unpruned model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.nn.utils.rnn import pad_sequence
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from ..selection import TAU_T_LLAVA, select
+from .base import Adapter, Prepared, VisionTokens, drop_placeholders
+from .llava import projector_input
+
+CROP_BUDGETS = ("even", "global")
+
+
+@dataclass
+class NextVisionTokens(VisionTokens):
+    parts: torch.Tensor | None = None
+    """(B, n) long: which view each token comes from (0 = base view, 1.. = crops); -1 for batch padding."""
+    packed: list[torch.Tensor] | None = None
+    """Each image's packed sequence as the model builds it, newlines included: what k >= n feeds."""
+
+
+def split_evenly(total: int, sizes: list[int]) -> list[int]:
+    """Split a budget evenly over parts of the given sizes; what a small part cannot use goes to the others.
+
+    Equal shares first (the remainder to the first parts), then water-filling: the sum is min(total, sum(sizes)).
+    """
+    budgets = [0] * len(sizes)
+    left = min(total, sum(sizes))
+    while left > 0:
+        open_parts = [i for i, size in enumerate(sizes) if budgets[i] < size]
+        share, extra = divmod(left, len(open_parts))
+        for rank, i in enumerate(open_parts):
+            give = min(share + (rank < extra), sizes[i] - budgets[i])
+            budgets[i] += give
+            left -= give
+    return budgets
+
+
+class LlavaNextAdapter(Adapter):
+    family = "llava-next"
+    model_types = ("llava_next",)
+    tau_t = TAU_T_LLAVA
+    example = "llava-hf/llava-v1.6-vicuna-7b-hf"
+    budget = "K in total, split evenly over the base view and the crops (e.g. 32 x 5); row newlines dropped"
+    fallback_prompt = "USER: {image}\n{question} ASSISTANT:"
+    crop_budget: str = "even"
+    """"even": split --tokens over the base view and the crops (the paper); "global": one selection over all.
+    Set it on an engine's adapter: `engine.adapter.crop_budget = "global"`."""
+
+    @staticmethod
+    def model_class() -> type:
+        from transformers import LlavaNextForConditionalGeneration
+
+        return LlavaNextForConditionalGeneration
+
+    def encode(self, prepared: Prepared) -> NextVisionTokens:
+        from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+        config = self.model.config
+        sizes = prepared.inputs["image_sizes"]
+        out = self.model.get_image_features(
+            pixel_values=prepared.inputs["pixel_values"], image_sizes=sizes, return_dict=True
+        )
+        packed = list(out.pooler_output)
+        side = config.vision_config.image_size
+        crops = [image_size_to_num_patches(s, config.image_grid_pinpoints, side) for s in sizes]
+        features = projector_input(config, out.hidden_states)  # (all views, hw, e)
+        per_view = features.shape[1]
+        # Pack a running token number through the model's own packing, with -1 as the newline, to learn
+        # where each packed token comes from.
+        numbers = torch.arange(features.shape[0] * per_view, dtype=torch.float64, device=features.device)
+        layouts, _ = self.model.model.pack_image_features(
+            list(numbers.view(-1, per_view, 1).split(crops)),
+            sizes,
+            vision_feature_select_strategy=config.vision_feature_select_strategy,
+            image_newline=torch.full((1,), -1.0, dtype=torch.float64, device=features.device),
+        )
+        flat = features.reshape(-1, features.shape[-1])
+        vision, feats, parts = [], [], []
+        first_view = 0
+        for seq, layout, n_views in zip(packed, layouts, crops):
+            source = layout[:, 0]
+            token = source >= 0
+            number = source[token].long()
+            vision.append(seq[token])
+            feats.append(flat[number])
+            parts.append(number // per_view - first_view)
+            first_view += n_views
+        vision_t = pad_sequence(vision, batch_first=True)
+        mask = pad_sequence([torch.ones(len(v), dtype=torch.bool, device=vision_t.device) for v in vision], True)
+        return NextVisionTokens(
+            vision=vision_t,
+            features=pad_sequence(feats, batch_first=True),
+            mask=mask,
+            allowed=mask,
+            parts=pad_sequence(parts, batch_first=True, padding_value=-1),
+            packed=packed,
+        )
+
+    def select(
+        self, tokens: VisionTokens, text: torch.Tensor, text_mask: torch.Tensor, budgets: list[int], **params: float
+    ) -> list[torch.Tensor]:
+        """Per-view selection with the budget split evenly over the views (or one global selection)."""
+        assert isinstance(tokens, NextVisionTokens)
+        if self.crop_budget not in CROP_BUDGETS:
+            raise ValueError(f"crop_budget must be one of {CROP_BUDGETS}, not {self.crop_budget!r}")
+        if self.crop_budget == "global":
+            return super().select(tokens, text, text_mask, budgets, **params)
+        # One row per (image, view): each view selects its share of the image's budget from its own tokens.
+        rows, row_image, row_k = [], [], []
+        for image, (parts, total) in enumerate(zip(tokens.parts, budgets)):
+            members = [(parts == p).nonzero().flatten() for p in range(int(parts.max()) + 1)]
+            for idx, k in zip(members, split_evenly(total, [len(m) for m in members])):
+                if k > 0:
+                    rows.append(idx)
+                    row_image.append(image)
+                    row_k.append(k)
+        index = pad_sequence(rows, batch_first=True)
+        row_mask = pad_sequence([torch.ones(len(r), dtype=torch.bool, device=index.device) for r in rows], True)
+        images = torch.tensor(row_image, device=index.device)
+        gather = index[:, :, None]
+        chosen = select(
+            tokens.vision[images].gather(1, gather.expand(-1, -1, tokens.vision.shape[-1])),
+            tokens.features[images].gather(1, gather.expand(-1, -1, tokens.features.shape[-1])),
+            text[images],
+            k=row_k,
+            vision_mask=row_mask,
+            allowed=tokens.allowed[images].gather(1, index) & row_mask,
+            text_mask=text_mask[images],
+            **params,
+        ).indices
+        kept: list[list[torch.Tensor]] = [[] for _ in budgets]
+        for image, idx, pick in zip(row_image, rows, chosen):
+            kept[image].append(idx[pick])
+        empty = torch.zeros(0, dtype=torch.long, device=tokens.vision.device)
+        return [torch.sort(torch.cat(parts)).values if parts else empty for parts in kept]
+
+    def generation_inputs(self, prepared: Prepared, tokens: VisionTokens, kept: list[torch.Tensor] | None) -> dict:
+        assert isinstance(tokens, NextVisionTokens)
+        input_ids, attention_mask = prepared.inputs["input_ids"], prepared.inputs["attention_mask"]
+        counts = tokens.counts
+        per_image = []
+        for row, packed in enumerate(tokens.packed):
+            if kept is None or len(kept[row]) == counts[row]:
+                per_image.append(packed)  # everything kept: the model's own sequence, newlines included
+            else:
+                per_image.append(tokens.vision[row, kept[row]])
+        lengths = torch.tensor([len(p) for p in per_image], device=input_ids.device)
+        if bool((lengths < torch.tensor([len(p) for p in tokens.packed], device=input_ids.device)).any()):
+            input_ids, attention_mask = drop_placeholders(
+                input_ids, attention_mask, self.image_token_id, lengths, self.tokenizer.pad_token_id
+            )
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=per_image)},
+        }

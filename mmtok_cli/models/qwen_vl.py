@@ -1,0 +1,233 @@
+"""Qwen2.5-VL and Qwen3-VL (`Qwen2_5_VLForConditionalGeneration`, `Qwen3VLForConditionalGeneration`).
+
+Dynamic resolution: each image has its own (t, h, w) patch grid, so n (merged tokens) varies per
+image. V is the merger output, U the ViT output before the merger, mean-pooled over each merged 2x2
+group so it lines up with V. The language model places tokens with 3-D M-RoPE positions; kept tokens
+keep the positions they have in the unpruned sequence, and so does the text after the image: we
+compute the unpruned positions with the model's own `get_rope_index`, drop the pruned rows and hand
+the rest to `generate` as `position_ids`. `generate` continues every decode step from the last
+position (+1), so answers are placed exactly where they would be unpruned. Qwen3-VL also injects
+"deepstack" features from intermediate ViT layers into early LLM layers at the image positions; they
+are pruned with the same indices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from ..errors import MmtokError
+from ..selection import TAU_T_QWEN
+from .base import Adapter, Prepared, VisionTokens, compact
+
+TORCHVISION_HINT = "install torchvision (matching your torch) to process videos"
+
+
+@dataclass
+class QwenVisionTokens(VisionTokens):
+    per_image: list[torch.Tensor] | None = None
+    """Each image's V, unpadded (n_i, d)."""
+    deepstack: list[list[torch.Tensor]] | None = None
+    """Qwen3-VL: per deepstack layer, each image's (n_i, d) features injected into the LLM."""
+
+
+def _chat_template(source: str, tokenizer: Any, **kwargs: Any) -> str | None:
+    """The checkpoint's processor chat template (chat_template.jinja / .json), else the tokenizer's."""
+    import json
+
+    from transformers.utils import cached_file
+
+    for name in ("chat_template.jinja", "chat_template.json"):
+        path = cached_file(
+            source, name, _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False, **kwargs,
+        )
+        if path:
+            with open(path, encoding="utf-8") as f:
+                return f.read() if name.endswith(".jinja") else json.load(f)["chat_template"]
+    return getattr(tokenizer, "chat_template", None)
+
+
+def image_only(processor_cls: type) -> type:
+    """`processor_cls` (a Qwen-VL processor) without its video processor.
+
+    transformers 5.x builds Qwen-VL processors with a video processor that needs torchvision, and
+    refuses to load them without it. Images need only the image processor and the tokenizer, and the
+    processor's own code (placeholder expansion, `mm_token_type_ids`) still runs unchanged.
+    """
+
+    class ImageOnly(processor_cls):
+        def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: Any = None, **kwargs):
+            super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+        def __call__(self, images: Any = None, text: Any = None, videos: Any = None, **kwargs: Any) -> Any:
+            if videos is not None:
+                raise MmtokError(f"this processor was assembled for images only; {TORCHVISION_HINT}")
+            return super().__call__(images=images, text=text, **kwargs)
+
+    ImageOnly.__name__ = ImageOnly.__qualname__ = f"{processor_cls.__name__}ImageOnly"
+    return ImageOnly
+
+
+class QwenVLAdapter(Adapter):
+    """Qwen2.5-VL; `Qwen3VLAdapter` below adds deepstack."""
+
+    family = "qwen2.5-vl"
+    model_types = ("qwen2_5_vl",)
+    tau_t = TAU_T_QWEN
+    example = "Qwen/Qwen2.5-VL-7B-Instruct"
+    budget = "K of the image's merged tokens (n grows with resolution); kept tokens keep their M-RoPE positions"
+    fallback_prompt = (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\n<|vision_start|>{image}<|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n"
+    )
+    windowed = True
+    """The ViT reorders patches into attention windows; its last hidden state comes out in that order."""
+
+    @staticmethod
+    def model_class() -> type:
+        from transformers import Qwen2_5_VLForConditionalGeneration
+
+        return Qwen2_5_VLForConditionalGeneration
+
+    @staticmethod
+    def processor_class() -> type:
+        from transformers import Qwen2_5_VLProcessor
+
+        return Qwen2_5_VLProcessor
+
+    @classmethod
+    def load_processor(cls, source: str, **kwargs: Any) -> Any:
+        """The full processor where it loads; else one assembled from the checkpoint's parts."""
+        from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
+        from transformers.utils import is_torchvision_available
+
+        full_error = None
+        if is_torchvision_available():
+            try:
+                return AutoProcessor.from_pretrained(source, **kwargs)
+            except Exception as exc:  # noqa: BLE001 -- e.g. no video processor config; images need none
+                full_error = exc
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+            return image_only(cls.processor_class())(
+                image_processor=AutoImageProcessor.from_pretrained(source, **kwargs),
+                tokenizer=tokenizer,
+                chat_template=_chat_template(source, tokenizer, **kwargs),
+            )
+        except Exception:
+            if full_error is not None:  # the full processor's error says more
+                raise full_error from None
+            raise
+
+    @property
+    def image_token_id(self) -> int:
+        return self.model.config.image_token_id
+
+    def encode(self, prepared: Prepared) -> QwenVisionTokens:
+        grid = prepared.inputs["image_grid_thw"]
+        out = self.model.get_image_features(
+            pixel_values=prepared.inputs["pixel_values"], image_grid_thw=grid, return_dict=True
+        )
+        per_image = list(out.pooler_output)
+        counts = [len(v) for v in per_image]
+        features = self._merged_groups(out.last_hidden_state, grid).split(counts)
+        vision = pad_sequence(per_image, batch_first=True)
+        mask = torch.arange(vision.shape[1], device=vision.device) < torch.tensor(counts, device=vision.device)[:, None]
+        deepstack = getattr(out, "deepstack_features", None)
+        return QwenVisionTokens(
+            vision=vision,
+            features=pad_sequence(list(features), batch_first=True),
+            mask=mask,
+            allowed=mask,
+            per_image=per_image,
+            deepstack=[list(layer) for layer in deepstack] if deepstack else None,
+        )
+
+    def _merged_groups(self, hidden: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        """(N, e) ViT features before the merger, mean-pooled over each merged group, in V's order."""
+        vc = self.model.config.vision_config
+        unit = vc.spatial_merge_size**2
+        pooled = hidden.view(-1, unit, hidden.shape[-1]).mean(1)  # the merger flattens `unit` consecutive rows
+        if not self.windowed:
+            return pooled
+        # The merger's output is put back in raster order with argsort(window_index); do the same here.
+        try:
+            from transformers.vision_utils import get_vision_window_index
+        except ImportError:  # transformers releases before vision_utils kept it on the vision model
+            window_index, _ = self.model.model.visual.get_window_index(grid)
+        else:
+            window_index, _ = get_vision_window_index(grid, vc.spatial_merge_size, vc.window_size, vc.patch_size)
+        return pooled[torch.argsort(window_index.to(pooled.device))]
+
+    def generation_inputs(self, prepared: Prepared, tokens: VisionTokens, kept: list[torch.Tensor] | None) -> dict:
+        assert isinstance(tokens, QwenVisionTokens)
+        inputs = prepared.inputs
+        input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
+        # 3-D M-RoPE positions of the unpruned sequence, from the model itself.
+        positions, _ = self.model.model.get_rope_index(
+            input_ids,
+            mm_token_type_ids=inputs["mm_token_type_ids"],
+            image_grid_thw=inputs["image_grid_thw"],
+            attention_mask=attention_mask,
+        )
+        counts = tokens.counts
+        if kept is None:
+            kept = [torch.arange(n, device=input_ids.device) for n in counts]
+        chosen = torch.zeros(len(counts), max(counts), dtype=torch.bool, device=input_ids.device)
+        for row, idx in enumerate(kept):
+            chosen[row, idx.to(input_ids.device)] = True
+        is_image = input_ids == self.image_token_id
+        rank = (is_image.long().cumsum(1) - 1).clamp(min=0, max=chosen.shape[1] - 1)
+        stays = attention_mask.bool() & (~is_image | chosen.gather(1, rank))
+        new_mask, (new_ids, new_positions) = compact(stays, input_ids, positions, pad=self.tokenizer.pad_token_id)
+        new_positions[:, new_mask == 0] = 0  # padding positions are never read; keep them as get_rope_index does
+        # Row 0: plain text positions, which the language model uses only to build its attention mask,
+        # computed as `generate` computes them for the sequence it is given.
+        text_positions = (new_mask.cumsum(-1) - 1).clamp(min=0) * new_mask
+        image = self._encoder_outputs(tokens, kept)
+        return {
+            "input_ids": new_ids,
+            "attention_mask": new_mask,
+            "position_ids": torch.cat([text_positions[None], new_positions]),
+            "mm_encoder_outputs": {"image": image},
+        }
+
+    def _encoder_outputs(self, tokens: QwenVisionTokens, kept: list[torch.Tensor]) -> Any:
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        return BaseModelOutputWithPooling(pooler_output=[v[idx] for v, idx in zip(tokens.per_image, kept)])
+
+
+class Qwen3VLAdapter(QwenVLAdapter):
+    family = "qwen3-vl"
+    model_types = ("qwen3_vl",)
+    example = "Qwen/Qwen3-VL-8B-Instruct"
+    fallback_prompt = (
+        "<|im_start|>user\n<|vision_start|>{image}<|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n"
+    )
+    windowed = False
+
+    @staticmethod
+    def model_class() -> type:
+        from transformers import Qwen3VLForConditionalGeneration
+
+        return Qwen3VLForConditionalGeneration
+
+    @staticmethod
+    def processor_class() -> type:
+        from transformers import Qwen3VLProcessor
+
+        return Qwen3VLProcessor
+
+    def _encoder_outputs(self, tokens: QwenVisionTokens, kept: list[torch.Tensor]) -> Any:
+        from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
+
+        # The deepstack features sit on the same image positions as V, so they take the same indices.
+        return BaseModelOutputWithDeepstackFeatures(
+            pooler_output=[v[idx] for v, idx in zip(tokens.per_image, kept)],
+            deepstack_features=[[f[idx] for f, idx in zip(layer, kept)] for layer in tokens.deepstack or []],
+        )

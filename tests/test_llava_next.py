@@ -1,0 +1,191 @@
+"""LLaVA-NeXT on a tiny random checkpoint, against plain transformers and a hand-built reference."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoProcessor, LlavaNextForConditionalGeneration
+from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape
+from typer.testing import CliRunner
+
+from mmtok_cli.cli import app
+from mmtok_cli.models.llava_next import split_evenly
+
+from . import reference
+from .checks import assert_batch_equals_one_by_one
+from .conftest import noise_image
+
+QUESTION = "What colour is the cat on the sofa?"
+WORDS = ["colour", "cat", "on", "sofa"]
+NEW = 8
+SIDE = 4  # tokens per side of one view: image_size 56 / patch 14
+SIZES = [(160, 120), (90, 200), (56, 56)]  # 2x2 crops, 2x1 crops, 1x2 crops
+
+
+@pytest.fixture(scope="module")
+def next_path(tmp_path_factory):
+    from mmtok_cli.tiny import build_tiny_llava_next
+
+    return build_tiny_llava_next(tmp_path_factory.mktemp("next") / "tiny-llava-next", seed=4)
+
+
+@pytest.fixture(scope="module")
+def next_engine(next_path):
+    from mmtok_cli.engine import Engine
+
+    return Engine(str(next_path), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def plain(next_path):
+    return LlavaNextForConditionalGeneration.from_pretrained(next_path).eval(), AutoProcessor.from_pretrained(next_path)
+
+
+def _inputs(processor, images, questions):
+    messages = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}] for q in questions]
+    prompts = [processor.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in messages]
+    processor.tokenizer.padding_side = "left"
+    return processor(images=images, text=prompts, padding=True, return_tensors="pt")
+
+
+def _until_eos(ids, eos):
+    return ids[: ids.index(eos) + 1] if eos in ids else ids
+
+
+def test_split_evenly():
+    assert split_evenly(160, [576] * 5) == [32] * 5  # the paper's 32 x 5
+    assert split_evenly(7, [16, 12, 12, 12, 12]) == [2, 2, 1, 1, 1]
+    assert split_evenly(20, [16, 2, 2]) == [16, 2, 2]  # small views give their share to the others
+    assert split_evenly(12, [16, 2, 2]) == [8, 2, 2]
+    assert split_evenly(100, [3, 4]) == [3, 4]
+
+
+@pytest.mark.parametrize("method,k", [("full", 1), ("mmtok", 10_000)])
+def test_unpruned_batch_equals_plain_generate(next_engine, plain, method, k):
+    model, processor = plain
+    images = [noise_image(20 + i, size) for i, size in enumerate(SIZES)]
+    questions = [QUESTION, "Is there a red circle?", "Describe the photo in detail."]
+    inputs = _inputs(processor, images, questions)
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=NEW, do_sample=False)
+    width, eos = inputs["input_ids"].shape[1], model.generation_config.eos_token_id
+    answers = next_engine.run(images, questions, method=method, tokens=k, max_new_tokens=NEW)
+    for row, answer in enumerate(answers):
+        assert answer.output_ids == _until_eos(out[row, width:].tolist(), eos)
+        assert answer.vision_kept == answer.vision_total
+        assert answer.prompt_pruned == answer.prompt_unpruned == int(inputs["attention_mask"][row].sum())
+
+
+def _views_by_hand(model, inputs, image_size):
+    """Per image token: V, U and the view it comes from, in the model's packed order without row newlines.
+
+    The packing is written out here: base view first, then the crops stitched into one grid, the
+    rows/columns that only hold the processor's padding cut off (symmetrically), then row-major.
+    """
+    config = model.config
+    grid_h, grid_w = get_anyres_image_grid_shape(image_size, config.image_grid_pinpoints, 56)
+    views = 1 + grid_h * grid_w
+    hidden = model.model.vision_tower(inputs["pixel_values"][0, :views], output_hidden_states=True).hidden_states
+    U = hidden[-2][:, 1:]  # (views, 16, e): penultimate layer, CLS dropped
+    V = model.model.multi_modal_projector(U)
+    view_id = torch.arange(views)[:, None].expand(views, SIDE * SIDE)
+
+    def stitch(x):  # crops (grid_h*grid_w, 16, ...) -> (grid_h*4, grid_w*4, ...)
+        x = x[1:].reshape(grid_h, grid_w, SIDE, SIDE, *x.shape[2:])
+        return x.transpose(1, 2).reshape(grid_h * SIDE, grid_w * SIDE, *x.shape[4:])
+
+    height, width = image_size
+    rows, cols = grid_h * SIDE, grid_w * SIDE
+    if width / height > cols / rows:
+        pad = (rows - int(round(height * cols / width, 7))) // 2
+        cut = (slice(pad, rows - pad), slice(None))
+    else:
+        pad = (cols - int(round(width * rows / height, 7))) // 2
+        cut = (slice(None), slice(pad, cols - pad))
+    packed = {}
+    for name, x in (("V", V), ("U", U), ("view", view_id)):
+        grid = stitch(x)[cut]
+        packed[name] = torch.cat([x[0], grid.reshape(-1, *grid.shape[2:])])
+    # with newlines, as the model feeds it unpruned: each grid row followed by the learned newline
+    grid = stitch(V)[cut]
+    newline = model.model.image_newline.expand(grid.shape[0], 1, -1)
+    packed["with_newlines"] = torch.cat([V[0], torch.cat([grid, newline], 1).reshape(-1, V.shape[-1])])
+    return packed
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("k,mode", [(7, "even"), (13, "even"), (7, "global")])
+def test_pruned_run_equals_hand_built_reference(next_engine, plain, size, k, mode):
+    model, processor = plain
+    image = noise_image(3, size)
+    inputs = _inputs(processor, [image], [QUESTION])
+    with torch.no_grad():
+        hand = _views_by_hand(model, inputs, (size[1], size[0]))
+        got = model.get_image_features(inputs["pixel_values"], inputs["image_sizes"]).pooler_output[0]
+        torch.testing.assert_close(hand["with_newlines"], got)  # the hand-written layout is the model's
+        embed = model.get_input_embeddings()
+        T = embed(torch.tensor(processor.tokenizer(WORDS, is_split_into_words=True, add_special_tokens=False)[
+            "input_ids"]))
+        V, U, view = hand["V"], hand["U"], hand["view"]
+        if mode == "global":
+            kept = reference.mmtok_indices(V, U, T, k)
+        else:
+            members = [(view == v).nonzero().flatten() for v in range(int(view.max()) + 1)]
+            n_views = len(members)
+            shares = [k // n_views + (i < k % n_views) for i in range(n_views)]  # all views are larger here
+            kept = sorted(int(m[j]) for m, s in zip(members, shares) for j in reference.mmtok_indices(V[m], U[m], T, s))
+        ids = inputs["input_ids"][0]
+        run = (ids == model.config.image_token_id).nonzero().flatten()
+        row = embed(ids)
+        short = torch.cat([row[: run[0]], V[kept], row[run[-1] + 1 :]])[None]
+        out = model.generate(inputs_embeds=short, attention_mask=torch.ones(short.shape[:2], dtype=torch.long),
+                             max_new_tokens=NEW, do_sample=False)
+    expected = _until_eos(out[0].tolist(), model.generation_config.eos_token_id)
+
+    adapter = next_engine.adapter
+    try:
+        adapter.crop_budget = mode
+        answer = next_engine.ask(image, QUESTION, tokens=k, max_new_tokens=NEW)
+    finally:
+        del adapter.crop_budget  # back to the class default
+    assert answer.vision_total == len(V)
+    assert answer.kept_indices == [kept]
+    if mode == "even":  # the per-view split: every view keeps its share
+        per_view = torch.bincount(view[kept], minlength=int(view.max()) + 1).tolist()
+        assert per_view == shares
+    assert answer.output_ids == expected
+    assert answer.prompt_pruned == short.shape[1] == answer.prompt_unpruned - len(run) + k
+
+
+def test_language_model_sees_exactly_k_image_tokens_and_no_newlines(next_engine, plain):
+    model, processor = plain
+    lm = next_engine.adapter.model.model.language_model
+    seen = []
+    handle = lm.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["inputs_embeds"]), with_kwargs=True)
+    images = [noise_image(4, SIZES[0]), noise_image(5, SIZES[2])]
+    try:
+        answers = next_engine.run(images, ["Is it red?", QUESTION], tokens=[10, 6], max_new_tokens=2)
+    finally:
+        handle.remove()
+    assert [a.vision_kept for a in answers] == [10, 6]
+    prefill = seen[0]
+    assert prefill.shape[1] == max(a.prompt_pruned for a in answers)
+    newline = next_engine.adapter.model.model.image_newline
+    assert not (prefill == newline).all(-1).any()  # no row-newline embedding reached the LM
+    inputs = _inputs(processor, images, ["Is it red?", QUESTION])
+    n_placeholders = (inputs["input_ids"] == model.config.image_token_id).sum(1)
+    for answer, placeholders in zip(answers, n_placeholders.tolist()):
+        assert answer.prompt_unpruned - answer.prompt_pruned == placeholders - answer.vision_kept
+
+
+def test_batch_of_mixed_sizes_equals_one_by_one(next_engine):
+    assert_batch_equals_one_by_one(next_engine, ([6, 6, 6], [3, 10_000, 11]), sizes=SIZES)
+
+
+def test_ask_end_to_end(next_path, image_file):
+    result = CliRunner().invoke(app, ["ask", str(image_file), QUESTION, "--model", str(next_path), "--tokens", "5",
+                                      "--json", "--max-new-tokens", "3"])
+    assert result.exit_code == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["family"] == "llava-next"
+    assert record["vision_tokens"]["kept"] == 5 and len(record["kept_indices"][0]) == 5
