@@ -39,6 +39,7 @@ app = typer.Typer(
         "exit status 0 ok, 1 failed (batch: some items failed), 2 bad options"
     ),
     no_args_is_help=True,
+    rich_markup_mode="markdown",
     add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -57,8 +58,9 @@ TokensOpt = Annotated[
     int,
     typer.Option(
         "--tokens", "-k",
-        help="Vision tokens the language model sees per image (LLaVA-1.5 has 576). "
-        "A budget >= the image's tokens keeps them all.",
+        help="Vision tokens the language model sees per image (LLaVA-1.5: of 576; LLaVA-NeXT: in total over "
+        "the base view and crops; Qwen-VL: of a number that grows with resolution). A budget >= the image's "
+        "tokens keeps them all.",
     ),
 ]
 MethodOpt = Annotated[

@@ -359,3 +359,35 @@ def test_config_file_supplies_defaults_and_flags_win(tiny_llava, images, tmp_pat
     assert invoke(str(data), "--config", str(config)).exit_code == 2
     config.write_text("tokens: many\n")
     assert invoke(str(data), "--config", str(config)).exit_code == 2
+
+
+@pytest.mark.parametrize("family", ["llava-next", "qwen2.5-vl", "qwen3-vl"])
+def test_other_families_batch_equals_one_at_a_time(family, images, tmp_path):
+    """`batch` is family-agnostic: mixed image sizes and budgets, a bad line, and the background
+    preprocessor (a copy of the family's processor) give what `ask` gives one image at a time."""
+    from mmtok_cli.engine import Engine
+    from mmtok_cli.tiny import build_tiny_llava_next, build_tiny_qwen_vl
+
+    path = tmp_path / family
+    if family == "llava-next":
+        build_tiny_llava_next(path, seed=3)
+    else:
+        build_tiny_qwen_vl(path, version=family.removeprefix("qwen").removesuffix("-vl"), seed=3)
+    lines = [{"image": f"img{i % 5}.png", "question": QUESTIONS[i % 5], "tokens": [3, 8, 500][i % 3]}
+             for i in range(7)]
+    lines.insert(3, {"image": "corrupt.jpg", "question": "what ?"})
+    data = write_jsonl(images / f"{family}.jsonl", lines)
+    result = invoke(str(data), "--model", str(path), "--max-new-tokens", "4", "--batch-size", "4",
+                    "--device", "cpu", "--dtype", "float32")
+    assert result.exit_code == 1, result.stderr
+    recs = records(result.stdout)
+    assert len(recs) == 8 and recs[3]["error"] and all(r["error"] is None for i, r in enumerate(recs) if i != 3)
+    engine = Engine(str(path), device="cpu", dtype="float32")
+    for rec, line in zip(recs, lines):
+        if rec["error"]:
+            continue
+        alone = engine.ask(load_image(str(images / line["image"])), line["question"], tokens=line["tokens"],
+                           max_new_tokens=4)
+        assert rec["answer"] == alone.answer
+        assert rec["vision_tokens"] == {"total": alone.vision_total, "kept": alone.vision_kept}
+        assert rec["prompt_tokens"]["pruned"] == alone.prompt_pruned
