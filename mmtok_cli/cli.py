@@ -7,6 +7,7 @@ Exit status: 0 success, 1 the work failed (unreadable image, model that cannot b
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import warnings
@@ -166,6 +167,10 @@ def _guarded(debug: bool, work: Callable[[], Any]) -> Any:
         return work()
     except typer.Exit:
         raise
+    except BrokenPipeError:
+        # The reader went away (`| head -1`): stop quietly, as `yes | head` does.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit flush
+        raise typer.Exit(141) from None
     except MmtokError as exc:
         if debug:
             raise

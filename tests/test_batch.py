@@ -197,9 +197,18 @@ def test_stdin_to_stdout_through_a_real_pipe(tiny_llava, images):
     assert "4 items: 3 ok, 1 failed" in proc.stderr
 
 
-def _start(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "mmtok_cli", "batch", *args], stdin=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def test_reader_closing_the_pipe_stops_quietly(tiny_llava, images):
+    """`mmtok batch ... | head -1`: no traceback, no error line, the SIGPIPE status."""
+    lines = "".join(json.dumps({"image": str(images / "img0.png"), "question": "what ?"}) + "\n" for _ in range(60))
+    proc = subprocess.Popen([sys.executable, "-m", "mmtok_cli", "batch", "-", "--model", str(tiny_llava),
+                             "--max-new-tokens", "2", "--batch-size", "1", "--device", "cpu"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdin.write(lines)
+    proc.stdin.close()
+    assert json.loads(proc.stdout.readline())["id"] == 1
+    proc.stdout.close()
+    assert proc.wait(60) == 141
+    assert proc.stderr.read() == ""
 
 
 def _feed_until_written(proc: subprocess.Popen, lines: list[str], out: Path, n: int, timeout: float = 90) -> None:

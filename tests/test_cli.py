@@ -33,6 +33,23 @@ def test_json_output_has_every_field(tiny_llava, image_file, engine):
 
     direct = engine.ask(load_image(str(image_file)), "What colour is the cat?", tokens=8, max_new_tokens=5)
     assert record["answer"] == direct.answer and kept == direct.kept_indices[0]
+    assert record["speedup"] == {"estimated": direct.speedup_estimated, "measured": None}
+    assert record["speedup"]["estimated"] > 1 and "compare" not in record
+
+
+def test_compare_runs_unpruned_too(tiny_llava, image_file, engine):
+    result = ask(image_file, "What colour is the cat?", "--model", tiny_llava, "--tokens", 8, "--json",
+                 "--max-new-tokens", 5, "--compare")
+    record = json.loads(result.stdout)
+    from mmtok_cli.io import load_image
+
+    full = engine.ask(load_image(str(image_file)), "What colour is the cat?", method="full", max_new_tokens=5)
+    assert record["compare"]["answer"] == full.answer
+    assert record["compare"]["agree"] == (full.answer == record["answer"])
+    assert record["speedup"]["measured"] == pytest.approx(
+        record["compare"]["timings_ms"]["total"] / record["timings_ms"]["total"], rel=1e-2)
+    human = ask(image_file, "What colour is the cat?", "--model", tiny_llava, "--compare", "--max-new-tokens", 2)
+    assert "speedup estimated" in human.stderr and "measured" in human.stderr
 
 
 def test_human_output_is_answer_then_stats_on_stderr(tiny_llava, image_file):
@@ -48,6 +65,7 @@ def test_full_method_keeps_every_token(tiny_llava, image_file):
     record = json.loads(result.stdout)
     assert record["vision_tokens"] == {"total": 64, "kept": 64}
     assert record["kept_indices"] == [list(range(64))]
+    assert record["speedup"]["estimated"] == 1.0
 
 
 @pytest.fixture
