@@ -57,6 +57,16 @@ class Summary:
     batch_size: int = 0
     """The batch size in use at the end (smaller than asked after out-of-memory halving)."""
 
+    def count(self, rec: dict[str, Any]) -> None:
+        """Add one output record to the tallies."""
+        self.items += 1
+        if rec["error"] is None:
+            self.ok += 1
+            self.kept += rec["vision_tokens"]["kept"]
+            self.total += rec["vision_tokens"]["total"]
+        else:
+            self.failed += 1
+
     @property
     def items_per_s(self) -> float:
         return self.items / self.wall_s if self.wall_s else 0.0
@@ -99,7 +109,6 @@ class BatchRunner:
         self.options = options
         self.base = base
         self.batch_size = options.batch_size
-        self._stop = threading.Event()
 
     def run(
         self,
@@ -109,7 +118,9 @@ class BatchRunner:
     ) -> Summary:
         summary = Summary(batch_size=self.batch_size)
         chunks: queue.Queue = queue.Queue(maxsize=QUEUE_CHUNKS)
-        loader = threading.Thread(target=self._load, args=(iter(items), chunks), name="mmtok-loader", daemon=True)
+        stop = threading.Event()  # one per run: a runner answers many runs (a Ray actor, one per block)
+        loader = threading.Thread(target=self._load, args=(iter(items), chunks, stop), name="mmtok-loader",
+                                  daemon=True)
         start = time.perf_counter()
         loader.start()
         try:
@@ -128,29 +139,29 @@ class BatchRunner:
                 if progress:
                     progress(len(records), summary)
         finally:
-            self._stop.set()
+            stop.set()
             summary.wall_s = time.perf_counter() - start
         return summary
 
     # -- background side -------------------------------------------------------------------------
 
-    def _load(self, items: Iterator[Item], out: queue.Queue) -> None:
+    def _load(self, items: Iterator[Item], out: queue.Queue, stop: threading.Event) -> None:
         """Assemble chunks of `batch_size` loaded images and preprocess them; runs in a thread."""
         try:
             adapter = self.engine.preprocessor()
             with ThreadPoolExecutor(LOAD_THREADS, thread_name_prefix="mmtok-image") as pool:
                 inbox: queue.Queue = queue.Queue(maxsize=2 * max(self.batch_size, LOAD_THREADS))
-                reader = threading.Thread(target=self._read, args=(items, pool, inbox), daemon=True)
+                reader = threading.Thread(target=self._read, args=(items, pool, inbox, stop), daemon=True)
                 reader.start()
                 chunk: list[_Entry] = []
                 ok = 0
-                while not self._stop.is_set():
+                while not stop.is_set():
                     try:
                         # Input that stalls (a slow producer on stdin) must not hold back answers.
                         got = inbox.get(timeout=STALL_S if chunk else 0.2)
                     except queue.Empty:
                         if chunk:
-                            self._put(out, self._prepare(chunk, adapter))
+                            self._put(out, self._prepare(chunk, adapter), stop)
                             chunk, ok = [], 0
                         continue
                     if got is _END:
@@ -164,28 +175,31 @@ class BatchRunner:
                         ok += entry.image is not None
                     chunk.append(entry)
                     if ok >= self.batch_size:
-                        self._put(out, self._prepare(chunk, adapter))
+                        self._put(out, self._prepare(chunk, adapter), stop)
                         chunk, ok = [], 0
-                if chunk and not self._stop.is_set():
-                    self._put(out, self._prepare(chunk, adapter))
+                if chunk and not stop.is_set():
+                    self._put(out, self._prepare(chunk, adapter), stop)
                 pool.shutdown(wait=False, cancel_futures=True)
-            self._put(out, _END)
+            self._put(out, _END, stop)
         except BaseException as exc:  # hand it to the main thread, which reports it
-            self._put(out, exc)
+            self._put(out, exc, stop)
 
-    def _read(self, items: Iterator[Item], pool: ThreadPoolExecutor, inbox: queue.Queue) -> None:
+    def _read(
+        self, items: Iterator[Item], pool: ThreadPoolExecutor, inbox: queue.Queue, stop: threading.Event
+    ) -> None:
         """Read input and start loading each image; the bounded inbox limits how far ahead this runs."""
         try:
             for item in items:
-                if self._stop.is_set():
+                if stop.is_set():
                     return
-                self._put(inbox, (item, pool.submit(self._open, item) if item.error is None else None))
-            self._put(inbox, _END)
+                self._put(inbox, (item, pool.submit(self._open, item) if item.error is None else None), stop)
+            self._put(inbox, _END, stop)
         except BaseException as exc:
-            self._put(inbox, exc)
+            self._put(inbox, exc, stop)
 
-    def _put(self, out: queue.Queue, value: Any) -> None:
-        while not self._stop.is_set():
+    @staticmethod
+    def _put(out: queue.Queue, value: Any, stop: threading.Event) -> None:
+        while not stop.is_set():
             try:
                 out.put(value, timeout=0.2)
                 return
@@ -226,13 +240,9 @@ class BatchRunner:
             outcome = results.get(id(entry))
             if isinstance(outcome, dict):
                 records.append(record(entry.item, outcome))
-                summary.ok += 1
-                summary.kept += outcome["vision_tokens"]["kept"]
-                summary.total += outcome["vision_tokens"]["total"]
             else:
                 records.append(record(entry.item, None, error=outcome or entry.item.error or "not processed"))
-                summary.failed += 1
-            summary.items += 1
+            summary.count(records[-1])
         return records
 
     def _answer(self, entries: list[_Entry], prepared: Prepared | None, preprocess_ms: float) -> list[Any]:

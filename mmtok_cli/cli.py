@@ -322,6 +322,19 @@ def batch(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.")] = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    ray: Annotated[
+        bool, typer.Option("--ray", help="Run on Ray: a pool of actors, each loading the model once "
+                           "(needs pip install 'mmtok-cli[ray]').", rich_help_panel="Ray")
+    ] = False,
+    ray_address: Annotated[
+        str | None, typer.Option("--ray-address", help="A running Ray cluster (e.g. auto, or "
+                                 "ray://head:10001); default: start a local Ray instance.", rich_help_panel="Ray")
+    ] = None,
+    workers: Annotated[int, typer.Option("--workers", help="Ray actors (model copies).", rich_help_panel="Ray")] = 1,
+    gpus_per_worker: Annotated[
+        float, typer.Option("--gpus-per-worker", help="GPUs each Ray actor reserves (0: CPU only).",
+                            rich_help_panel="Ray")
+    ] = 0.0,
     config: ConfigOpt = None,
     debug: DebugOpt = False,
 ) -> None:
@@ -354,24 +367,43 @@ def batch(
       cat questions.jsonl | mmtok batch - --tokens 32 | jq -r .answer
 
       mmtok batch questions.jsonl --out answers.jsonl --resume
+
+      mmtok batch questions.jsonl --out answers.jsonl --ray --ray-address auto --workers 8 --gpus-per-worker 1
     """
 
     def work() -> int:
         check_options(tokens=tokens, method=method, max_new_tokens=max_new_tokens, dtype=dtype, device=device)
         if batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
+        if workers < 1 or gpus_per_worker < 0:
+            raise UsageError("--workers must be at least 1 and --gpus-per-worker at least 0")
+        if not ray and (ray_address or workers != 1 or gpus_per_worker):
+            raise UsageError("--ray-address, --workers and --gpus-per-worker need --ray")
         plan = _plan_batch(source, out, question, resume=resume, overwrite=overwrite)
-        engine, _ = _load_engine(model, device, dtype)
         from .batch import BatchOptions, BatchRunner
         from .io import RecordWriter
 
         options = BatchOptions(tokens=tokens, method=method, max_new_tokens=max_new_tokens,
                                batch_size=batch_size, compare=compare, debug=debug)
-        runner = BatchRunner(engine, options, base=plan.base)
+        if ray:
+            from .ray_batch import RayOptions, _import_ray, run_on_ray
+
+            _import_ray()  # fail before touching --out when Ray is missing
+            ray_options = RayOptions(address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker)
+
+            def execute(emit: Callable, update: Callable) -> Summary:
+                return run_on_ray(plan.items(), emit, update, model=model, device=device, dtype=dtype,
+                                  options=options, base=plan.base, ray_options=ray_options)
+        else:
+            runner = BatchRunner(_load_engine(model, device, dtype)[0], options, base=plan.base)
+
+            def execute(emit: Callable, update: Callable) -> Summary:
+                return runner.run(plan.items(), emit, update)
+
         writer = RecordWriter(out, append=resume)
         with _BatchProgress(plan.total, plan.skipped) as progress:
             try:
-                summary = runner.run(plan.items(), writer.write, progress.update)
+                summary = execute(writer.write, progress.update)
             except KeyboardInterrupt:
                 progress.stop()
                 err.print(f"[red]interrupted[/]; records written so far are complete: rerun with --resume "
@@ -521,8 +553,9 @@ def _print_summary(summary: Summary, plan: _Plan, out: str, asked_batch: int) ->
     resumed = f" ({plan.skipped} already done)" if plan.skipped else ""
     err.print(
         f"{summary.items} items{resumed}: {summary.ok} ok, {summary.failed} failed · {kept}"
-        f"{d['items_per_s']:g} items/s · {d['wall_s']:.1f} s · "
-        f"model waited on image loading {100 * d['waiting_on_loader_share']:.0f}% of the time",
+        f"{d['items_per_s']:g} items/s · {d['wall_s']:.1f} s"
+        + (f" · model waited on image loading {100 * d['waiting_on_loader_share']:.0f}% of the time"
+           if summary.wait_s else ""),
         highlight=False, markup=False,
     )
     if summary.batch_size < asked_batch:

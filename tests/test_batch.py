@@ -400,3 +400,12 @@ def test_other_families_batch_equals_one_at_a_time(family, images, tmp_path):
         assert rec["answer"] == alone.answer
         assert rec["vision_tokens"] == {"total": alone.vision_total, "kept": alone.vision_kept}
         assert rec["prompt_tokens"]["pruned"] == alone.prompt_pruned
+
+
+def test_one_runner_serves_many_runs(engine, images):
+    """A Ray actor keeps one runner for all its blocks: a finished run must not stop the next."""
+    runner_ = BatchRunner(engine, BatchOptions(tokens=8, max_new_tokens=2, batch_size=2), base=images)
+    for _ in range(3):
+        got = []
+        lines = [json.dumps({"image": "img1.png", "question": "what ?"})] * 3
+        assert runner_.run(read_jsonl(lines), got.extend).ok == 3 and len(got) == 3

@@ -1,0 +1,47 @@
+"""`mmtok batch --ray`: a local Ray instance with two CPU workers gives the local run's records."""
+
+import json
+
+from typer.testing import CliRunner
+
+from mmtok_cli.cli import app
+
+from .test_batch import BROKEN, images, records, write_jsonl  # noqa: F401  (images is a fixture)
+
+runner = CliRunner()
+TIMINGS = ("timings_ms", "speedup")
+
+
+def comparable(recs: list[dict]) -> list[dict]:
+    """Records without what depends on the clock (measured times and speedups)."""
+    return [{k: v for k, v in r.items() if k not in TIMINGS} for r in recs]
+
+
+def test_ray_two_workers_equal_local_run(tiny_llava, images, tmp_path):  # noqa: F811
+    lines = [{"id": f"q{i}", "image": f"img{i % 5}.png", "question": "what is in this image ?",
+              "tokens": [3, 8, 64][i % 3], "meta": i} for i in range(14)]
+    lines[4:4] = BROKEN[:3] + [{"image": "missing.png", "question": "what ?"}]
+    data = write_jsonl(images / "ray.jsonl", lines)
+    common = [str(data), "--model", str(tiny_llava), "--max-new-tokens", "4", "--batch-size", "2",
+              "--device", "cpu", "--dtype", "float32"]
+
+    local = runner.invoke(app, ["batch", *common])
+    out = tmp_path / "ray.jsonl"
+    distributed = runner.invoke(app, ["batch", *common, "--out", str(out), "--ray", "--workers", "2"])
+
+    assert local.exit_code == distributed.exit_code == 1, distributed.stderr
+    assert len(records(local.stdout)) == 18
+    assert comparable(records(out.read_text())) == comparable(records(local.stdout))
+    assert "18 items: 14 ok, 4 failed" in distributed.stderr
+
+    # --resume on the Ray path: nothing left to do, nothing written twice.
+    again = runner.invoke(app, ["batch", *common, "--out", str(out), "--ray", "--workers", "2", "--resume"])
+    assert again.exit_code == 0, again.stderr
+    assert len(records(out.read_text())) == 18
+    assert json.loads(out.read_text().splitlines()[0])["id"] == "q0"
+
+
+def test_ray_options_need_ray(tiny_llava, tmp_path):
+    data = write_jsonl(tmp_path / "q.jsonl", [{"image": "x.png", "question": "q"}])
+    result = runner.invoke(app, ["batch", str(data), "--workers", "2", "--model", str(tiny_llava)])
+    assert result.exit_code == 2 and "--ray" in result.stderr
