@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from mmtok_cli import show
 from mmtok_cli.models.base import Prepared
 from mmtok_cli.models.regions import area
 
@@ -159,3 +160,116 @@ def test_qwen_merged_tokens_cover_blocks_of_the_resized_grid(engines, family, si
     boxes = engine.adapter.token_regions(prepared, 0).boxes
     assert boxes == [pytest.approx((cell * c, cell * r, cell * c + cell, cell * r + cell)) for r in range(2)
                      for c in range(4)]
+
+
+# -- pictures ----------------------------------------------------------------------------------------
+
+COLOUR = (200, 150, 100)
+
+
+def _answer(kept, total, text="a red circle"):
+    from mmtok_cli.engine import Answer
+
+    return Answer(answer=text, output_ids=[], vision_total=total, vision_kept=len(kept), kept_indices=[kept],
+                  prompt_unpruned=0, prompt_pruned=0)
+
+
+def _pixels(picture, colour) -> int:
+    return int((np.asarray(picture) == np.array(colour, dtype=np.uint8)).all(-1).sum())
+
+
+def _dimmed(colour):
+    return tuple(round(v * (1 - show.DIM) + d * show.DIM) for v, d in zip(colour, show.DARK))
+
+
+def test_kept_regions_stay_bright_and_dropped_ones_are_dimmed(engine):
+    """112x112 on the tiny LLaVA: 8x8 tokens of 14 px, drawn at 384 px (48-px cells with 1-px outlines)."""
+    image = Image.new("RGB", (112, 112), COLOUR)
+    regions = engine.adapter.token_regions(engine.prepare([image], ["q"]), 0)
+    results = [("mmtok", _answer([0, 9], 64)), ("full", _answer(list(range(64)), 64)), ("mmtok", _answer([], 64))]
+    sheet = show.render(image, regions, results, model="tiny", question="Where is it?")
+    column = show.PANEL_SIDE + show.GAP
+    assert sheet.width == 3 * column + show.GAP
+    first, second, third = (sheet.crop((show.GAP + i * column, 0, (i + 1) * column, sheet.height)) for i in range(3))
+    # two kept 48x48 cells: their insides keep the image's colour, their edges are outlined, the rest is dimmed
+    assert _pixels(first, COLOUR) == 2 * 46 * 46
+    assert _pixels(first, show.OUTLINE) == 2 * (4 * 48 - 4)
+    assert _pixels(first, _dimmed(COLOUR)) == 384 * 384 - 2 * 48 * 48
+    assert _pixels(second, _dimmed(COLOUR)) == 0 and _pixels(second, COLOUR) > 0
+    assert _pixels(third, _dimmed(COLOUR)) == 384 * 384 and _pixels(third, COLOUR) == 0
+
+
+def test_llava_next_column_has_a_base_panel_and_a_crops_panel(engines):
+    engine = engines["llava-next"]
+    image = Image.new("RGB", (112, 56), COLOUR)
+    regions = engine.adapter.token_regions(engine.prepare([image], ["q"]), 0)
+    one = show.render(image, regions, [("mmtok", _answer([0], 48))], model="tiny")
+    # base token 0 covers (0, 0, 28, 14) of the image: 96x48 of the 384x192 picture; no crop token is kept
+    assert _pixels(one, _dimmed(COLOUR)) == 2 * 384 * 192 - 96 * 48
+    assert one.width == show.PANEL_SIDE + 2 * show.GAP
+    plain = show.render(image, engines["llava"].adapter.token_regions(engines["llava"].prepare([image], ["q"]), 0),
+                        [("mmtok", _answer([0], 64))], model="tiny")
+    assert one.height > plain.height + 192  # the second panel
+
+
+def test_picture_names_are_safe_and_distinct():
+    assert show.picture_name(7) == "7.png" and show.picture_name("cat-01.jpg") == "cat-01.jpg.png"
+    a, b = show.picture_name("a/b"), show.picture_name("a_b")
+    assert a != b and a.startswith("a_b-") and "/" not in a
+    assert show.picture_name("../..").endswith(".png") and not show.picture_name("../..").startswith(".")
+
+
+# -- commands ----------------------------------------------------------------------------------------
+
+
+def _run(*args):
+    from typer.testing import CliRunner
+
+    from mmtok_cli.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_show_draws_methods_side_by_side_and_prints_their_answers(tiny_llava, image_file, engine, tmp_path):
+    out = tmp_path / "kept.png"
+    result = _run("show", image_file, "What colour is the cat?", "--model", tiny_llava, "--tokens", 8,
+                  "--methods", "mmtok,full", "--max-new-tokens", 4, "--out", out)
+    assert result.exit_code == 0, result.stderr
+    from mmtok_cli.io import load_image
+
+    picture = load_image(str(image_file))
+    answers = {m: engine.ask(picture, "What colour is the cat?", method=m, tokens=8, max_new_tokens=4)
+               for m in ("mmtok", "full")}
+    assert result.stdout.splitlines() == [f"{m}: {a.answer}" for m, a in answers.items()]
+    assert "mmtok 8/64 · full 64/64" in result.stderr
+    with Image.open(out) as sheet:
+        assert sheet.format == "PNG" and sheet.width == 2 * (show.PANEL_SIDE + show.GAP) + show.GAP
+        expected = show.picture_for(engine, picture, "What colour is the cat?", list(answers.items()))
+        assert np.array_equal(np.asarray(sheet.convert("RGB")), np.asarray(expected))
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--methods", "mmtok,best"], "unknown method 'best' in --methods"),
+        (["--methods", ","], "--methods is empty"),
+        (["--out", "no-such-folder/kept.png"], "the folder of --out 'no-such-folder/kept.png' does not exist"),
+        (["--out", "kept.txt"], "needs an image suffix"),
+    ],
+)
+def test_show_rejects_bad_options_in_one_line_before_loading(image_file, tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    result = _run("show", image_file, "What?", "--model", "no/such-model", "--out", "kept.png", *args)
+    assert result.exit_code == 2 and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "loading" not in result.stderr
+
+
+def test_ask_show_saves_the_picture(tiny_llava, image_file, tmp_path):
+    out = tmp_path / "ask.png"
+    result = _run("ask", image_file, "What is here?", "--model", tiny_llava, "-k", 4, "--max-new-tokens", 3,
+                  "--show", out)
+    assert result.exit_code == 0, result.stderr
+    with Image.open(out) as picture:
+        assert picture.width == show.PANEL_SIDE + 2 * show.GAP
+    missing = _run("ask", image_file, "What is here?", "--model", tiny_llava, "--show", tmp_path / "no" / "a.png")
+    assert missing.exit_code == 2 and "does not exist" in missing.stderr
