@@ -343,6 +343,11 @@ def batch(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.")] = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    show_dir: Annotated[
+        str | None,
+        typer.Option("--show-dir", help="Also write one picture per answered item into this folder (ID.png): "
+                     "which image regions the model was given, as `mmtok show` draws them."),
+    ] = None,
     config: ConfigOpt = None,
     debug: DebugOpt = False,
 ) -> None:
@@ -382,12 +387,17 @@ def batch(
         if batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
         plan = _plan_batch(source, out, question, resume=resume, overwrite=overwrite)
+        pictures = None
+        if show_dir is not None:
+            from .show import prepare_picture_dir
+
+            pictures = prepare_picture_dir(show_dir)
         engine, _ = _load_engine(model, device, dtype)
         from .batch import BatchOptions, BatchRunner
         from .io import RecordWriter
 
         options = BatchOptions(tokens=tokens, method=method, max_new_tokens=max_new_tokens,
-                               batch_size=batch_size, compare=compare, debug=debug)
+                               batch_size=batch_size, compare=compare, debug=debug, show_dir=pictures)
         runner = BatchRunner(engine, options, base=plan.base)
         writer = RecordWriter(out, append=resume)
         with _BatchProgress(plan.total, plan.skipped) as progress:

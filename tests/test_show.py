@@ -273,3 +273,27 @@ def test_ask_show_saves_the_picture(tiny_llava, image_file, tmp_path):
         assert picture.width == show.PANEL_SIDE + 2 * show.GAP
     missing = _run("ask", image_file, "What is here?", "--model", tiny_llava, "--show", tmp_path / "no" / "a.png")
     assert missing.exit_code == 2 and "does not exist" in missing.stderr
+
+
+def test_batch_show_dir_writes_one_picture_per_answered_item(tiny_llava, tmp_path):
+    import json
+
+    from .conftest import noise_image
+
+    for i in range(3):
+        noise_image(i).save(tmp_path / f"img{i}.png")
+    lines = [{"id": "a/1", "image": "img0.png", "question": "what is this ?"},
+             {"id": 2, "image": "img1.png", "question": "what is this ?", "tokens": 5},
+             {"id": "gone", "image": "missing.png", "question": "what is this ?"},
+             {"id": "c", "image": "img2.png", "question": "what is this ?"}]
+    source = tmp_path / "q.jsonl"
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    pictures = tmp_path / "pictures"
+    result = _run("batch", source, "--model", tiny_llava, "--max-new-tokens", 3, "--batch-size", 2,
+                  "--show-dir", pictures)
+    assert result.exit_code == 1  # the missing image
+    assert sorted(p.name for p in pictures.iterdir()) == sorted(show.picture_name(i) for i in ("a/1", 2, "c"))
+    with Image.open(pictures / "2.png") as picture:
+        kept = np.asarray(picture.convert("RGB"))
+    assert kept.shape[1] == show.PANEL_SIDE + 2 * show.GAP
+    assert _run("batch", source, "--show-dir", source).exit_code == 2  # a file, not a folder
