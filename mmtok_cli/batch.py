@@ -42,6 +42,8 @@ class BatchOptions:
     compare: bool = False
     debug: bool = False
     """Let unexpected exceptions propagate instead of turning them into error records."""
+    show_dir: Path | None = None
+    """Write one picture per answered item here (`mmtok show`'s drawing), named by the item's id."""
 
 
 @dataclass
@@ -282,6 +284,11 @@ class BatchRunner:
             "preprocess_ms": preprocess_ms,
         }
         answers = self.engine.run_prepared(prepared, questions, method=opts.method, **run)
+        if opts.show_dir is not None:
+            from .show import save_batch_pictures
+
+            items = [(e.item.id, e.image, e.item.question) for e in entries]
+            save_batch_pictures(self.engine, opts.show_dir, prepared, items, answers, opts.method)
         full = None
         if opts.compare:
             full = answers if opts.method == "full" else self.engine.run_prepared(

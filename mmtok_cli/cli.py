@@ -219,6 +219,28 @@ CompareOpt = Annotated[
 ]
 
 
+ShowOpt = Annotated[
+    str | None,
+    typer.Option("--show", metavar="PATH", help="Also save a picture of which image regions the model was given "
+                 "(as `mmtok show` draws it; with --compare, next to the unpruned run)."),
+]
+
+
+def _show_target(path: str | None) -> Path | None:
+    if path is None:
+        return None
+    from .show import check_picture_path
+
+    return check_picture_path(path, "--show")
+
+
+def _save_show(engine: Engine, image: Any, question: str, results: list[tuple[str, Any]], target: Path) -> None:
+    from .show import picture_for, save_picture
+
+    save_picture(picture_for(engine, image, question, results), target)
+    err.print(f"picture of the kept regions written to {target}", style="dim", highlight=False, markup=False)
+
+
 @app.command()
 def ask(
     image: Annotated[str, typer.Argument(help="Image file to ask about ('-' reads it from stdin).")],
@@ -231,6 +253,7 @@ def ask(
     dtype: DtypeOpt = "auto",
     compare: CompareOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of text.")] = False,
+    show_path: ShowOpt = None,
     config: ConfigOpt = None,
     debug: DebugOpt = False,
 ) -> None:
@@ -253,6 +276,8 @@ def ask(
       mmtok ask photo.jpg "Describe the scene." --method full --json | jq .answer
 
       mmtok ask photo.jpg "How many people?" --compare --json | jq .speedup
+
+      mmtok ask photo.jpg "Where is the dog?" --tokens 32 --show kept.png
     """
     from .io import answer_fields, load_image
 
@@ -260,11 +285,14 @@ def ask(
         check_options(tokens=tokens, method=method, max_new_tokens=max_new_tokens, dtype=dtype, device=device)
         if not question.strip():
             raise UsageError("the question is empty; pass the question as the second argument, in quotes")
+        target = _show_target(show_path)
         picture = load_image(image)
         engine, load_ms = _load_engine(model, device, dtype)
         options = {"tokens": tokens, "max_new_tokens": max_new_tokens}
         answer = engine.ask(picture, question, method=method, **options)
         full = engine.ask(picture, question, method="full", **options) if compare else None
+        if target is not None:
+            _save_show(engine, picture, question, [(method, answer)] + ([("full", full)] if full else []), target)
         fields = answer_fields(answer, full=full)
         if as_json:
             record = {"image": image, "question": question, **fields, "kept_indices": answer.kept_indices,
@@ -322,6 +350,11 @@ def batch(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.")] = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    show_dir: Annotated[
+        str | None,
+        typer.Option("--show-dir", help="Also write one picture per answered item into this folder (ID.png): "
+                     "which image regions the model was given, as `mmtok show` draws them."),
+    ] = None,
     ray: Annotated[
         bool, typer.Option("--ray", help="Run on Ray: a pool of actors, each loading the model once "
                            "(needs pip install 'mmtok-cli[ray]').", rich_help_panel="Ray")
@@ -380,11 +413,16 @@ def batch(
         if not ray and (ray_address or workers != 1 or gpus_per_worker):
             raise UsageError("--ray-address, --workers and --gpus-per-worker need --ray")
         plan = _plan_batch(source, out, question, resume=resume, overwrite=overwrite)
+        pictures = None
+        if show_dir is not None:
+            from .show import prepare_picture_dir
+
+            pictures = prepare_picture_dir(show_dir)
         from .batch import BatchOptions, BatchRunner
         from .io import RecordWriter
 
         options = BatchOptions(tokens=tokens, method=method, max_new_tokens=max_new_tokens,
-                               batch_size=batch_size, compare=compare, debug=debug)
+                               batch_size=batch_size, compare=compare, debug=debug, show_dir=pictures)
         if ray:
             from .ray_batch import RayOptions, _import_ray, run_on_ray
 
@@ -600,3 +638,55 @@ def models(
             f"tau_v {row['tau_v']} · alpha {row['alpha']}\n"
             f"{'':<12} --tokens: {row['tokens']}\n"
         )
+
+
+@app.command("show")
+def show_command(
+    image: Annotated[str, typer.Argument(help="Image file to ask about ('-' reads it from stdin).")],
+    question: Annotated[str, typer.Argument(help="The question, in quotes.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Picture to write (.png, .jpg, ...).")],
+    methods: Annotated[
+        str,
+        typer.Option("--methods", help=f"Comma-separated token selections drawn side by side: {' | '.join(METHODS)}."),
+    ] = "mmtok",
+    model: ModelOpt = DEFAULT_MODEL,
+    tokens: TokensOpt = 64,
+    max_new_tokens: MaxNewOpt = 64,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    config: ConfigOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Draw which regions of IMAGE the model was given to answer QUESTION: kept tokens bright and outlined,
+    dropped ones dimmed, with a caption (method, kept/total tokens, model, answer).
+
+    Regions are exact for each family: LLaVA-1.5 through its resize and center crop or pad-to-square;
+    LLaVA-NeXT as two panels, its coarse base view and its high-resolution crops; Qwen-VL's merged
+    tokens over its dynamic-resolution grid. Prints one line per method on stdout: METHOD: ANSWER.
+
+    Examples:
+
+      mmtok show photo.jpg "Where is the dog?" --tokens 32 --out kept.png
+
+      mmtok show photo.jpg "Where is the dog?" --tokens 32 --methods mmtok,full --out compare.png
+    """
+    from .io import load_image
+    from .show import check_picture_path, parse_methods, save_picture, show
+
+    def work() -> None:
+        chosen = parse_methods(methods)
+        for method in chosen:
+            check_options(tokens=tokens, method=method, max_new_tokens=max_new_tokens, dtype=dtype, device=device)
+        if not question.strip():
+            raise UsageError("the question is empty; pass the question as the second argument, in quotes")
+        target = check_picture_path(out, "--out")
+        picture = load_image(image)
+        engine, _ = _load_engine(model, device, dtype)
+        sheet, results = show(engine, picture, question, chosen, tokens=tokens, max_new_tokens=max_new_tokens)
+        save_picture(sheet, target)
+        for method, answer in results:
+            sys.stdout.write(f"{method}: {answer.answer}\n")
+        kept = " · ".join(f"{m} {a.vision_kept}/{a.vision_total}" for m, a in results)
+        err.print(f"vision tokens {kept} · picture written to {target}", style="dim", highlight=False, markup=False)
+
+    _guarded(debug, work)

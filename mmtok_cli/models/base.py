@@ -18,6 +18,7 @@ from PIL import Image
 from ..errors import MmtokError
 from ..selection import select
 from ..text import content_token_ids
+from .regions import TokenRegions
 
 
 @dataclass
@@ -148,6 +149,10 @@ class Adapter(ABC):
     @abstractmethod
     def generation_inputs(self, prepared: Prepared, tokens: VisionTokens, kept: list[torch.Tensor] | None) -> dict:
         """Keyword arguments for `model.generate` that feed each image's kept tokens (all if None)."""
+
+    def token_regions(self, prepared: Prepared, row: int) -> TokenRegions:
+        """Image `row`'s vision tokens as boxes of its original image, numbered like `kept_indices`."""
+        raise MmtokError(f"{self.family} models cannot show which image regions their tokens cover yet")
 
 
 def drop_placeholders(

@@ -7,8 +7,10 @@ from typing import Any
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from ..errors import MmtokError
 from ..selection import TAU_T_LLAVA
 from .base import Adapter, Prepared, VisionTokens, drop_placeholders
+from .regions import Placement, TokenRegions, cell_box, clip, resize_and_crop
 
 
 def projector_input(config: Any, hidden: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -77,6 +79,23 @@ class LlavaAdapter(Adapter):
             masks.append((row_ok[:, None] & col_ok[None, :]).flatten())
         return torch.stack(masks)
 
+    def token_regions(self, prepared: Prepared, row: int) -> TokenRegions:
+        """Each patch mapped back through center crop, resize and pad-to-square (`do_pad`) to the original image."""
+        height, width = prepared.image_sizes[row]
+        placement, pixels = clip_input_placement(self.processor.image_processor, height, width)
+        if pixels != tuple(prepared.inputs["pixel_values"].shape[-2:]):
+            raise MmtokError(f"cannot map vision tokens to the image: expected {pixels} pixels per image, "
+                             f"the processor made {tuple(prepared.inputs['pixel_values'].shape[-2:])}")
+        patch = self.model.config.vision_config.patch_size
+        boxes = [
+            clip(placement.to_original(cell_box(r, c, patch, patch)), height, width)
+            for r in range(pixels[0] // patch)
+            for c in range(pixels[1] // patch)
+        ]
+        if self.model.config.vision_feature_select_strategy == "full":  # CLS comes first and is no region
+            boxes.insert(0, (0.0, 0.0, 0.0, 0.0))
+        return TokenRegions(boxes=boxes, panel=[0] * len(boxes))
+
     def generation_inputs(self, prepared: Prepared, tokens: VisionTokens, kept: list[torch.Tensor] | None) -> dict:
         input_ids, attention_mask = prepared.inputs["input_ids"], prepared.inputs["attention_mask"]
         if kept is None:
@@ -93,3 +112,16 @@ class LlavaAdapter(Adapter):
             "attention_mask": attention_mask,
             "mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=per_image)},
         }
+
+
+def clip_input_placement(image_processor: Any, height: int, width: int) -> tuple[Placement, tuple[int, int]]:
+    """Where a `height` x `width` image lands in LLaVA-1.5's vision input, and that input's (height, width).
+
+    The processor pads to a square of the longest side with the image centred (`do_pad`, the original
+    LLaVA preprocessing), then resizes (shortest edge) and center-crops.
+    """
+    placement, canvas = Placement(), (height, width)
+    if getattr(image_processor, "do_pad", False):
+        side = max(height, width)
+        placement, canvas = placement.then(off_x=(side - width) // 2, off_y=(side - height) // 2), (side, side)
+    return resize_and_crop(image_processor, placement, *canvas)

@@ -13,15 +13,18 @@ sequence unchanged, newlines included, i.e. exactly the unpruned model.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from ..errors import MmtokError
 from ..selection import TAU_T_LLAVA, select
 from .base import Adapter, Prepared, VisionTokens, drop_placeholders
 from .llava import projector_input
+from .regions import Box, Placement, TokenRegions, cell_box, clip, resize_and_crop, size_value
 
 CROP_BUDGETS = ("even", "global")
 
@@ -81,20 +84,11 @@ class LlavaNextAdapter(Adapter):
         crops = [image_size_to_num_patches(s, config.image_grid_pinpoints, side) for s in sizes]
         features = projector_input(config, out.hidden_states)  # (all views, hw, e)
         per_view = features.shape[1]
-        # Pack a running token number through the model's own packing, with -1 as the newline, to learn
-        # where each packed token comes from.
-        numbers = torch.arange(features.shape[0] * per_view, dtype=torch.float64, device=features.device)
-        layouts, _ = self.model.model.pack_image_features(
-            list(numbers.view(-1, per_view, 1).split(crops)),
-            sizes,
-            vision_feature_select_strategy=config.vision_feature_select_strategy,
-            image_newline=torch.full((1,), -1.0, dtype=torch.float64, device=features.device),
-        )
+        layouts = self._packed_sources(sizes, crops, per_view)
         flat = features.reshape(-1, features.shape[-1])
         vision, feats, parts = [], [], []
         first_view = 0
-        for seq, layout, n_views in zip(packed, layouts, crops):
-            source = layout[:, 0]
+        for seq, source, n_views in zip(packed, layouts, crops):
             token = source >= 0
             number = source[token].long()
             vision.append(seq[token])
@@ -111,6 +105,22 @@ class LlavaNextAdapter(Adapter):
             parts=pad_sequence(parts, batch_first=True, padding_value=-1),
             packed=packed,
         )
+
+    def _packed_sources(self, sizes: torch.Tensor, views: list[int], per_view: int) -> list[torch.Tensor]:
+        """Per image, where each position of its packed sequence comes from: view * per_view + position in
+        the view (views counted over the batch), or -1 for a row newline.
+
+        Packs a running number instead of features through the model's own packing, so the answer is
+        the model's, whatever its unpadding does.
+        """
+        numbers = torch.arange(sum(views) * per_view, dtype=torch.float64, device=sizes.device)
+        layouts, _ = self.model.model.pack_image_features(
+            list(numbers.view(-1, per_view, 1).split(views)),
+            sizes,
+            vision_feature_select_strategy=self.model.config.vision_feature_select_strategy,
+            image_newline=torch.full((1,), -1.0, dtype=torch.float64, device=sizes.device),
+        )
+        return [layout[:, 0] for layout in layouts]
 
     def select(
         self, tokens: VisionTokens, text: torch.Tensor, text_mask: torch.Tensor, budgets: list[int], **params: float
@@ -170,3 +180,59 @@ class LlavaNextAdapter(Adapter):
             "attention_mask": attention_mask,
             "mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=per_image)},
         }
+
+    def token_regions(self, prepared: Prepared, row: int) -> TokenRegions:
+        """Base-view tokens cover the whole image coarsely (panel "base"); crop tokens cover their part of the
+        high-resolution grid, mapped back through the any-resolution resize and padding (panel "crops").
+
+        Which view and patch each packed token comes from is the model's own packing (unpadding included).
+        """
+        from transformers.image_processing_utils import select_best_resolution
+        from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+        config, ip = self.model.config, self.processor.image_processor
+        vc = config.vision_config
+        height, width = prepared.image_sizes[row]
+        side, patch = vc.image_size, vc.patch_size
+        per_side = side // patch
+        sizes = prepared.inputs["image_sizes"][row : row + 1]
+        views = image_size_to_num_patches(sizes[0], config.image_grid_pinpoints, side)
+        source = self._packed_sources(sizes, [views], per_side * per_side)[0]
+
+        # Base view: the whole image squashed to `size`, then the processor's per-view resize and crop.
+        shortest = size_value(ip.size, "shortest_edge")
+        base_h, base_w = size_value(ip.size, "height") or shortest, size_value(ip.size, "width") or shortest
+        base, base_px = resize_and_crop(ip, Placement(base_w / width, base_h / height), base_h, base_w)
+        # Crops: the image resized to fit the best grid resolution (aspect kept), centred with padding, cut into
+        # squares of the crop size, each of which gets the per-view resize and crop too.
+        crop = size_value(ip.crop_size, "height") or base_h
+        best_h, best_w = select_best_resolution((height, width), config.image_grid_pinpoints)
+        fit_h, fit_w = _fit(height, width, best_h, best_w)
+        grid = Placement(fit_w / width, fit_h / height, (best_w - fit_w) // 2, (best_h - fit_h) // 2)
+        in_crop, crop_px = resize_and_crop(ip, Placement(), crop, crop)
+        if base_px != (side, side) or crop_px != (side, side):
+            raise MmtokError(f"cannot map vision tokens to the image: views of {base_px} and {crop_px} pixels "
+                             f"for a {side}-pixel vision tower")
+
+        boxes: list[Box] = []
+        panel: list[int] = []
+        for number in source[source >= 0].long().tolist():
+            view, position = divmod(number, per_side * per_side)
+            cell = cell_box(*divmod(position, per_side), patch, patch)
+            if view == 0:
+                box = base.to_original(cell)
+            else:
+                x0, y0, x1, y1 = in_crop.to_original(cell)
+                top, left = (d * crop for d in divmod(view - 1, best_w // crop))
+                box = grid.to_original((x0 + left, y0 + top, x1 + left, y1 + top))
+            boxes.append(clip(box, height, width))
+            panel.append(int(view > 0))
+        return TokenRegions(boxes=boxes, panel=panel, panels=("base", "crops"))
+
+
+def _fit(height: int, width: int, target_h: int, target_w: int) -> tuple[int, int]:
+    """The size an image is resized to inside a target resolution, aspect kept (transformers' get_patch_output_size)."""
+    scale_w, scale_h = target_w / width, target_h / height
+    if scale_w < scale_h:
+        return min(math.ceil(height * scale_w), target_h), target_w
+    return target_h, min(math.ceil(width * scale_h), target_w)

@@ -22,6 +22,7 @@ from torch.nn.utils.rnn import pad_sequence
 from ..errors import MmtokError
 from ..selection import TAU_T_QWEN
 from .base import Adapter, Prepared, VisionTokens, compact
+from .regions import Placement, TokenRegions, cell_box, clip
 
 TORCHVISION_HINT = "install torchvision (matching your torch) to process videos"
 
@@ -195,6 +196,27 @@ class QwenVLAdapter(Adapter):
             "position_ids": torch.cat([text_positions[None], new_positions]),
             "mm_encoder_outputs": {"image": image},
         }
+
+    def token_regions(self, prepared: Prepared, row: int) -> TokenRegions:
+        """Merged tokens in raster order over the resized image; each covers (merge * patch)^2 of its pixels.
+
+        The resized size is the processor's own (its grid in `image_grid_thw` times the patch size), so the
+        boxes map back to the original image by the resize factors alone.
+        """
+        ip, vc = self.processor.image_processor, self.model.config.vision_config
+        patch = getattr(ip, "patch_size", None) or vc.patch_size
+        merge = getattr(ip, "merge_size", None) or vc.spatial_merge_size
+        height, width = prepared.image_sizes[row]
+        frames, rows, cols = (int(v) for v in prepared.inputs["image_grid_thw"][row])
+        placement = Placement(cols * patch / width, rows * patch / height)
+        cell = merge * patch
+        boxes = [
+            clip(placement.to_original(cell_box(r, c, cell, cell)), height, width)
+            for _ in range(frames)
+            for r in range(rows // merge)
+            for c in range(cols // merge)
+        ]
+        return TokenRegions(boxes=boxes, panel=[0] * len(boxes))
 
     def _encoder_outputs(self, tokens: QwenVisionTokens, kept: list[torch.Tensor]) -> Any:
         from transformers.modeling_outputs import BaseModelOutputWithPooling

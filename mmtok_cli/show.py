@@ -1,0 +1,268 @@
+"""Pictures of what the model was given: kept tokens' regions bright and outlined, dropped ones dimmed.
+
+The regions come from the adapter (`token_regions`, exact for each family's preprocessing); this
+module only draws, with PIL. One column per method, side by side on one sheet, each with a caption
+(method, kept/total tokens, model, answer). LLaVA-NeXT columns have two panels: its coarse base view
+of the whole image and its high-resolution crops, each drawn on the original image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+from .errors import MmtokError, UsageError
+from .models.regions import TokenRegions, area
+from .options import METHODS
+
+if TYPE_CHECKING:
+    from .engine import Answer, Engine
+    from .models.base import Prepared
+
+PANEL_SIDE = 384
+"""Longest side of each drawn image, in pixels (images are scaled up or down to it)."""
+MIN_COLUMN = 260
+"""Narrowest column, so captions stay readable next to tall, narrow images."""
+GAP = 8
+DIM = 0.72
+"""How far dropped regions are blended toward DARK."""
+DARK = (20, 20, 24)
+OUTLINE = (255, 196, 0)
+BACKGROUND = (255, 255, 255)
+TEXT = (20, 20, 20)
+MUTED = (90, 90, 90)
+FONT_SIZE = 14
+CAPTION_LINES = 6
+"""Most lines of answer text per caption; longer answers end with an ellipsis."""
+
+
+def parse_methods(text: str) -> list[str]:
+    """`--methods mmtok,full` -> ["mmtok", "full"]; any method the engine knows is accepted."""
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    if not methods:
+        raise UsageError(f"--methods is empty; give one or more of {', '.join(METHODS)}, separated by commas")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise UsageError(f"unknown method '{unknown[0]}' in --methods; choose from {', '.join(METHODS)}")
+    if len(set(methods)) != len(methods):
+        raise UsageError(f"--methods names a method twice: {text}")
+    return methods
+
+
+def check_picture_path(path: str | Path, option: str) -> Path:
+    """Reject an output picture path before the model loads: its folder must exist, its suffix be an image format."""
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise UsageError(f"{option} '{path}' is a folder; give a file name such as {Path(path) / 'kept.png'}")
+    if not target.parent.exists():
+        raise UsageError(f"the folder of {option} '{path}' does not exist")
+    if target.suffix.lower() not in Image.registered_extensions():
+        raise UsageError(f"{option} '{path}' needs an image suffix such as .png or .jpg")
+    return target
+
+
+def prepare_picture_dir(path: str | Path, option: str = "--show-dir") -> Path:
+    """The folder pictures go to, created if only it is missing."""
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{option} '{path}' is a file, not a folder")
+    if not folder.parent.exists():
+        raise UsageError(f"the folder that would hold {option} '{path}' does not exist")
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def picture_name(item_id: Any) -> str:
+    """A safe file name for an item id; ids that had to change get a short hash, so two never collide."""
+    text = str(item_id)
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")[:80]
+    if safe != text:
+        safe = f"{safe or 'item'}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+    return f"{safe}.png"
+
+
+def save_picture(picture: Image.Image, path: str | Path) -> None:
+    try:
+        picture.convert("RGB").save(path)
+    except (OSError, ValueError) as exc:
+        raise MmtokError(f"cannot write the picture to '{path}': {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def render(
+    image: Image.Image,
+    regions: TokenRegions,
+    results: Sequence[tuple[str, Answer]],
+    *,
+    model: str,
+    question: str | None = None,
+) -> Image.Image:
+    """The sheet: a column per (method, answer) over `image`, kept regions bright, dropped ones dimmed."""
+    if not results:
+        raise ValueError("need at least one result to draw")
+    image = image.convert("RGB")
+    scale = PANEL_SIDE / max(image.size)
+    shown = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BICUBIC)
+    font = _font(FONT_SIZE)
+    columns = [_column(shown, scale, regions, method, answer, model, font) for method, answer in results]
+    width = sum(c.width for c in columns) + GAP * (len(columns) + 1)
+    header = _wrap(f"Q: {question}", font, width - 2 * GAP) if question else []
+    top = GAP + _lines_height(header, font)
+    sheet = Image.new("RGB", (width, top + max(c.height for c in columns) + GAP), BACKGROUND)
+    _text(ImageDraw.Draw(sheet), (GAP, GAP), header, font, TEXT)
+    x = GAP
+    for column in columns:
+        sheet.paste(column, (x, top))
+        x += column.width + GAP
+    return sheet
+
+
+def picture_for(
+    engine: Engine,
+    image: Image.Image,
+    question: str,
+    results: Sequence[tuple[str, Answer]],
+    *,
+    prepared: Prepared | None = None,
+    row: int = 0,
+) -> Image.Image:
+    """`render` for answers from `engine`; `prepared` (and `row` in it) if the caller has them, else made here."""
+    if prepared is None:
+        prepared = engine.prepare([image], [question])
+    return render(image, engine.adapter.token_regions(prepared, row), results, model=engine.model_name,
+                  question=question)
+
+
+def show(
+    engine: Engine, image: Image.Image, question: str, methods: Sequence[str], **options: Any
+) -> tuple[Image.Image, list[tuple[str, Answer]]]:
+    """Answer `question` once per method (`options` go to `Engine.run_prepared`) and draw them side by side."""
+    prepared = engine.prepare([image], [question])
+    results = [(m, engine.run_prepared(prepared, [question], method=m, **options)[0]) for m in methods]
+    return picture_for(engine, image, question, results, prepared=prepared), results
+
+
+def save_batch_pictures(
+    engine: Engine,
+    folder: Path,
+    prepared: Prepared,
+    items: Sequence[tuple[Any, Image.Image, str]],
+    answers: Sequence[Answer],
+    method: str,
+) -> None:
+    """One picture per answered batch item, `items` being (id, image, question) in `prepared`'s row order."""
+    for row, ((item_id, image, question), answer) in enumerate(zip(items, answers)):
+        picture = picture_for(engine, image, question, [(method, answer)], prepared=prepared, row=row)
+        save_picture(picture, folder / picture_name(item_id))
+
+
+# -- drawing ---------------------------------------------------------------------------------------
+
+
+def _column(
+    shown: Image.Image, scale: float, regions: TokenRegions, method: str, answer: Answer, model: str, font: Any
+) -> Image.Image:
+    kept = set(answer.kept_indices[0])
+    width = max(shown.width, MIN_COLUMN)
+    small = _font(FONT_SIZE - 2)
+    label_h = _lines_height(["x"], small) if len(regions.panels) > 1 else 0
+    panels = []
+    for p, name in enumerate(regions.panels):
+        tokens = [i for i, panel in enumerate(regions.panel) if panel == p]
+        in_panel = [i for i in tokens if i in kept]
+        label = f"{name}: {len(in_panel)}/{len(tokens)} tokens kept" if label_h else ""
+        panels.append((label, _panel(shown, scale, regions, tokens, kept)))
+    caption = [f"{method} · {answer.vision_kept}/{answer.vision_total} vision tokens kept"]
+    caption += _wrap(model, small, width)[:1]
+    answer_text = " ".join(answer.answer.split()) or "(empty answer)"
+    lines = _wrap(f"A: {answer_text}", font, width)
+    if len(lines) > CAPTION_LINES:
+        lines = lines[: CAPTION_LINES - 1] + [lines[CAPTION_LINES - 1].rstrip() + " …"]
+    height = sum(label_h + panel.height + GAP for _, panel in panels)
+    height += _lines_height(caption[:1], font) + _lines_height(caption[1:], small) + _lines_height(lines, font)
+    column = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(column)
+    y = 0
+    for label, panel in panels:
+        if label:
+            _text(draw, (0, y), [label], small, MUTED)
+            y += label_h
+        column.paste(panel, ((width - panel.width) // 2, y))
+        y += panel.height + GAP
+    y = _text(draw, (0, y), caption[:1], font, TEXT)
+    y = _text(draw, (0, y), caption[1:], small, MUTED)
+    _text(draw, (0, y), lines, font, TEXT)
+    return column
+
+
+def _panel(shown: Image.Image, scale: float, regions: TokenRegions, tokens: list[int], kept: set[int]) -> Image.Image:
+    """`shown` dimmed, with the kept tokens' regions (of `tokens`) bright and outlined."""
+    dim = Image.blend(shown, Image.new("RGB", shown.size, DARK), DIM)
+    mask = Image.new("L", shown.size, 0)
+    fill = ImageDraw.Draw(mask)
+    rects = []
+    for i in tokens:
+        box = regions.boxes[i]
+        if i not in kept or area(box) <= 0:
+            continue
+        x0, y0, x1, y1 = (round(v * scale) for v in box)
+        if x1 > x0 and y1 > y0:
+            rects.append((x0, y0, x1 - 1, y1 - 1))  # PIL rectangles include their last pixel
+            fill.rectangle(rects[-1], fill=255)
+    panel = Image.composite(shown, dim, mask)
+    outline = ImageDraw.Draw(panel)
+    for rect in rects:
+        outline.rectangle(rect, outline=OUTLINE, width=1)
+    return panel
+
+
+def _font(size: int) -> Any:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: one fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def _line_height(font: Any) -> int:
+    _, top, _, bottom = font.getbbox("Ag")
+    return int(bottom - min(top, 0)) + 4
+
+
+def _lines_height(lines: list[str], font: Any) -> int:
+    return len(lines) * _line_height(font)
+
+
+def _text(draw: ImageDraw.ImageDraw, at: tuple[int, int], lines: list[str], font: Any, color: tuple) -> int:
+    """Draw `lines` from `at` down; returns the y below them."""
+    x, y = at
+    for line in lines:
+        draw.text((x, y), line, font=font, fill=color)
+        y += _line_height(font)
+    return y
+
+
+def _wrap(text: str, font: Any, width: int) -> list[str]:
+    """Greedy word wrap to `width` pixels; a word wider than a line is broken by characters."""
+    lines: list[str] = []
+    line = ""
+    for word in text.split():
+        candidate = f"{line} {word}" if line else word
+        if font.getlength(candidate) <= width:
+            line = candidate
+            continue
+        if line:
+            lines.append(line)
+        while font.getlength(word) > width and len(word) > 1:
+            cut = 1
+            while cut < len(word) - 1 and font.getlength(word[: cut + 1]) <= width:
+                cut += 1
+            lines.append(word[:cut])
+            word = word[cut:]
+        line = word
+    if line:
+        lines.append(line)
+    return lines

@@ -1,0 +1,299 @@
+"""`mmtok show`: token -> image-region mapping for every family, and the pictures drawn from it.
+
+The mapping is checked two ways: exact rectangles worked out by hand for known geometries, and,
+for every token of every family, against the processor's own pixels: on an image whose red and
+green channels are its x and y coordinates, the mean colour of the pixels a token's patch holds is
+the centre of the region that token saw.
+"""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mmtok_cli import show
+from mmtok_cli.models.base import Prepared
+from mmtok_cli.models.regions import area
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory, engine):
+    """Tiny engines of each family and preprocessing, by name."""
+    from mmtok_cli.engine import Engine
+    from mmtok_cli.tiny import build_tiny_llava, build_tiny_llava_next, build_tiny_qwen_vl
+
+    root = tmp_path_factory.mktemp("show-models")
+    paths = {
+        "llava-pad": build_tiny_llava(root / "llava-pad", pad_to_square=True),
+        "llava-next": build_tiny_llava_next(root / "next"),
+        "qwen2.5-vl": build_tiny_qwen_vl(root / "qwen25", version="2.5"),
+        "qwen3-vl": build_tiny_qwen_vl(root / "qwen3", version="3"),
+    }
+    return {"llava": engine, **{name: Engine(str(p), device="cpu", dtype="float32") for name, p in paths.items()}}
+
+
+def ramp(width: int, height: int) -> Image.Image:
+    """Red = x, green = y (so sizes up to 256 px)."""
+    y, x = np.mgrid[:height, :width]
+    return Image.fromarray(np.stack([x, y, np.zeros_like(x)], -1).astype(np.uint8))
+
+
+def _unnormalize(pixels: torch.Tensor, ip) -> torch.Tensor:
+    """(..., 3, ...) channel-first processor output back to 0..255 values."""
+    shape = [1] * pixels.ndim
+    shape[-3] = 3
+    mean, std = torch.tensor(ip.image_mean).view(shape), torch.tensor(ip.image_std).view(shape)
+    return (pixels * std + mean) * 255
+
+
+def patch_centres(engine, prepared: Prepared) -> torch.Tensor:
+    """(n, 2) mean (x, y) colour of each token's pixels, in the model's token order, from the processor output."""
+    adapter, inputs = engine.adapter, prepared.inputs
+    ip = adapter.processor.image_processor
+    if engine.adapter.family.startswith("qwen"):
+        merge, patch = ip.merge_size, ip.patch_size
+        rows = inputs["pixel_values"].view(-1, merge * merge, 3, ip.temporal_patch_size, patch, patch)
+        return _unnormalize(rows.transpose(2, 3), ip).mean((1, 2, 4, 5))[:, :2]
+    vc = adapter.model.config.vision_config
+    side = vc.image_size // vc.patch_size
+    views = _unnormalize(inputs["pixel_values"].view(-1, 3, vc.image_size, vc.image_size), ip)
+    cells = views[:, :2].reshape(-1, 2, side, vc.patch_size, side, vc.patch_size).mean((3, 5))
+    cells = cells.flatten(2).transpose(1, 2)  # (views, side * side, 2), row-major per view
+    if adapter.family == "llava":
+        return cells[0]
+    # LLaVA-NeXT: the model's own packing of the views, newlines (NaN) dropped
+    packed, _ = adapter.model.model.pack_image_features(
+        [cells[: len(cells)]], inputs["image_sizes"], "default", image_newline=torch.full((2,), float("nan"))
+    )
+    return packed[0][~packed[0].isnan().any(-1)]
+
+
+@pytest.mark.parametrize("family", ["llava", "llava-pad", "llava-next", "qwen2.5-vl", "qwen3-vl"])
+@pytest.mark.parametrize("size", [(200, 120), (90, 200), (170, 120)])
+def test_every_token_region_holds_the_pixels_the_processor_gave_it(engines, family, size):
+    engine = engines[family]
+    width, height = size
+    prepared = engine.prepare([ramp(width, height)], ["What is here?"])
+    regions = engine.adapter.token_regions(prepared, 0)
+    centres = patch_centres(engine, prepared)
+    assert len(regions.boxes) == len(centres) == engine.adapter.encode(prepared).counts[0]
+    checked = 0
+    for box, (x, y) in zip(regions.boxes, centres.tolist()):
+        x0, y0, x1, y1 = box
+        if x0 <= 0 or y0 <= 0 or x1 >= width or y1 >= height:
+            continue  # touches the border: clipped padding or resampling edge effects
+        # pixel i holds value i and spans [i, i + 1): a region's mean value is its centre minus a half
+        assert abs(x - ((x0 + x1) / 2 - 0.5)) < 1.0 and abs(y - ((y0 + y1) / 2 - 0.5)) < 1.0, (box, x, y)
+        checked += 1
+    assert checked >= 4
+
+
+def _swap_image_processor(engine, image_processor):
+    """The engine's adapter (real model config) with another image processor: geometry at real sizes."""
+    adapter = copy.copy(engine.adapter)
+    adapter.processor = copy.copy(adapter.processor)
+    adapter.processor.image_processor = image_processor
+    return adapter
+
+
+def _prepared(image_processor, width, height) -> Prepared:
+    pixels = image_processor(images=[Image.new("RGB", (width, height))], return_tensors="pt")
+    return Prepared(inputs=pixels, image_sizes=[(height, width)])
+
+
+def test_llava_center_crop_keeps_the_central_square(engine):
+    """672x336 on a 336-px CLIP (llava-1.5-7b's processor): resize is a no-op, the crop starts at x = 168."""
+    from transformers import CLIPImageProcessorPil
+
+    ip = CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
+    boxes = _swap_image_processor(engine, ip).token_regions(_prepared(ip, 672, 336), 0).boxes
+    assert boxes == [(168 + 14 * c, 14 * r, 182 + 14 * c, 14 * r + 14) for r in range(24) for c in range(24)]
+
+
+def test_llava_pad_to_square_rows_of_padding_map_outside_the_image(engine):
+    """672x336 padded to a 672 square (image at y = 168), resized to 336: each token covers 28x28 pixels,
+    and the top and bottom 6 token rows are padding only."""
+    from transformers import LlavaImageProcessorPil
+
+    ip = LlavaImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, do_pad=True)
+    boxes = _swap_image_processor(engine, ip).token_regions(_prepared(ip, 672, 336), 0).boxes
+    for r in range(24):
+        for c in range(24):
+            box = boxes[24 * r + c]
+            if 6 <= r < 18:
+                assert box == (28 * c, 28 * r - 168, 28 * c + 28, 28 * r - 140)
+            else:
+                assert area(box) == 0 and box[0] == 28 * c
+
+
+def test_llava_next_base_view_and_crops(engines):
+    """Tiny NeXT: 56-px views of 4x4 tokens; a 112x56 image fits the 56x112 grid exactly (two crops)."""
+    adapter = engines["llava-next"].adapter
+    prepared = engines["llava-next"].prepare([Image.new("RGB", (112, 56))], ["q"])
+    regions = adapter.token_regions(prepared, 0)
+    base = [(28 * c, 14 * r, 28 * c + 28, 14 * r + 14) for r in range(4) for c in range(4)]  # squashed to 56x56
+    crops = [(14 * c, 14 * r, 14 * c + 14, 14 * r + 14) for r in range(4) for c in range(8)]  # stitched, row-major
+    assert regions.boxes == base + crops
+    assert regions.panel == [0] * 16 + [1] * 32 and regions.panels == ("base", "crops")
+
+
+def test_llava_next_unpadding_drops_padding_columns(engines):
+    """An 80x56 image is pasted at x = 16 in the 112x56 grid; the model's unpadding drops one token column
+    on each side, and the outer kept columns map partly outside the image (clipped)."""
+    adapter = engines["llava-next"].adapter
+    prepared = engines["llava-next"].prepare([Image.new("RGB", (80, 56))], ["q"])
+    regions = adapter.token_regions(prepared, 0)
+    base = [pytest.approx((20 * c, 14 * r, 20 * c + 20, 14 * r + 14)) for r in range(4) for c in range(4)]
+    crops = [(max(14 * c - 16, 0), 14 * r, min(14 * c - 2, 80), 14 * r + 14) for r in range(4) for c in range(1, 7)]
+    assert regions.boxes == base + crops
+
+
+@pytest.mark.parametrize("family,size,cell", [("qwen2.5-vl", (112, 56), 28), ("qwen2.5-vl", (100, 50), 25),
+                                              ("qwen3-vl", (128, 64), 32)])
+def test_qwen_merged_tokens_cover_blocks_of_the_resized_grid(engines, family, size, cell):
+    """Merged 2x2 patches: 28 px (Qwen2.5, patch 14) or 32 px (Qwen3, patch 16) squares of the resized image;
+    100x50 is resized to 112x56, so its tokens cover 25-px squares of the original."""
+    engine = engines[family]
+    prepared = engine.prepare([Image.new("RGB", size)], ["q"])
+    boxes = engine.adapter.token_regions(prepared, 0).boxes
+    assert boxes == [pytest.approx((cell * c, cell * r, cell * c + cell, cell * r + cell)) for r in range(2)
+                     for c in range(4)]
+
+
+# -- pictures ----------------------------------------------------------------------------------------
+
+COLOUR = (200, 150, 100)
+
+
+def _answer(kept, total, text="a red circle"):
+    from mmtok_cli.engine import Answer
+
+    return Answer(answer=text, output_ids=[], vision_total=total, vision_kept=len(kept), kept_indices=[kept],
+                  prompt_unpruned=0, prompt_pruned=0)
+
+
+def _pixels(picture, colour) -> int:
+    return int((np.asarray(picture) == np.array(colour, dtype=np.uint8)).all(-1).sum())
+
+
+def _dimmed(colour):
+    return tuple(round(v * (1 - show.DIM) + d * show.DIM) for v, d in zip(colour, show.DARK))
+
+
+def test_kept_regions_stay_bright_and_dropped_ones_are_dimmed(engine):
+    """112x112 on the tiny LLaVA: 8x8 tokens of 14 px, drawn at 384 px (48-px cells with 1-px outlines)."""
+    image = Image.new("RGB", (112, 112), COLOUR)
+    regions = engine.adapter.token_regions(engine.prepare([image], ["q"]), 0)
+    results = [("mmtok", _answer([0, 9], 64)), ("full", _answer(list(range(64)), 64)), ("mmtok", _answer([], 64))]
+    sheet = show.render(image, regions, results, model="tiny", question="Where is it?")
+    column = show.PANEL_SIDE + show.GAP
+    assert sheet.width == 3 * column + show.GAP
+    first, second, third = (sheet.crop((show.GAP + i * column, 0, (i + 1) * column, sheet.height)) for i in range(3))
+    # two kept 48x48 cells: their insides keep the image's colour, their edges are outlined, the rest is dimmed
+    assert _pixels(first, COLOUR) == 2 * 46 * 46
+    assert _pixels(first, show.OUTLINE) == 2 * (4 * 48 - 4)
+    assert _pixels(first, _dimmed(COLOUR)) == 384 * 384 - 2 * 48 * 48
+    assert _pixels(second, _dimmed(COLOUR)) == 0 and _pixels(second, COLOUR) > 0
+    assert _pixels(third, _dimmed(COLOUR)) == 384 * 384 and _pixels(third, COLOUR) == 0
+
+
+def test_llava_next_column_has_a_base_panel_and_a_crops_panel(engines):
+    engine = engines["llava-next"]
+    image = Image.new("RGB", (112, 56), COLOUR)
+    regions = engine.adapter.token_regions(engine.prepare([image], ["q"]), 0)
+    one = show.render(image, regions, [("mmtok", _answer([0], 48))], model="tiny")
+    # base token 0 covers (0, 0, 28, 14) of the image: 96x48 of the 384x192 picture; no crop token is kept
+    assert _pixels(one, _dimmed(COLOUR)) == 2 * 384 * 192 - 96 * 48
+    assert one.width == show.PANEL_SIDE + 2 * show.GAP
+    plain = show.render(image, engines["llava"].adapter.token_regions(engines["llava"].prepare([image], ["q"]), 0),
+                        [("mmtok", _answer([0], 64))], model="tiny")
+    assert one.height > plain.height + 192  # the second panel
+
+
+def test_picture_names_are_safe_and_distinct():
+    assert show.picture_name(7) == "7.png" and show.picture_name("cat-01.jpg") == "cat-01.jpg.png"
+    a, b = show.picture_name("a/b"), show.picture_name("a_b")
+    assert a != b and a.startswith("a_b-") and "/" not in a
+    assert show.picture_name("../..").endswith(".png") and not show.picture_name("../..").startswith(".")
+
+
+# -- commands ----------------------------------------------------------------------------------------
+
+
+def _run(*args):
+    from typer.testing import CliRunner
+
+    from mmtok_cli.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_show_draws_methods_side_by_side_and_prints_their_answers(tiny_llava, image_file, engine, tmp_path):
+    out = tmp_path / "kept.png"
+    result = _run("show", image_file, "What colour is the cat?", "--model", tiny_llava, "--tokens", 8,
+                  "--methods", "mmtok,full", "--max-new-tokens", 4, "--out", out)
+    assert result.exit_code == 0, result.stderr
+    from mmtok_cli.io import load_image
+
+    picture = load_image(str(image_file))
+    answers = {m: engine.ask(picture, "What colour is the cat?", method=m, tokens=8, max_new_tokens=4)
+               for m in ("mmtok", "full")}
+    assert result.stdout.splitlines() == [f"{m}: {a.answer}" for m, a in answers.items()]
+    assert "mmtok 8/64 · full 64/64" in result.stderr
+    with Image.open(out) as sheet:
+        assert sheet.format == "PNG" and sheet.width == 2 * (show.PANEL_SIDE + show.GAP) + show.GAP
+        expected = show.picture_for(engine, picture, "What colour is the cat?", list(answers.items()))
+        assert np.array_equal(np.asarray(sheet.convert("RGB")), np.asarray(expected))
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--methods", "mmtok,best"], "unknown method 'best' in --methods"),
+        (["--methods", ","], "--methods is empty"),
+        (["--out", "no-such-folder/kept.png"], "the folder of --out 'no-such-folder/kept.png' does not exist"),
+        (["--out", "kept.txt"], "needs an image suffix"),
+    ],
+)
+def test_show_rejects_bad_options_in_one_line_before_loading(image_file, tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    result = _run("show", image_file, "What?", "--model", "no/such-model", "--out", "kept.png", *args)
+    assert result.exit_code == 2 and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "loading" not in result.stderr
+
+
+def test_ask_show_saves_the_picture(tiny_llava, image_file, tmp_path):
+    out = tmp_path / "ask.png"
+    result = _run("ask", image_file, "What is here?", "--model", tiny_llava, "-k", 4, "--max-new-tokens", 3,
+                  "--show", out)
+    assert result.exit_code == 0, result.stderr
+    with Image.open(out) as picture:
+        assert picture.width == show.PANEL_SIDE + 2 * show.GAP
+    missing = _run("ask", image_file, "What is here?", "--model", tiny_llava, "--show", tmp_path / "no" / "a.png")
+    assert missing.exit_code == 2 and "does not exist" in missing.stderr
+
+
+def test_batch_show_dir_writes_one_picture_per_answered_item(tiny_llava, tmp_path):
+    import json
+
+    from .conftest import noise_image
+
+    for i in range(3):
+        noise_image(i).save(tmp_path / f"img{i}.png")
+    lines = [{"id": "a/1", "image": "img0.png", "question": "what is this ?"},
+             {"id": 2, "image": "img1.png", "question": "what is this ?", "tokens": 5},
+             {"id": "gone", "image": "missing.png", "question": "what is this ?"},
+             {"id": "c", "image": "img2.png", "question": "what is this ?"}]
+    source = tmp_path / "q.jsonl"
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    pictures = tmp_path / "pictures"
+    result = _run("batch", source, "--model", tiny_llava, "--max-new-tokens", 3, "--batch-size", 2,
+                  "--show-dir", pictures)
+    assert result.exit_code == 1  # the missing image
+    assert sorted(p.name for p in pictures.iterdir()) == sorted(show.picture_name(i) for i in ("a/1", 2, "c"))
+    with Image.open(pictures / "2.png") as picture:
+        kept = np.asarray(picture.convert("RGB"))
+    assert kept.shape[1] == show.PANEL_SIDE + 2 * show.GAP
+    assert _run("batch", source, "--show-dir", source).exit_code == 2  # a file, not a folder
