@@ -117,17 +117,19 @@ class Engine:
         alpha: float = ALPHA,
         tau_t: float | None = None,
         tau_v: float = TAU_V,
+        ignore_eos: bool = False,
     ) -> list[Answer]:
         """Answer one question per image as a single batch.
 
-        `tokens` and `max_new_tokens` are one value for all or one per image.
+        `tokens` and `max_new_tokens` are one value for all or one per image. `ignore_eos=True`
+        generates exactly `max_new_tokens` (the largest) for every image, for fixed-work timing.
         """
         t0 = self._sync()
         prepared = self.prepare(images, questions)
         preprocess_ms = (self._sync() - t0) * 1e3
         return self.run_prepared(
             prepared, questions, tokens=tokens, method=method, max_new_tokens=max_new_tokens,
-            alpha=alpha, tau_t=tau_t, tau_v=tau_v, preprocess_ms=preprocess_ms,
+            alpha=alpha, tau_t=tau_t, tau_v=tau_v, preprocess_ms=preprocess_ms, ignore_eos=ignore_eos,
         )
 
     @torch.inference_mode()
@@ -143,6 +145,7 @@ class Engine:
         tau_t: float | None = None,
         tau_v: float = TAU_V,
         preprocess_ms: float = 0.0,
+        ignore_eos: bool = False,
     ) -> list[Answer]:
         """`run` on inputs already made by `prepare`; `preprocess_ms` is what that took, for the timings."""
         budgets = _per_item(tokens, len(questions), "token budget")
@@ -172,6 +175,8 @@ class Engine:
             do_sample=False,
             num_beams=1,
             streamer=clock,
+            # EOS is masked out until the limit: every row does the same, fixed amount of work.
+            **({"min_new_tokens": max(limits)} if ignore_eos else {}),
             **({"pad_token_id": pad_id} if pad_id is not None else {}),
         )
         t_end = self._sync()
