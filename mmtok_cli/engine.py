@@ -83,11 +83,15 @@ class _Clock(BaseStreamer):
 class Engine:
     """A loaded model plus its family adapter; reusable across many batches."""
 
-    def __init__(self, model: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto") -> None:
+    def __init__(
+        self, model: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto", random_weights: bool = False
+    ) -> None:
+        """`random_weights=True`: build the checkpoint's architecture with random weights (see `load_adapter`)."""
         self.model_name = model
+        self.random_weights = random_weights
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        self.adapter: Adapter = load_adapter(model, device=self.device, dtype=self.dtype)
+        self.adapter: Adapter = load_adapter(model, device=self.device, dtype=self.dtype, random_weights=random_weights)
 
     def _sync(self) -> float:
         if self.device.type == "cuda":
