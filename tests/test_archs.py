@@ -39,7 +39,7 @@ def test_cpu_small_has_real_widths_and_few_layers():
         assert (a.hidden_size, a.intermediate_size, a.num_attention_heads) == (
             b.hidden_size, b.intermediate_size, b.num_attention_heads)
     assert small.text_config.vocab_size == real.text_config.vocab_size
-    assert (small.vision_config.num_hidden_layers, small.text_config.num_hidden_layers) == (3, 4)
+    assert (small.vision_config.num_hidden_layers, small.text_config.num_hidden_layers) == (2, 2)
 
 
 def test_unknown_architecture():
