@@ -623,6 +623,9 @@ def profile(
         check_options(tokens=1, method="mmtok", max_new_tokens=new_tokens, dtype=dtype, device=device)
         if repeats < 1 or warmup < 0:
             raise UsageError("--repeats must be at least 1 and --warmup at least 0")
+        for path in (json_path, plot_path):  # fail now, not after minutes of measuring
+            if path is not None and not path.parent.is_dir():
+                raise UsageError(f"cannot write {path}: no folder {path.parent}")
         if plot_path is not None:
             try:
                 import matplotlib  # noqa: F401
@@ -633,10 +636,6 @@ def profile(
             from .io import load_image
 
             picture = load_image(image)
-        _run_profile(model, arch, budgets, sizes, picture, question or DEFAULT_QUESTION)
-
-    def _run_profile(model: str | None, arch: str | None, budgets: list, sizes: list[int], picture: Any,
-                     question: str) -> None:
         from . import profile as prof
 
         start = time.perf_counter()
@@ -644,12 +643,14 @@ def profile(
                         f"loading {escape(model or DEFAULT_MODEL)} …") as status:
             if arch:
                 engine = prof.load_arch(arch, device=device, dtype=dtype)
-            else:
-                engine, _ = _load_engine(model or DEFAULT_MODEL, device, dtype)
+            else:  # not _load_engine: its own status line cannot nest in this one
+                from .engine import Engine
+
+                engine = Engine(model or DEFAULT_MODEL, device=device, dtype=dtype)
             load_s = time.perf_counter() - start
             report = prof.profile(
                 engine, budgets=budgets, batch_sizes=sizes, new_tokens=new_tokens, warmup=warmup,
-                repeats=repeats, image=picture, question=question,
+                repeats=repeats, image=picture, question=question or DEFAULT_QUESTION,
                 progress=lambda text: status.update(f"profiling: {escape(text)}"),
             )
         report["load_s"] = round(load_s, 2)
@@ -685,10 +686,9 @@ def _print_profile(report: dict[str, Any]) -> None:
             str(r["tokens"]), str(r["batch_size"]), f"{r['vision_tokens']['kept']}/{r['vision_tokens']['total']}",
             ms(s["preprocess"]), ms(s["vision"]), ms(s["select"]), ms(s["prefill"]), ms(s["decode_per_token"]),
             ms(r["end_to_end_ms"]), f"{r['items_per_s']:.2f}",
-            "–" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}", f"{r['speedup']:.2f}x",
+            "–" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}",
+            "–" if r["speedup"] is None else f"{r['speedup']:.2f}x",
         )
-    out = Console()
-    if not out.is_terminal:  # piped or in a log: do not squeeze the table into 80 columns
-        out = Console(width=140)
-    out.print(table)
+    # Wide enough for every column: a narrow terminal wraps lines rather than cutting numbers short.
+    Console(width=max(Console().width, 130)).print(table)
     err.print(f"{report['wall_s']:.1f} s in all ({report['load_s']:.1f} s to load)", style="dim", highlight=False)

@@ -163,7 +163,7 @@ def _measure_once(engine: Engine, cfg: _Config, image: Image.Image, question: st
     cuda = engine.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(engine.device)
-    start = engine._sync()
+    start = engine._sync()  # the engine's clock: waits for the GPU, like its stage timings
     answers = engine.run([image] * n, [question] * n, tokens=tokens, method=method,
                          max_new_tokens=new_tokens, ignore_eos=True)
     wall_ms = (engine._sync() - start) * 1e3
@@ -220,13 +220,14 @@ def profile(
                    question=question)
 
 
-def _report(engine: Engine, configs: list[_Config], **settings: Any) -> dict[str, Any]:
+def _report(
+    engine: Engine, configs: list[_Config], *, new_tokens: int, warmup: int, repeats: int, image: Image.Image,
+    question: str,
+) -> dict[str, Any]:
     import transformers
 
     from . import __version__
 
-    new_tokens = settings["new_tokens"]
-    image = settings.pop("image")
     full = {c.batch_size: statistics.median(r["end_to_end"] for r in c.runs)
             for c in configs if c.tokens == "full" and c.runs}
     results = []
@@ -269,7 +270,10 @@ def _report(engine: Engine, configs: list[_Config], **settings: Any) -> dict[str
         "random_weights": engine.random_weights,
         "versions": {"mmtok": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
                      "python": platform.python_version()},
-        **settings,
+        "new_tokens": new_tokens,
+        "warmup": warmup,
+        "repeats": repeats,
+        "question": question,
         "image_size": [image.width, image.height],
         "times": "ms per item (the item's share of its batch); medians over repeats, spreads are [min, max]",
         "peak_memory": "torch.cuda.max_memory_allocated; null on CPU, where it is not tracked",

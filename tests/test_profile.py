@@ -55,7 +55,7 @@ def test_decode_per_token_is_decode_over_the_tokens_after_the_first(engine):
     runs = [prof._measure_once(engine, cfg, noise_image(3), "What is here?", 5) for _ in range(3)]
     cfg.runs = runs
     (row,) = prof._report(engine, [prof._Config("full", 1, runs=runs), cfg], new_tokens=5, warmup=0, repeats=3,
-                          image=noise_image(3))["results"][1:]
+                          image=noise_image(3), question="What is here?")["results"][1:]
     assert row["stages_ms"]["decode_per_token"] == pytest.approx(statistics.median(r["decode"] for r in runs) / 4,
                                                                  abs=1e-3)
 
@@ -136,6 +136,7 @@ def test_cli_profile_writes_json_table_and_plot(tiny_llava, tmp_path):
     (["--arch", "llava-9"], "unknown --arch 'llava-9'"),
     (["--tokens", "64,zero"], "--tokens takes"),
     (["--repeats", "0"], "--repeats"),
+    (["--json", "/no/such/folder/out.json"], "no folder /no/such/folder"),
 ])
 def test_cli_profile_rejects_bad_options(args, message):
     result = runner.invoke(app, ["profile", *args])
