@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mmtok_cli.archs import ARCHS, build_config
+from mmtok_cli.archs import ARCHS, build_config, random_model
 from mmtok_cli.models import adapter_class
 
 # Parameter counts of the published checkpoints, in billions.
@@ -26,6 +26,15 @@ def test_real_architecture_builds_with_its_published_size(name):
         model = model_class(config)
     params = sum(p.numel() for p in model.parameters())
     assert params / 1e9 == pytest.approx(PUBLISHED[name], abs=0.01)
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_random_model_builds_every_preset_in_the_asked_dtype_with_sdpa(name):
+    # On the meta device: the same code path as on a GPU, without the memory.
+    config = build_config(name)
+    model = random_model(adapter_class(config.model_type).model_class(), config, device="meta", dtype=torch.bfloat16)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16} and not model.training
+    assert model.config._attn_implementation == "sdpa"
 
 
 def test_every_preset_but_cpu_small_is_a_published_model():
