@@ -83,11 +83,15 @@ class _Clock(BaseStreamer):
 class Engine:
     """A loaded model plus its family adapter; reusable across many batches."""
 
-    def __init__(self, model: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto") -> None:
+    def __init__(
+        self, model: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto", random_weights: bool = False
+    ) -> None:
+        """`random_weights=True`: build the checkpoint's architecture with random weights (see `load_adapter`)."""
         self.model_name = model
+        self.random_weights = random_weights
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        self.adapter: Adapter = load_adapter(model, device=self.device, dtype=self.dtype)
+        self.adapter: Adapter = load_adapter(model, device=self.device, dtype=self.dtype, random_weights=random_weights)
 
     def _sync(self) -> float:
         if self.device.type == "cuda":
@@ -117,17 +121,19 @@ class Engine:
         alpha: float = ALPHA,
         tau_t: float | None = None,
         tau_v: float = TAU_V,
+        ignore_eos: bool = False,
     ) -> list[Answer]:
         """Answer one question per image as a single batch.
 
-        `tokens` and `max_new_tokens` are one value for all or one per image.
+        `tokens` and `max_new_tokens` are one value for all or one per image. `ignore_eos=True`
+        generates exactly `max_new_tokens` (the largest) for every image, for fixed-work timing.
         """
         t0 = self._sync()
         prepared = self.prepare(images, questions)
         preprocess_ms = (self._sync() - t0) * 1e3
         return self.run_prepared(
             prepared, questions, tokens=tokens, method=method, max_new_tokens=max_new_tokens,
-            alpha=alpha, tau_t=tau_t, tau_v=tau_v, preprocess_ms=preprocess_ms,
+            alpha=alpha, tau_t=tau_t, tau_v=tau_v, preprocess_ms=preprocess_ms, ignore_eos=ignore_eos,
         )
 
     @torch.inference_mode()
@@ -143,6 +149,7 @@ class Engine:
         tau_t: float | None = None,
         tau_v: float = TAU_V,
         preprocess_ms: float = 0.0,
+        ignore_eos: bool = False,
     ) -> list[Answer]:
         """`run` on inputs already made by `prepare`; `preprocess_ms` is what that took, for the timings."""
         budgets = _per_item(tokens, len(questions), "token budget")
@@ -172,6 +179,8 @@ class Engine:
             do_sample=False,
             num_beams=1,
             streamer=clock,
+            # EOS is masked out until the limit: every row does the same, fixed amount of work.
+            **({"min_new_tokens": max(limits)} if ignore_eos else {}),
             **({"pad_token_id": pad_id} if pad_id is not None else {}),
         )
         t_end = self._sync()

@@ -145,28 +145,33 @@ def greedy_max_coverage(
 
 
 def _greedy(coverage: torch.Tensor, k: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    bsz, _, n = coverage.shape
+    # Written for few kernel launches (8 per step for the whole batch, no host sync in the loop), as
+    # on a GPU the loop is launch-bound at small batch: every image takes a step each round, even one
+    # whose k is reached or that has nothing left to pick (rows never interact), and those picks are
+    # discarded once, after the loop.
+    bsz, rows, n = coverage.shape
     device = coverage.device
     steps = int(k.max().item()) if bsz else 0
-    available = allowed.clone()
-    best = torch.zeros(coverage.shape[:2], device=device)
-    picks = torch.full((bsz, steps), -1, dtype=torch.long, device=device)
-    gains = torch.full((bsz, steps), float("nan"), device=device)
-    batch = torch.arange(bsz, device=device)
+    best = torch.zeros(bsz, rows, 1, device=device)
+    # Added to the gains: -inf on columns that may not, or no longer, be picked.
+    blocked = torch.zeros(bsz, n, device=device).masked_fill_(~allowed, float("-inf"))
+    picks = torch.empty(steps, bsz, dtype=torch.long, device=device)  # step-major: each step writes a contiguous row
+    gains = torch.empty(steps, bsz, device=device)
     scratch = torch.empty_like(coverage)  # reused every step: no allocation in the loop
     gain = torch.empty(bsz, n, device=device)
     for step in range(steps):
-        torch.sub(coverage, best[:, :, None], out=scratch)
+        torch.sub(coverage, best, out=scratch)
         torch.sum(scratch.clamp_min_(0), dim=1, out=gain)
-        gain.masked_fill_(~available, float("-inf"))
-        # max/argmax return the first maximal index: the lowest-index tie rule.
-        top_gain, j = gain.max(-1)
-        active = (step < k) & available.any(-1)
-        picks[:, step] = torch.where(active, j, -1)
-        gains[:, step] = torch.where(active, top_gain, float("nan"))
-        best = torch.where(active[:, None], torch.maximum(best, coverage[batch, :, j]), best)
-        available[batch, j] &= ~active
-    return picks, gains
+        gain.add_(blocked)
+        # max returns the first maximal index: the lowest-index tie rule.
+        torch.max(gain, dim=-1, out=(gains[step], picks[step]))
+        column = coverage.gather(2, picks[step].view(bsz, 1, 1).expand(bsz, rows, 1))
+        torch.maximum(best, column, out=best)
+        blocked.scatter_(1, picks[step].view(bsz, 1), float("-inf"))
+    picks, gains = picks.T.contiguous(), gains.T.contiguous()
+    # No pick: past the image's k, or nothing allowed was left (the best gain was -inf).
+    none = (torch.arange(steps, device=device) >= k[:, None]) | torch.isneginf(gains)
+    return picks.masked_fill_(none, -1), gains.masked_fill_(none, float("nan"))
 
 
 def select(
@@ -221,5 +226,8 @@ def select(
         chosen[rows] |= picked[:, :n]
         gains = torch.full((bsz, picks.shape[1]), float("nan"), device=device)
         gains[rows] = row_gains
-    indices = [row.nonzero().flatten() for row in chosen]
+    # One stable sort puts each row's chosen positions first, in ascending order: one launch and one
+    # sync for the batch instead of a nonzero() (launch + sync) per image.
+    order = torch.sort((~chosen).to(torch.uint8), dim=-1, stable=True).indices
+    indices = [order[b, :c] for b, c in enumerate(chosen.sum(-1).tolist())]
     return Selection(indices=indices, gains=gains)

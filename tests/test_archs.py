@@ -3,11 +3,13 @@
 import pytest
 import torch
 
-from mmtok_cli.archs import ARCHS, build_config
+from mmtok_cli.archs import ARCHS, build_config, random_model
 from mmtok_cli.models import adapter_class
 
 # Parameter counts of the published checkpoints, in billions.
 PUBLISHED = {
+    "llava-1.5-7b": 7.06,
+    "llava-1.5-13b": 13.35,
     "llava-v1.6-vicuna-7b": 7.06,
     "llava-v1.6-vicuna-13b": 13.35,
     "qwen2.5-vl-3b": 3.75,
@@ -16,7 +18,7 @@ PUBLISHED = {
 }
 
 
-@pytest.mark.parametrize("name", list(ARCHS))
+@pytest.mark.parametrize("name", list(PUBLISHED))
 def test_real_architecture_builds_with_its_published_size(name):
     config = build_config(name)
     model_class = adapter_class(config.model_type).model_class()
@@ -26,6 +28,29 @@ def test_real_architecture_builds_with_its_published_size(name):
     assert params / 1e9 == pytest.approx(PUBLISHED[name], abs=0.01)
 
 
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_random_model_builds_every_preset_in_the_asked_dtype_with_sdpa(name):
+    # On the meta device: the same code path as on a GPU, without the memory.
+    config = build_config(name)
+    model = random_model(adapter_class(config.model_type).model_class(), config, device="meta", dtype=torch.bfloat16)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16} and not model.training
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_every_preset_but_cpu_small_is_a_published_model():
+    assert set(ARCHS) - set(PUBLISHED) == {"cpu-small"}
+
+
+def test_cpu_small_has_real_widths_and_few_layers():
+    small, real = build_config("cpu-small"), build_config("llava-1.5-7b")
+    for part in ("vision_config", "text_config"):
+        a, b = getattr(small, part), getattr(real, part)
+        assert (a.hidden_size, a.intermediate_size, a.num_attention_heads) == (
+            b.hidden_size, b.intermediate_size, b.num_attention_heads)
+    assert small.text_config.vocab_size == real.text_config.vocab_size
+    assert (small.vision_config.num_hidden_layers, small.text_config.num_hidden_layers) == (2, 2)
+
+
 def test_unknown_architecture():
-    with pytest.raises(KeyError, match="known: llava-v1.6-vicuna-7b"):
+    with pytest.raises(KeyError, match="known: llava-1.5-7b"):
         build_config("llava-v9")

@@ -112,3 +112,15 @@ def test_no_text_equals_empty_text_mask():
     without = select(V[None], U[None], None, k=7).indices[0].tolist()
     masked = select(V[None], U[None], T[None], k=7, text_mask=torch.zeros(1, 4, dtype=torch.bool)).indices[0]
     assert masked.tolist() == without == reference.mmtok_indices(V, U, None, 7)
+
+
+def test_greedy_marks_steps_past_k_or_past_the_allowed_tokens_as_no_pick():
+    # Every image steps every round; its picks past its own k, or once nothing allowed is left, are discarded.
+    C = torch.rand(3, 7, 6, generator=torch.Generator().manual_seed(3))
+    allowed = torch.ones(3, 6, dtype=torch.bool)
+    allowed[2, 2:] = False  # two allowed columns, k = 4
+    picks, gains = greedy_max_coverage(C, [4, 1, 4], allowed)
+    assert (picks[1, 1:] == -1).all() and gains[1, 1:].isnan().all()
+    assert sorted(picks[2, :2].tolist()) == [0, 1] and (picks[2, 2:] == -1).all() and gains[2, 2:].isnan().all()
+    for b, k in ((0, 4), (1, 1)):
+        assert picks[b, :k].tolist() == reference.greedy(C[b].double(), k)[0]

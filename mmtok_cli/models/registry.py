@@ -54,8 +54,12 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def load_adapter(model: str, *, device: torch.device, dtype: torch.dtype) -> Adapter:
-    """Load config, processor and weights of `model` (hub id or local folder) and wrap them."""
+def load_adapter(model: str, *, device: torch.device, dtype: torch.dtype, random_weights: bool = False) -> Adapter:
+    """Load config, processor and weights of `model` (hub id or local folder) and wrap them.
+
+    `random_weights=True` builds the model from its config with random weights instead of loading
+    them (speed measurements of real architectures; the folder needs no weight files).
+    """
     from transformers import PreTrainedConfig
 
     path = Path(model).expanduser()
@@ -94,6 +98,17 @@ def load_adapter(model: str, *, device: torch.device, dtype: torch.dtype) -> Ada
         raise MmtokError(f"'{model}' has a config.json without model_type; is it a transformers checkpoint?")
     adapter_cls = adapter_class(config["model_type"])
     processor = load(adapter_cls.load_processor)
+    if random_weights:
+        from transformers import AutoConfig, GenerationConfig
+
+        from ..archs import random_model
+
+        net = random_model(adapter_cls.model_class(), load(AutoConfig.from_pretrained), device=device, dtype=dtype)
+        try:
+            net.generation_config = GenerationConfig.from_pretrained(source, local_files_only=local_only)
+        except OSError:  # no generation_config.json: keep the one derived from the config
+            pass
+        return adapter_cls(net, processor)
     net = load(adapter_cls.model_class().from_pretrained, dtype=dtype)
     net.to(device).eval()
     return adapter_cls(net, processor)
