@@ -426,7 +426,10 @@ def batch(
         if ray:
             from .ray_batch import RayOptions, _import_ray, run_on_ray
 
+            from .models.registry import check_model
+
             _import_ray()  # fail before touching --out when Ray is missing
+            check_model(model)  # and before starting Ray when the model cannot be found
             ray_options = RayOptions(address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker)
 
             def execute(emit: Callable, update: Callable) -> Summary:
@@ -591,7 +594,7 @@ def _print_summary(summary: Summary, plan: _Plan, out: str, asked_batch: int) ->
     resumed = f" ({plan.skipped} already done)" if plan.skipped else ""
     err.print(
         f"{summary.items} items{resumed}: {summary.ok} ok, {summary.failed} failed · {kept}"
-        f"{d['items_per_s']:g} items/s · {d['wall_s']:.1f} s"
+        f"{d['items_per_s']:.1f} items/s · {d['wall_s']:.1f} s"
         + (f" · model waited on image loading {100 * d['waiting_on_loader_share']:.0f}% of the time"
            if summary.wait_s else ""),
         highlight=False, markup=False,

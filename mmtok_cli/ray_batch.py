@@ -55,14 +55,26 @@ class _Worker:
         from .engine import Engine
 
         _quiet()
-        self.runner = BatchRunner(Engine(model, device=device, dtype=dtype), BatchOptions(**options), base=Path(base))
+        self.runner, self.error = None, None
+        try:
+            engine = Engine(model, device=device, dtype=dtype)
+        except Exception as exc:  # e.g. the model is missing on this node: its items say so, Ray stays calm
+            reason = str(exc) if isinstance(exc, MmtokError) else _root_cause(exc)
+            self.error = f"Ray worker could not load the model: {reason}"
+            return
+        self.runner = BatchRunner(engine, BatchOptions(**options), base=Path(base))
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
 
+        from .io import record
+
         items = [Item(**json.loads(text)) for text in batch["item"]]
         records: list[dict[str, Any]] = []
-        self.runner.run(items, records.extend)
+        if self.runner is None:
+            records = [record(item, None, error=item.error or self.error) for item in items]
+        else:
+            self.runner.run(items, records.extend)
         return {"record": np.array([json.dumps(r) for r in records], dtype=object)}
 
 
@@ -152,8 +164,11 @@ def run_on_ray(
 def _root_cause(exc: BaseException) -> str:
     """The innermost message of a Ray error chain (Ray wraps worker exceptions several times)."""
     seen = exc
-    while seen.__cause__ is not None:
-        seen = seen.__cause__
+    while True:  # Ray keeps the worker's exception in .cause; Python chains use __cause__
+        inner = getattr(seen, "cause", None) or seen.__cause__
+        if not isinstance(inner, BaseException) or inner is seen:
+            break
+        seen = inner
     text = str(seen).strip()
     lines = [line for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else type(seen).__name__

@@ -45,3 +45,16 @@ def test_ray_options_need_ray(tiny_llava, tmp_path):
     data = write_jsonl(tmp_path / "q.jsonl", [{"image": "x.png", "question": "q"}])
     result = runner.invoke(app, ["batch", str(data), "--workers", "2", "--model", str(tiny_llava)])
     assert result.exit_code == 2 and "--ray" in result.stderr
+
+
+def test_worker_that_cannot_load_the_model_gives_error_records(tiny_llava, images, tmp_path):  # noqa: F811
+    """The driver only checks config.json; a node missing the rest fails per item, not with a Ray traceback."""
+    broken = tmp_path / "config-only"
+    broken.mkdir()
+    (broken / "config.json").write_text((tiny_llava / "config.json").read_text())
+    data = write_jsonl(images / "ray-broken.jsonl", [{"image": "img0.png", "question": "what ?"}] * 3)
+    result = runner.invoke(app, ["batch", str(data), "--model", str(broken), "--ray", "--device", "cpu"])
+    assert result.exit_code == 1
+    recs = records(result.stdout)
+    assert len(recs) == 3 and all("Ray worker could not load the model" in r["error"] for r in recs)
+    assert "Traceback" not in result.stderr

@@ -54,12 +54,9 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def load_adapter(model: str, *, device: torch.device, dtype: torch.dtype, random_weights: bool = False) -> Adapter:
-    """Load config, processor and weights of `model` (hub id or local folder) and wrap them.
-
-    `random_weights=True` builds the model from its config with random weights instead of loading
-    them (speed measurements of real architectures; the folder needs no weight files).
-    """
+def _locate(model: str) -> tuple[Callable[..., Any], type[Adapter]]:
+    """Find `model` (folder or hub id) and its family from config.json alone; returns a loader that
+    turns transformers' errors into one-line MmtokErrors, and the adapter class."""
     from transformers import PreTrainedConfig
 
     path = Path(model).expanduser()
@@ -96,7 +93,21 @@ def load_adapter(model: str, *, device: torch.device, dtype: torch.dtype, random
     config, _ = load(PreTrainedConfig.get_config_dict)
     if "model_type" not in config:
         raise MmtokError(f"'{model}' has a config.json without model_type; is it a transformers checkpoint?")
-    adapter_cls = adapter_class(config["model_type"])
+    return load, adapter_class(config["model_type"])
+
+
+def check_model(model: str) -> type[Adapter]:
+    """The family of `model`, or a one-line MmtokError, without loading weights (seconds, not minutes)."""
+    return _locate(model)[1]
+
+
+def load_adapter(model: str, *, device: torch.device, dtype: torch.dtype, random_weights: bool = False) -> Adapter:
+    """Load config, processor and weights of `model` (hub id or local folder) and wrap them.
+
+    `random_weights=True` builds the model from its config with random weights instead of loading
+    them (speed measurements of real architectures; the folder needs no weight files).
+    """
+    load, adapter_cls = _locate(model)
     processor = load(adapter_cls.load_processor)
     if random_weights:
         from transformers import AutoConfig, GenerationConfig
@@ -105,8 +116,8 @@ def load_adapter(model: str, *, device: torch.device, dtype: torch.dtype, random
 
         net = random_model(adapter_cls.model_class(), load(AutoConfig.from_pretrained), device=device, dtype=dtype)
         try:
-            net.generation_config = GenerationConfig.from_pretrained(source, local_files_only=local_only)
-        except OSError:  # no generation_config.json: keep the one derived from the config
+            net.generation_config = load(GenerationConfig.from_pretrained)
+        except MmtokError:  # no generation_config.json: keep the one derived from the config
             pass
         return adapter_cls(net, processor)
     net = load(adapter_cls.model_class().from_pretrained, dtype=dtype)
