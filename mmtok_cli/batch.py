@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from .engine import Engine
-from .errors import MmtokError
+from .errors import MmtokError, first_line
 from .io import Item, answer_fields, open_source, record
 from .models.base import Prepared
 
@@ -272,8 +272,7 @@ class BatchRunner:
                 return [o for e in entries for o in self._answer([e], None, 0.0)]
             if isinstance(exc, MmtokError):
                 return [str(exc)]
-            first = (str(exc).strip().splitlines() or [""])[0]
-            return [f"unexpected {type(exc).__name__}: {first}"]
+            return [f"unexpected {type(exc).__name__}: {first_line(exc)}"]
 
     def _results(self, entries: list[_Entry], prepared: Prepared, preprocess_ms: float) -> list[dict[str, Any]]:
         opts = self.options

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from . import __version__
-from .errors import MmtokError, UsageError
+from .errors import MmtokError, UsageError, first_line
 from .options import DEFAULT_MODEL, METHODS, check_options
 
 if TYPE_CHECKING:  # the ML stack loads lazily so bad input is rejected fast
@@ -182,9 +182,9 @@ def _guarded(debug: bool, work: Callable[[], Any]) -> Any:
     except Exception as exc:  # a bug or an environment problem we did not foresee: still one line
         if debug:
             raise
-        first = (str(exc).strip().splitlines() or [""])[0]
         err.print(
-            f"[bold red]error:[/] unexpected {type(exc).__name__}: {escape(first)} (rerun with --debug for details)",
+            f"[bold red]error:[/] unexpected {type(exc).__name__}: {escape(first_line(exc))} "
+            "(rerun with --debug for details)",
             highlight=False,
         )
         raise typer.Exit(1) from None
@@ -424,11 +424,10 @@ def batch(
         options = BatchOptions(tokens=tokens, method=method, max_new_tokens=max_new_tokens,
                                batch_size=batch_size, compare=compare, debug=debug, show_dir=pictures)
         if ray:
-            from .ray_batch import RayOptions, _import_ray, run_on_ray
-
             from .models.registry import check_model
+            from .ray_batch import RayOptions, import_ray, run_on_ray
 
-            _import_ray()  # fail before touching --out when Ray is missing
+            import_ray()  # fail before touching --out when Ray is missing
             check_model(model)  # and before starting Ray when the model cannot be found
             ray_options = RayOptions(address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker)
 

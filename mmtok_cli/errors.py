@@ -7,3 +7,9 @@ class MmtokError(Exception):
 
 class UsageError(MmtokError):
     """The command line asked for something impossible (exit status 2)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first line (its type's name when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

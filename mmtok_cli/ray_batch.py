@@ -34,7 +34,7 @@ class RayOptions:
     cpus_per_worker: float = 1.0
 
 
-def _import_ray() -> Any:
+def import_ray() -> Any:
     # stderr belongs to our progress and summary: keep Ray's C++ core and Python loggers quiet.
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     try:
@@ -101,7 +101,7 @@ def run_on_ray(
     ray_options: RayOptions,
 ) -> Summary:
     """Run `items` on a Ray actor pool; records reach `emit` in input order, one group per block."""
-    ray = _import_ray()
+    ray = import_ray()
     if ray_options.workers < 1:
         raise UsageError(f"--workers must be at least 1 (got {ray_options.workers})")
     rows = [{"item": json.dumps(dataclasses.asdict(item))} for item in items]

@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from ..errors import MmtokError
+from ..errors import MmtokError, first_line
 from .base import Adapter
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter
@@ -49,11 +49,6 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
     return True
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _locate(model: str) -> tuple[Callable[..., Any], type[Adapter]]:
     """Find `model` (folder or hub id) and its family from config.json alone; returns a loader that
     turns transformers' errors into one-line MmtokErrors, and the adapter class."""
@@ -85,9 +80,9 @@ def _locate(model: str) -> tuple[Callable[..., Any], type[Adapter]]:
                 ) from exc
             if hub and isinstance(exc, OSError):
                 raise MmtokError(
-                    f"could not find '{model}' on the Hugging Face hub (typo? gated?): {_first_line(exc)}"
+                    f"could not find '{model}' on the Hugging Face hub (typo? gated?): {first_line(exc)}"
                 ) from exc
-            raise MmtokError(f"could not load model '{model}': {_first_line(exc)}") from exc
+            raise MmtokError(f"could not load model '{model}': {first_line(exc)}") from exc
 
     # The raw config dict names the family even when this transformers version cannot build it.
     config, _ = load(PreTrainedConfig.get_config_dict)
