@@ -347,6 +347,10 @@ def batch(
     resume: Annotated[
         bool, typer.Option("--resume", help="Skip ids already in the --out file and append the rest.")
     ] = False,
+    retry_errors: Annotated[
+        bool, typer.Option("--retry-errors", help="With --resume: drop the records that have an error from the "
+                           "--out file and run those items again.")
+    ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.")] = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
@@ -401,6 +405,8 @@ def batch(
 
       mmtok batch questions.jsonl --out answers.jsonl --resume
 
+      mmtok batch questions.jsonl --out answers.jsonl --resume --retry-errors
+
       mmtok batch questions.jsonl --out answers.jsonl --ray --ray-address auto --workers 8 --gpus-per-worker 1
     """
 
@@ -412,7 +418,9 @@ def batch(
             raise UsageError("--workers must be at least 1 and --gpus-per-worker at least 0")
         if not ray and (ray_address or workers != 1 or gpus_per_worker):
             raise UsageError("--ray-address, --workers and --gpus-per-worker need --ray")
-        plan = _plan_batch(source, out, question, resume=resume, overwrite=overwrite)
+        if retry_errors and not resume:
+            raise UsageError("--retry-errors goes with --resume (it re-runs the failed items of an earlier run)")
+        plan = _plan_batch(source, out, question, resume=resume, overwrite=overwrite, retry_errors=retry_errors)
         pictures = None
         if show_dir is not None:
             from .show import prepare_picture_dir
@@ -483,7 +491,9 @@ class _Plan:
             yield item
 
 
-def _plan_batch(source: str, out: str, question: str | None, *, resume: bool, overwrite: bool) -> _Plan:
+def _plan_batch(
+    source: str, out: str, question: str | None, *, resume: bool, overwrite: bool, retry_errors: bool = False
+) -> _Plan:
     """Check the input and output before the model loads, so mistakes cost milliseconds."""
     from .io import IMAGE_SUFFIXES, done_ids, folder_items, id_key, read_jsonl
 
@@ -500,7 +510,7 @@ def _plan_batch(source: str, out: str, question: str | None, *, resume: bool, ov
             raise UsageError(f"'{out}' already exists; pass --resume to continue it or --overwrite to replace it")
         if not target.parent.exists():
             raise UsageError(f"the folder of --out '{out}' does not exist")
-    done = done_ids(Path(out)) if resume else set()
+    done = done_ids(Path(out), retry_errors=retry_errors) if resume else set()
     notes: list[str] = []
     if source == "-":
         if sys.stdin.isatty():

@@ -172,26 +172,38 @@ def id_key(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
 
 
-def done_ids(path: Path) -> set[str]:
-    """Ids already written to an output file. A torn last line (killed mid-write) is cut off."""
+def done_ids(path: Path, *, retry_errors: bool = False) -> set[str]:
+    """Ids already written to an output file. A torn last line (killed mid-write) is cut off.
+
+    With `retry_errors`, records that carry an error are removed from the file (rewritten
+    atomically) and their ids are not returned, so those items run again and are appended.
+    """
     if not path.exists():
         return set()
     ids: set[str] = set()
+    kept: list[bytes] = []
     with path.open("rb+") as fp:
         data = fp.read()
         complete = data.rfind(b"\n") + 1
         if complete < len(data):
             fp.truncate(complete)
-        for number, raw in enumerate(data[:complete].splitlines(), start=1):
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw)
-            except json.JSONDecodeError:
-                raise UsageError(f"cannot resume: line {number} of {path} is not a JSON record") from None
-            if not isinstance(record, dict) or "id" not in record:
-                raise UsageError(f"cannot resume: line {number} of {path} is not an mmtok record (no 'id')")
-            ids.add(id_key(record["id"]))
+    for number, raw in enumerate(data[:complete].splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            rec = json.loads(raw)
+        except json.JSONDecodeError:
+            raise UsageError(f"cannot resume: line {number} of {path} is not a JSON record") from None
+        if not isinstance(rec, dict) or "id" not in rec:
+            raise UsageError(f"cannot resume: line {number} of {path} is not an mmtok record (no 'id')")
+        if retry_errors and rec.get("error") is not None:
+            continue
+        ids.add(id_key(rec["id"]))
+        kept.append(raw)
+    if retry_errors and len(kept) < len(data[:complete].splitlines()):
+        temporary = path.with_name(path.name + ".mmtok-tmp")
+        temporary.write_bytes(b"".join(line + b"\n" for line in kept))
+        os.replace(temporary, path)  # atomic: a crash leaves the old file or the new one, never half
     return ids
 
 

@@ -409,3 +409,26 @@ def test_one_runner_serves_many_runs(engine, images):
         got = []
         lines = [json.dumps({"image": "img1.png", "question": "what ?"})] * 3
         assert runner_.run(read_jsonl(lines), got.extend).ok == 3 and len(got) == 3
+
+
+def test_resume_with_retry_errors_reruns_only_failed_items(tiny_llava, images, tmp_path):
+    """A transient failure (here: an image that appears later) is retried; good records stay as they were."""
+    late = tmp_path / "late.png"
+    data = write_jsonl(tmp_path / "q.jsonl", [
+        {"id": "ok", "image": str(images / "img0.png"), "question": "what ?"},
+        {"id": "late", "image": str(late), "question": "what ?"},
+    ])
+    out = tmp_path / "answers.jsonl"
+    common = [str(data), "--out", str(out), "--model", str(tiny_llava), "--max-new-tokens", "2", "--device", "cpu"]
+    assert invoke(*common).exit_code == 1
+    first = out.read_text().splitlines()
+    assert json.loads(first[1])["error"]
+
+    assert invoke(*common, "--retry-errors").exit_code == 2  # needs --resume
+    late.write_bytes((images / "img1.png").read_bytes())
+    again = invoke(*common, "--resume", "--retry-errors")
+    assert again.exit_code == 0, again.stderr
+    lines = out.read_text().splitlines()
+    assert lines[0] == first[0]  # untouched
+    assert [json.loads(line)["id"] for line in lines] == ["ok", "late"]
+    assert json.loads(lines[1])["error"] is None
