@@ -21,7 +21,7 @@ from rich.markup import escape
 
 from . import __version__
 from .errors import MmtokError, UsageError
-from .options import DEFAULT_MODEL, METHODS, check_options
+from .options import DEFAULT_MODEL, METHOD_HELP, METHODS, check_options
 
 if TYPE_CHECKING:  # the ML stack loads lazily so bad input is rejected fast
     from .batch import Summary
@@ -64,9 +64,9 @@ TokensOpt = Annotated[
         "tokens keeps them all.",
     ),
 ]
-MethodOpt = Annotated[
-    str, typer.Option("--method", help=f"Token selection: {' | '.join(METHODS)} (full = no pruning).")
-]
+# One line per method in --help (a markdown list: Typer joins plain lines into one paragraph).
+METHODS_HELP = "\n".join(f"- {m}: {METHOD_HELP[m]}" for m in METHODS)
+MethodOpt = Annotated[str, typer.Option("--method", help=f"Token selection.\n\n{METHODS_HELP}")]
 MaxNewOpt = Annotated[int, typer.Option("--max-new-tokens", help="Most tokens to generate (greedy decoding).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda (auto picks cuda when available).")]
 DtypeOpt = Annotated[
@@ -647,7 +647,7 @@ def show_command(
     out: Annotated[str, typer.Option("--out", "-o", help="Picture to write (.png, .jpg, ...).")],
     methods: Annotated[
         str,
-        typer.Option("--methods", help=f"Comma-separated token selections drawn side by side: {' | '.join(METHODS)}."),
+        typer.Option("--methods", help=f"Comma-separated token selections drawn side by side.\n\n{METHODS_HELP}"),
     ] = "mmtok",
     model: ModelOpt = DEFAULT_MODEL,
     tokens: TokensOpt = 64,
@@ -718,6 +718,7 @@ def profile(
         str | None, typer.Option("--image", help="Image to use (default: a generated 672 x 672 test image).")
     ] = None,
     question: Annotated[str | None, typer.Option("--question", help="Question to ask (default: POPE-style).")] = None,
+    method: MethodOpt = "mmtok",
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     json_path: Annotated[Path | None, typer.Option("--json", help="Write every number to this JSON file.")] = None,
@@ -750,7 +751,7 @@ def profile(
         if model and arch:
             raise UsageError("give --model or --arch, not both")
         budgets, sizes = parse_budgets(tokens), parse_batch_sizes(batch_size)
-        check_options(tokens=1, method="mmtok", max_new_tokens=new_tokens, dtype=dtype, device=device)
+        check_options(tokens=1, method=method, max_new_tokens=new_tokens, dtype=dtype, device=device)
         if repeats < 1 or warmup < 0:
             raise UsageError("--repeats must be at least 1 and --warmup at least 0")
         for path in (json_path, plot_path):  # fail now, not after minutes of measuring
@@ -781,7 +782,7 @@ def profile(
             report = prof.profile(
                 engine, budgets=budgets, batch_sizes=sizes, new_tokens=new_tokens, warmup=warmup,
                 repeats=repeats, image=picture, question=question or DEFAULT_QUESTION,
-                progress=lambda text: status.update(f"profiling: {escape(text)}"),
+                progress=lambda text: status.update(f"profiling: {escape(text)}"), method=method,
             )
         report["load_s"] = round(load_s, 2)
         report["wall_s"] = round(time.perf_counter() - start, 2)
