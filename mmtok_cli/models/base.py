@@ -15,8 +15,8 @@ from typing import Any, ClassVar
 import torch
 from PIL import Image
 
-from ..errors import MmtokError
 from ..baselines import choose
+from ..errors import MmtokError
 from ..text import content_token_ids
 from .regions import TokenRegions
 

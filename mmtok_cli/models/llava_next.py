@@ -20,8 +20,8 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from ..errors import MmtokError
 from ..baselines import choose
+from ..errors import MmtokError
 from ..selection import TAU_T_LLAVA
 from .base import Adapter, Prepared, VisionTokens, drop_placeholders
 from .llava import projector_input
