@@ -692,6 +692,18 @@ def show_command(
     _guarded(debug, work)
 
 
+def _check_outputs(*paths: Path | None, plot: Path | None) -> None:
+    """Fail now, not after minutes of work: every output's folder exists, and --plot has matplotlib."""
+    for path in paths:
+        if path is not None and not path.parent.is_dir():
+            raise UsageError(f"cannot write {path}: no folder {path.parent}")
+    if plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UsageError("--plot needs matplotlib: pip install 'mmtok-cli[plot]'") from None
+
+
 @app.command()
 def profile(
     model: Annotated[
@@ -754,14 +766,7 @@ def profile(
         check_options(tokens=1, method=method, max_new_tokens=new_tokens, dtype=dtype, device=device)
         if repeats < 1 or warmup < 0:
             raise UsageError("--repeats must be at least 1 and --warmup at least 0")
-        for path in (json_path, plot_path):  # fail now, not after minutes of measuring
-            if path is not None and not path.parent.is_dir():
-                raise UsageError(f"cannot write {path}: no folder {path.parent}")
-        if plot_path is not None:
-            try:
-                import matplotlib  # noqa: F401
-            except ImportError:
-                raise UsageError("--plot needs matplotlib: pip install 'mmtok-cli[plot]'") from None
+        _check_outputs(json_path, plot_path, plot=plot_path)
         picture = None
         if image is not None:
             from .io import load_image
@@ -898,14 +903,7 @@ def eval_command(
         check_options(tokens=min(budgets), method="mmtok", max_new_tokens=max_new_tokens, dtype=dtype, device=device)
         if batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
-        for path in (json_path, plot_path, predictions_path):  # fail now, not after the whole run
-            if path is not None and not path.parent.is_dir():
-                raise UsageError(f"cannot write {path}: no folder {path.parent}")
-        if plot_path is not None:
-            try:
-                import matplotlib  # noqa: F401
-            except ImportError:
-                raise UsageError("--plot needs matplotlib: pip install 'mmtok-cli[plot]'") from None
+        _check_outputs(json_path, plot_path, predictions_path, plot=plot_path)
         items = load_labelled(data)
         from . import evaluate as ev
 
