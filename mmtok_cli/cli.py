@@ -21,7 +21,7 @@ from rich.markup import escape
 
 from . import __version__
 from .errors import MmtokError, UsageError, first_line
-from .options import DEFAULT_MODEL, METHODS, check_options
+from .options import DEFAULT_MODEL, METHOD_HELP, METHODS, check_options
 
 if TYPE_CHECKING:  # the ML stack loads lazily so bad input is rejected fast
     from .batch import Summary
@@ -64,9 +64,9 @@ TokensOpt = Annotated[
         "tokens keeps them all.",
     ),
 ]
-MethodOpt = Annotated[
-    str, typer.Option("--method", help=f"Token selection: {' | '.join(METHODS)} (full = no pruning).")
-]
+# One line per method in --help (a markdown list: Typer joins plain lines into one paragraph).
+METHODS_HELP = "\n".join(f"- {m}: {METHOD_HELP[m]}" for m in METHODS)
+MethodOpt = Annotated[str, typer.Option("--method", help=f"Token selection.\n\n{METHODS_HELP}")]
 MaxNewOpt = Annotated[int, typer.Option("--max-new-tokens", help="Most tokens to generate (greedy decoding).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda (auto picks cuda when available).")]
 DtypeOpt = Annotated[
@@ -659,7 +659,7 @@ def show_command(
     out: Annotated[str, typer.Option("--out", "-o", help="Picture to write (.png, .jpg, ...).")],
     methods: Annotated[
         str,
-        typer.Option("--methods", help=f"Comma-separated token selections drawn side by side: {' | '.join(METHODS)}."),
+        typer.Option("--methods", help=f"Comma-separated token selections drawn side by side.\n\n{METHODS_HELP}"),
     ] = "mmtok",
     model: ModelOpt = DEFAULT_MODEL,
     tokens: TokensOpt = 64,
@@ -704,6 +704,18 @@ def show_command(
     _guarded(debug, work)
 
 
+def _check_outputs(*paths: Path | None, plot: Path | None) -> None:
+    """Fail now, not after minutes of work: every output's folder exists, and --plot has matplotlib."""
+    for path in paths:
+        if path is not None and not path.parent.is_dir():
+            raise UsageError(f"cannot write {path}: no folder {path.parent}")
+    if plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UsageError("--plot needs matplotlib: pip install 'mmtok-cli[plot]'") from None
+
+
 @app.command()
 def profile(
     model: Annotated[
@@ -730,6 +742,7 @@ def profile(
         str | None, typer.Option("--image", help="Image to use (default: a generated 672 x 672 test image).")
     ] = None,
     question: Annotated[str | None, typer.Option("--question", help="Question to ask (default: POPE-style).")] = None,
+    method: MethodOpt = "mmtok",
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     json_path: Annotated[Path | None, typer.Option("--json", help="Write every number to this JSON file.")] = None,
@@ -762,17 +775,10 @@ def profile(
         if model and arch:
             raise UsageError("give --model or --arch, not both")
         budgets, sizes = parse_budgets(tokens), parse_batch_sizes(batch_size)
-        check_options(tokens=1, method="mmtok", max_new_tokens=new_tokens, dtype=dtype, device=device)
+        check_options(tokens=1, method=method, max_new_tokens=new_tokens, dtype=dtype, device=device)
         if repeats < 1 or warmup < 0:
             raise UsageError("--repeats must be at least 1 and --warmup at least 0")
-        for path in (json_path, plot_path):  # fail now, not after minutes of measuring
-            if path is not None and not path.parent.is_dir():
-                raise UsageError(f"cannot write {path}: no folder {path.parent}")
-        if plot_path is not None:
-            try:
-                import matplotlib  # noqa: F401
-            except ImportError:
-                raise UsageError("--plot needs matplotlib: pip install 'mmtok-cli[plot]'") from None
+        _check_outputs(json_path, plot_path, plot=plot_path)
         picture = None
         if image is not None:
             from .io import load_image
@@ -793,7 +799,7 @@ def profile(
             report = prof.profile(
                 engine, budgets=budgets, batch_sizes=sizes, new_tokens=new_tokens, warmup=warmup,
                 repeats=repeats, image=picture, question=question or DEFAULT_QUESTION,
-                progress=lambda text: status.update(f"profiling: {escape(text)}"),
+                progress=lambda text: status.update(f"profiling: {escape(text)}"), method=method,
             )
         report["load_s"] = round(load_s, 2)
         report["wall_s"] = round(time.perf_counter() - start, 2)
@@ -834,3 +840,120 @@ def _print_profile(report: dict[str, Any]) -> None:
     # Wide enough for every column: a narrow terminal wraps lines rather than cutting numbers short.
     Console(width=max(Console().width, 130)).print(table)
     err.print(f"{report['wall_s']:.1f} s in all ({report['load_s']:.1f} s to load)", style="dim", highlight=False)
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write images/, questions.jsonl and scenes.json to.")],
+    n: Annotated[int, typer.Option("--n", help="Number of images.")] = 50,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed writes byte-identical files.")] = 0,
+    debug: DebugOpt = False,
+) -> None:
+    """Write a small labelled data set of coloured shapes: PNG scenes and OUT/questions.jsonl.
+
+    Questions per image: POPE-style yes/no existence questions (random, popular and adversarial
+    negatives), "What colour is the square?" / "What shape is the blue object?" (only when
+    unambiguous; one-word answers) and "How many circles are there?" (answered as a digit). Each line
+    has image (relative to OUT), question, answer, type and id: ready for `mmtok eval` or `mmtok batch`.
+
+    Example:
+
+      mmtok synth --out synth --n 100 && mmtok eval synth/questions.jsonl --tokens 64,16,4
+    """
+    from .synth import generate
+
+    def work() -> None:
+        generate(out, n, seed)
+        lines = sum(1 for _ in (out / "questions.jsonl").open(encoding="utf-8"))
+        err.print(f"{n} images and {lines} questions written to {out / 'questions.jsonl'}", highlight=False,
+                  markup=False)
+
+    _guarded(debug, work)
+
+
+@app.command("eval")
+def eval_command(
+    data: Annotated[Path, typer.Argument(metavar="DATA", help="Labelled JSONL: image, question and answer per line.")],
+    tokens: Annotated[str, typer.Option("--tokens", "-k", help="Comma-separated vision-token budgets.")] = "64,16,4",
+    methods: Annotated[
+        str, typer.Option("--methods", help=f"Comma-separated methods; full always runs once.\n\n{METHODS_HELP}")
+    ] = "full,mmtok,random,uniform,divprune",
+    model: ModelOpt = DEFAULT_MODEL,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Items per forward pass.")] = 8,
+    max_new_tokens: MaxNewOpt = 10,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the results to this JSON file.")] = None,
+    plot_path: Annotated[
+        Path | None, typer.Option("--plot", help="Draw the metric against the budget, one line per method, to this "
+                                  "PNG (needs matplotlib: pip install 'mmtok-cli[plot]').")
+    ] = None,
+    predictions_path: Annotated[
+        Path | None, typer.Option("--predictions", help="Write every prediction (method, tokens, id, answer, "
+                                  "prediction, correct) to this JSONL file.")
+    ] = None,
+    config: ConfigOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Score every method at every budget on DATA and report how much of the unpruned score each keeps.
+
+    Per method and budget: accuracy (normalised exact match; option letters for multiple choice;
+    yes/no by the first word), POPE F1 over the yes/no items, retention (the headline metric over
+    full's: F1 when every item is yes/no, else accuracy), mean vision tokens kept and items/s. Runs
+    through the same batch runner as `mmtok batch`; items that fail count as wrong.
+
+    Examples:
+
+      mmtok synth --out synth --n 100
+
+      mmtok eval synth/questions.jsonl --tokens 64,16,4 --methods mmtok,random,divprune --json eval.json
+    """
+    from .evaluate import load_labelled, parse_methods, parse_tokens
+
+    def work() -> None:
+        budgets, chosen = parse_tokens(tokens), parse_methods(methods)
+        check_options(tokens=min(budgets), method="mmtok", max_new_tokens=max_new_tokens, dtype=dtype, device=device)
+        if batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
+        _check_outputs(json_path, plot_path, predictions_path, plot=plot_path)
+        items = load_labelled(data)
+        from . import evaluate as ev
+
+        engine, _ = _load_engine(model, device, dtype)
+        sink = predictions_path.open("w", encoding="utf-8") if predictions_path else None
+        try:
+            with err.status("evaluating …") as status:
+                report = ev.evaluate(
+                    engine, items, methods=chosen, budgets=budgets, base=data.parent, batch_size=batch_size,
+                    max_new_tokens=max_new_tokens, progress=lambda text: status.update(f"evaluating: {escape(text)}"),
+                    predictions=(lambda rows: sink.writelines(json.dumps(r) + "\n" for r in rows)) if sink else None,
+                )
+        finally:
+            if sink:
+                sink.close()
+        report = {"model": engine.model_name, "data": str(data), **report}
+        if json_path is not None:
+            ev.write_json(report, json_path)
+        if plot_path is not None:
+            ev.plot(report, plot_path)
+        _print_eval(report)
+
+    _guarded(debug, work)
+
+
+def _print_eval(report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    def num(value: float | None) -> str:
+        return "–" if value is None else f"{value:.3f}"
+
+    table = Table(title=f"{report['model']} · {report['data']} · {report['items']} items",
+                  caption=f"retention = {report['metric']} / full's {report['metric']}")
+    for name in ("method", "tokens", "accuracy", "F1", "yes-ratio", "retention", "kept", "items/s", "failed"):
+        table.add_column(name, justify="left" if name == "method" else "right", no_wrap=True)
+    for r in report["results"]:
+        pope = r["pope"] or {}
+        table.add_row(r["method"], str(r["tokens"]), num(r["accuracy"]), num(r["f1"]), num(pope.get("yes_ratio")),
+                      num(r["retention"]), "–" if r["mean_kept"] is None else f"{r['mean_kept']:g}",
+                      f"{r['items_per_s']:.2f}", str(r["failed"]))
+    Console(width=max(Console().width, 100)).print(table)

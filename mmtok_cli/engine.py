@@ -161,10 +161,11 @@ class Engine:
         vt = adapter.encode(prepared)
         t_vis = self._sync()
         kept = None
-        if method == "mmtok":
+        if method != "full":
             text, text_mask = adapter.text_tokens(questions)
             kept = adapter.select(
-                vt, text, text_mask, budgets, alpha=alpha, tau_t=adapter.tau_t if tau_t is None else tau_t, tau_v=tau_v
+                vt, text, text_mask, budgets, method=method,
+                alpha=alpha, tau_t=adapter.tau_t if tau_t is None else tau_t, tau_v=tau_v,
             )
         gen_inputs = adapter.generation_inputs(prepared, vt, kept)
         t_sel = self._sync()

@@ -9,7 +9,17 @@ from __future__ import annotations
 from .errors import UsageError
 
 DEFAULT_MODEL = "llava-hf/llava-1.5-7b-hf"
-METHODS = ("mmtok", "full")
+METHODS = ("mmtok", "full", "random", "uniform", "vision", "text", "divprune")
+METHOD_HELP = {
+    "mmtok": "coverage of the question's tokens and of all vision tokens (the default)",
+    "full": "no pruning: every vision token",
+    "random": "k random tokens (fixed seed: an image gets the same tokens in any batch)",
+    "uniform": "k tokens evenly spaced over the image's tokens (row-major grid for LLaVA, token order otherwise)",
+    "vision": "coverage of the vision tokens only (MMTok's alpha*Q term)",
+    "text": "coverage of the question's tokens only (MMTok's P term; vision if the question has none)",
+    "divprune": "max-min diversity of the vision features, cosine distance (DivPrune)",
+}
+"""One line per method, for --help and the README."""
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 

@@ -156,9 +156,11 @@ def _median_spread(values: list[float]) -> tuple[float, list[float]]:
     return round(statistics.median(values), 3), [round(min(values), 3), round(max(values), 3)]
 
 
-def _measure_once(engine: Engine, cfg: _Config, image: Image.Image, question: str, new_tokens: int) -> dict[str, float]:
+def _measure_once(
+    engine: Engine, cfg: _Config, image: Image.Image, question: str, new_tokens: int, method: str = "mmtok"
+) -> dict[str, float]:
     n = cfg.batch_size
-    method = "full" if cfg.tokens == "full" else "mmtok"
+    method = "full" if cfg.tokens == "full" else method
     tokens = 1 if cfg.tokens == "full" else int(cfg.tokens)  # the budget is unused by method "full"
     cuda = engine.device.type == "cuda"
     if cuda:
@@ -193,8 +195,11 @@ def profile(
     image: Image.Image | None = None,
     question: str = DEFAULT_QUESTION,
     progress: Callable[[str], None] | None = None,
+    method: str = "mmtok",
 ) -> dict[str, Any]:
-    """Measure every configuration and return the report (the `--json` document, see the module doc)."""
+    """Measure every configuration and return the report (the `--json` document, see the module doc).
+
+    `method` selects the tokens of every budget but 'full' (MMTok or a baseline)."""
     if new_tokens < 1 or repeats < 1 or warmup < 0:
         raise UsageError("need --new-tokens >= 1, --repeats >= 1 and --warmup >= 0")
     budgets = list(budgets) if "full" in budgets else ["full", *budgets]
@@ -209,7 +214,7 @@ def profile(
                 what = "warm-up" if r < warmup else f"repeat {r - warmup + 1}/{repeats}"
                 progress(f"{what} · tokens {cfg.tokens} · batch {cfg.batch_size} ({i + 1}/{len(configs)})")
             try:
-                run = _measure_once(engine, cfg, image, question, new_tokens)
+                run = _measure_once(engine, cfg, image, question, new_tokens, method)
             except torch.cuda.OutOfMemoryError:
                 cfg.error = "out of memory"
                 torch.cuda.empty_cache()
@@ -217,12 +222,12 @@ def profile(
             if r >= warmup:
                 cfg.runs.append(run)
     return _report(engine, configs, new_tokens=new_tokens, warmup=warmup, repeats=repeats, image=image,
-                   question=question)
+                   question=question, method=method)
 
 
 def _report(
     engine: Engine, configs: list[_Config], *, new_tokens: int, warmup: int, repeats: int, image: Image.Image,
-    question: str,
+    question: str, method: str = "mmtok",
 ) -> dict[str, Any]:
     import transformers
 
@@ -268,6 +273,7 @@ def _report(
         "model": engine.model_name,
         "family": engine.adapter.family,
         "random_weights": engine.random_weights,
+        "method": method,
         "versions": {"mmtok": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
                      "python": platform.python_version()},
         "new_tokens": new_tokens,

@@ -18,7 +18,7 @@ sum_r max(0, C[r, j] - best[r]) (ties: lowest index), then best = max(best, C[:,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -198,6 +198,33 @@ def select(
     Returns:
         A `Selection` with ascending kept indices per image.
     """
+    def pick(rows: torch.Tensor | slice, k_rows: torch.Tensor, allowed_rows: torch.Tensor):
+        cov = coverage_matrix(
+            vision[rows], features[rows], None if text is None else text[rows],
+            vision_mask=None if vision_mask is None else vision_mask[rows],
+            text_mask=None if text_mask is None else text_mask[rows], alpha=alpha, tau_t=tau_t, tau_v=tau_v,
+        )
+        return greedy_max_coverage(cov, k_rows, allowed_rows)
+
+    return resolve(vision, k, vision_mask, allowed, pick)
+
+
+Picker = Callable[[torch.Tensor | slice, torch.Tensor, torch.Tensor], "torch.Tensor | tuple[torch.Tensor, torch.Tensor]"]
+
+
+def resolve(
+    vision: torch.Tensor,
+    k: int | Sequence[int] | torch.Tensor,
+    vision_mask: torch.Tensor | None,
+    allowed: torch.Tensor | None,
+    pick: Picker,
+) -> Selection:
+    """The edge rules every selection method shares, around its `pick`.
+
+    Images with k >= n keep everything; images with fewer than k allowed tokens keep all allowed ones;
+    only the others are handed to `pick(rows, k_rows, allowed_rows)`, which returns picks (R, steps)
+    with -1 for "no pick" (or picks and their gains). Indices come back ascending.
+    """
     bsz, n, _ = vision.shape
     device = vision.device
     vision_mask = _mask(vision_mask, (bsz, n), device)
@@ -215,17 +242,14 @@ def select(
         # Only images that really prune take part in the matrix build and the greedy loop; when
         # all do (the usual case) a full slice keeps views instead of copying V.
         rows = slice(None) if bool(pruning.all()) else pruning.nonzero().flatten()
-        cov = coverage_matrix(
-            vision[rows], features[rows], None if text is None else text[rows],
-            vision_mask=vision_mask[rows], text_mask=None if text_mask is None else text_mask[rows],
-            alpha=alpha, tau_t=tau_t, tau_v=tau_v,
-        )
-        picks, row_gains = greedy_max_coverage(cov, k_t[rows], allowed[rows])
+        picked_out = pick(rows, k_t[rows], allowed[rows])
+        picks, row_gains = picked_out if isinstance(picked_out, tuple) else (picked_out, None)
         picked = torch.zeros(picks.shape[0], n + 1, dtype=torch.bool, device=device)
         picked.scatter_(1, torch.where(picks < 0, n, picks), True)  # "no pick" lands in spare column n
         chosen[rows] |= picked[:, :n]
         gains = torch.full((bsz, picks.shape[1]), float("nan"), device=device)
-        gains[rows] = row_gains
+        if row_gains is not None:
+            gains[rows] = row_gains
     # One stable sort puts each row's chosen positions first, in ascending order: one launch and one
     # sync for the batch instead of a nonzero() (launch + sync) per image.
     order = torch.sort((~chosen).to(torch.uint8), dim=-1, stable=True).indices

@@ -15,8 +15,8 @@ from typing import Any, ClassVar
 import torch
 from PIL import Image
 
+from ..baselines import choose
 from ..errors import MmtokError
-from ..selection import select
 from ..text import content_token_ids
 from .regions import TokenRegions
 
@@ -134,17 +134,18 @@ class Adapter(ABC):
         return self.model.get_input_embeddings()(padded), mask
 
     def select(
-        self, tokens: VisionTokens, text: torch.Tensor, text_mask: torch.Tensor, budgets: list[int], **params: float
+        self, tokens: VisionTokens, text: torch.Tensor, text_mask: torch.Tensor, budgets: list[int],
+        method: str = "mmtok", **params: float,
     ) -> list[torch.Tensor]:
         """Kept token indices per image (ascending) for per-image budgets; `params` are alpha / tau_t / tau_v.
 
-        One batched MMTok selection over each image's tokens. Families whose budget is split over parts
-        of an image (LLaVA-NeXT's crops) override this.
+        One batched selection with `method` (MMTok or a baseline, see `baselines.choose`) over each
+        image's tokens. Families whose budget is split over parts of an image (LLaVA-NeXT's crops) override this.
         """
-        return select(
-            tokens.vision, tokens.features, text, k=budgets, vision_mask=tokens.mask, allowed=tokens.allowed,
+        return choose(
+            method, tokens.vision, tokens.features, text, k=budgets, vision_mask=tokens.mask, allowed=tokens.allowed,
             text_mask=text_mask, **params,
-        ).indices
+        )
 
     @abstractmethod
     def generation_inputs(self, prepared: Prepared, tokens: VisionTokens, kept: list[torch.Tensor] | None) -> dict:

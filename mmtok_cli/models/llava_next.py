@@ -20,8 +20,9 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from ..baselines import choose
 from ..errors import MmtokError
-from ..selection import TAU_T_LLAVA, select
+from ..selection import TAU_T_LLAVA
 from .base import Adapter, Prepared, VisionTokens, drop_placeholders
 from .llava import projector_input
 from .regions import Box, Placement, TokenRegions, cell_box, clip, resize_and_crop, size_value
@@ -123,14 +124,15 @@ class LlavaNextAdapter(Adapter):
         return [layout[:, 0] for layout in layouts]
 
     def select(
-        self, tokens: VisionTokens, text: torch.Tensor, text_mask: torch.Tensor, budgets: list[int], **params: float
+        self, tokens: VisionTokens, text: torch.Tensor, text_mask: torch.Tensor, budgets: list[int],
+        method: str = "mmtok", **params: float,
     ) -> list[torch.Tensor]:
         """Per-view selection with the budget split evenly over the views (or one global selection)."""
         assert isinstance(tokens, NextVisionTokens)
         if self.crop_budget not in CROP_BUDGETS:
             raise ValueError(f"crop_budget must be one of {CROP_BUDGETS}, not {self.crop_budget!r}")
         if self.crop_budget == "global":
-            return super().select(tokens, text, text_mask, budgets, **params)
+            return super().select(tokens, text, text_mask, budgets, method, **params)
         # One row per (image, view): each view selects its share of the image's budget from its own tokens.
         rows, row_image, row_k = [], [], []
         for image, (parts, total) in enumerate(zip(tokens.parts, budgets)):
@@ -144,7 +146,8 @@ class LlavaNextAdapter(Adapter):
         row_mask = pad_sequence([torch.ones(len(r), dtype=torch.bool, device=index.device) for r in rows], True)
         images = torch.tensor(row_image, device=index.device)
         gather = index[:, :, None]
-        chosen = select(
+        chosen = choose(
+            method,
             tokens.vision[images].gather(1, gather.expand(-1, -1, tokens.vision.shape[-1])),
             tokens.features[images].gather(1, gather.expand(-1, -1, tokens.features.shape[-1])),
             text[images],
@@ -153,7 +156,7 @@ class LlavaNextAdapter(Adapter):
             allowed=tokens.allowed[images].gather(1, index) & row_mask,
             text_mask=text_mask[images],
             **params,
-        ).indices
+        )
         kept: list[list[torch.Tensor]] = [[] for _ in budgets]
         for image, idx, pick in zip(row_image, rows, chosen):
             kept[image].append(idx[pick])

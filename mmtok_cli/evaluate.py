@@ -1,0 +1,153 @@
+"""`mmtok eval`: every method x budget over labelled JSONL, through the batch runner, scored.
+
+Each configuration is one `BatchRunner` run over all items (the batch command's loader, batching and
+error handling). `full` always runs once (budgets mean nothing to it) because retention is measured
+against it. The headline metric is POPE's F1 when every item is a yes/no question, else accuracy;
+retention = that metric / full's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+from .io import Item, read_jsonl
+from .metrics import normalize, score
+from .options import METHODS
+
+
+def parse_methods(text: str) -> list[str]:
+    """`full,mmtok,random` -> a list without repeats; 'full' is always included (first)."""
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise UsageError(f"unknown method '{unknown[0]}' in --methods; choose from {', '.join(METHODS)}")
+    if not methods:
+        raise UsageError(f"--methods is empty; give one or more of {', '.join(METHODS)}, separated by commas")
+    return ["full", *dict.fromkeys(m for m in methods if m != "full")]
+
+
+def parse_tokens(text: str) -> list[int]:
+    try:
+        budgets = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise UsageError(f"--tokens must be comma-separated integers, like 64,16,4 (got '{text}')") from None
+    if not budgets or min(budgets) < 1:
+        raise UsageError(f"--tokens needs budgets of at least 1 (got '{text}')")
+    return list(dict.fromkeys(budgets))
+
+
+def load_labelled(path: Path) -> list[Item]:
+    """The items of a labelled JSONL file; one-line errors for a missing file, no items, a broken line or
+    a line without 'answer'."""
+    if not path.is_file():
+        raise UsageError(f"DATA '{path}' not found (expected a JSONL file with image, question and answer)")
+    with path.open(encoding="utf-8", errors="replace") as fp:
+        items = [it for it in read_jsonl(fp) if not (it.error or "").endswith("empty line")]
+    if not items:
+        raise UsageError(f"no items in '{path}'")
+    for it in items:
+        if it.error:
+            raise UsageError(f"{path}: {it.error}")
+        answer = it.extra.get("answer")
+        if not isinstance(answer, (str, int, float)) or isinstance(answer, bool) or not str(answer).strip():
+            raise UsageError(f"{path}: line {it.line} has no 'answer' (needed to score the predictions)")
+    return items
+
+
+def evaluate(
+    engine: Any,
+    items: list[Item],
+    *,
+    methods: Sequence[str],
+    budgets: Sequence[int],
+    base: Path | None = None,
+    batch_size: int = 8,
+    max_new_tokens: int = 10,
+    progress: Callable[[str], None] | None = None,
+    predictions: Callable[[list[dict[str, Any]]], None] | None = None,
+) -> dict[str, Any]:
+    """Run and score every configuration; returns the `--json` document (without `model`/`data`).
+
+    `predictions`, when given, receives per configuration one record per item: method, tokens, id,
+    question, answer (the label), prediction, correct, error.
+    """
+    from .batch import BatchOptions, BatchRunner
+
+    answers = [str(it.extra["answer"]) for it in items]
+    questions = [it.question or "" for it in items]
+    binary_only = all(normalize(a) in ("yes", "no") for a in answers)
+    configs: list[tuple[str, int | str]] = [("full", "full")] + [
+        (m, b) for m in methods if m != "full" for b in budgets
+    ]
+    results = []
+    for number, (method, tokens) in enumerate(configs, start=1):
+        if progress:
+            progress(f"{method} · tokens {tokens} ({number}/{len(configs)})")
+        records: list[dict[str, Any]] = []
+        options = BatchOptions(tokens=1 if tokens == "full" else int(tokens), method=method,
+                               max_new_tokens=max_new_tokens, batch_size=batch_size)
+        summary = BatchRunner(engine, options, base=base).run(items, records.extend)
+        got = [r["answer"] if r["error"] is None else None for r in records]
+        scored = score(got, answers, questions)
+        pope = scored["pope"]
+        results.append({
+            "method": method,
+            "tokens": tokens,
+            "accuracy": round(scored["accuracy"], 4),
+            "f1": None if pope is None else round(pope["f1"], 4),
+            "pope": None if pope is None else {k: round(v, 4) for k, v in pope.items()},
+            "metric": pope["f1"] if binary_only and pope else scored["accuracy"],
+            "mean_kept": round(summary.kept / summary.ok, 2) if summary.ok else None,
+            "failed": summary.failed,
+            "items_per_s": round(summary.items_per_s, 3),
+        })
+        if predictions:
+            predictions([
+                {"method": method, "tokens": tokens, "id": r["id"], "question": q, "answer": a,
+                 "prediction": p, "correct": c, "error": r["error"]}
+                for r, q, a, p, c in zip(records, questions, answers, got, scored["correct"])
+            ])
+    full = results[0]["metric"]
+    for row in results:
+        row["retention"] = round(row["metric"] / full, 4) if full else None
+        row["metric"] = round(row["metric"], 4)
+    return {"metric": "f1" if binary_only else "accuracy", "items": len(items), "results": results}
+
+
+def plot(report: dict[str, Any], path: str | Path) -> None:
+    """The headline metric against the budget, one line per method; full as a dashed level."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = report["metric"]
+    key = "f1" if metric == "f1" else "accuracy"
+    fig, ax = plt.subplots(figsize=(6, 4))
+    rows = report["results"]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = sorted((r for r in rows if r["method"] == method), key=lambda r: 0 if r["tokens"] == "full"
+                      else r["tokens"])
+        if method == "full":
+            ax.axhline(mine[0][key], linestyle="--", color="grey", label="full")
+        else:
+            ax.plot([r["tokens"] for r in mine], [r[key] for r in mine], marker="o", label=method)
+    ax.set_xscale("log", base=2)
+    budgets = sorted({r["tokens"] for r in rows if r["tokens"] != "full"})
+    if budgets:
+        ax.set_xticks(budgets, [str(b) for b in budgets])
+    ax.set_xlabel("vision tokens kept per image")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{report.get('model', '')} on {Path(str(report.get('data', ''))).name}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_json(report: dict[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,60 @@
+"""`mmtok eval` end to end on the tiny LLaVA over a small synthetic set."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from mmtok_cli.cli import app
+from mmtok_cli.synth import generate
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def synth_set(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("synth")
+    generate(folder, 3, seed=0)
+    return folder / "questions.jsonl"
+
+
+def test_eval_table_json_predictions_and_plot(tiny_llava, synth_set, tmp_path):
+    out, preds, plot = tmp_path / "eval.json", tmp_path / "preds.jsonl", tmp_path / "eval.png"
+    result = runner.invoke(app, [
+        "eval", str(synth_set), "--model", str(tiny_llava), "--device", "cpu", "--tokens", "8,2",
+        "--methods", "mmtok,random,uniform,vision,text,divprune", "--max-new-tokens", "2", "--batch-size", "4",
+        "--json", str(out), "--predictions", str(preds), "--plot", str(plot),
+    ])
+    assert result.exit_code == 0, result.output
+    assert "retention" in result.stdout and "divprune" in result.stdout
+    report = json.loads(out.read_text())
+    items = sum(1 for _ in synth_set.open())
+    assert report["model"] == str(tiny_llava) and report["data"] == str(synth_set) and report["items"] == items
+    rows = report["results"]
+    assert [(r["method"], r["tokens"]) for r in rows] == [("full", "full")] + [
+        (m, k) for m in ("mmtok", "random", "uniform", "vision", "text", "divprune") for k in (8, 2)
+    ]
+    for r in rows:
+        assert {"method", "tokens", "accuracy", "f1", "retention", "mean_kept", "items_per_s"} <= set(r)
+        assert 0 <= r["accuracy"] <= 1 and r["f1"] is not None and r["failed"] == 0
+        assert r["mean_kept"] == (64 if r["method"] == "full" else r["tokens"])
+    # The "no" half of the POPE questions scores whatever the random model says, so full is above 0.
+    assert rows[0]["accuracy"] > 0 and rows[0]["retention"] == 1.0
+    lines = [json.loads(x) for x in preds.read_text().splitlines()]
+    assert len(lines) == items * len(rows)
+    assert {"method", "tokens", "id", "answer", "prediction", "correct"} <= set(lines[0])
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("lines, args, message", [
+    ([], [], "no items"),
+    ([{"image": "x.png", "question": "Is it?"}], [], "has no 'answer'"),
+    ([{"image": "x.png", "question": "Is it?", "answer": "yes"}], ["--methods", "best"], "unknown method 'best'"),
+    ([{"image": "x.png", "question": "Is it?", "answer": "yes"}], ["--tokens", "8,x"], "--tokens must be"),
+])
+def test_bad_input_is_one_line(tmp_path, lines, args, message):
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    result = runner.invoke(app, ["eval", str(data), "--model", str(tmp_path / "no-model"), *args])
+    assert result.exit_code == 2
+    assert message in result.output and len(result.output.strip().splitlines()) == 1
