@@ -109,32 +109,12 @@ class Engine:
             raise ValueError("need one question per image, and at least one image")
         return (adapter or self.adapter).preprocess(images, questions)
 
-    @torch.inference_mode()
-    def run(
-        self,
-        images: list[Image.Image],
-        questions: list[str],
-        *,
-        tokens: int | Sequence[int] = 64,
-        method: str = "mmtok",
-        max_new_tokens: int | Sequence[int] = 64,
-        alpha: float = ALPHA,
-        tau_t: float | None = None,
-        tau_v: float = TAU_V,
-        ignore_eos: bool = False,
-    ) -> list[Answer]:
-        """Answer one question per image as a single batch.
-
-        `tokens` and `max_new_tokens` are one value for all or one per image. `ignore_eos=True`
-        generates exactly `max_new_tokens` (the largest) for every image, for fixed-work timing.
-        """
+    def run(self, images: list[Image.Image], questions: list[str], **options: Any) -> list[Answer]:
+        """Answer one question per image as a single batch: `prepare`, then `run_prepared` with `options`
+        (tokens, method, max_new_tokens, alpha, tau_t, tau_v, ignore_eos; see there)."""
         t0 = self._sync()
         prepared = self.prepare(images, questions)
-        preprocess_ms = (self._sync() - t0) * 1e3
-        return self.run_prepared(
-            prepared, questions, tokens=tokens, method=method, max_new_tokens=max_new_tokens,
-            alpha=alpha, tau_t=tau_t, tau_v=tau_v, preprocess_ms=preprocess_ms, ignore_eos=ignore_eos,
-        )
+        return self.run_prepared(prepared, questions, preprocess_ms=(self._sync() - t0) * 1e3, **options)
 
     @torch.inference_mode()
     def run_prepared(
@@ -151,7 +131,12 @@ class Engine:
         preprocess_ms: float = 0.0,
         ignore_eos: bool = False,
     ) -> list[Answer]:
-        """`run` on inputs already made by `prepare`; `preprocess_ms` is what that took, for the timings."""
+        """Answer the questions of a batch made by `prepare`.
+
+        `tokens` and `max_new_tokens` are one value for all or one per image. `ignore_eos=True`
+        generates exactly `max_new_tokens` (the largest) for every image, for fixed-work timing.
+        `preprocess_ms` is what `prepare` took, for the timings.
+        """
         budgets = _per_item(tokens, len(questions), "token budget")
         limits = _per_item(max_new_tokens, len(questions), "max_new_tokens")
         check_options(tokens=min(budgets), method=method, max_new_tokens=min(limits))
