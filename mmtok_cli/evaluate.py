@@ -13,21 +13,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import options
 from .errors import UsageError
 from .io import Item, read_jsonl
 from .metrics import normalize, score
-from .options import METHODS
 
 
 def parse_methods(text: str) -> list[str]:
     """`full,mmtok,random` -> a list without repeats; 'full' is always included (first)."""
-    methods = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise UsageError(f"unknown method '{unknown[0]}' in --methods; choose from {', '.join(METHODS)}")
-    if not methods:
-        raise UsageError(f"--methods is empty; give one or more of {', '.join(METHODS)}, separated by commas")
-    return ["full", *dict.fromkeys(m for m in methods if m != "full")]
+    return ["full", *dict.fromkeys(m for m in options.parse_methods(text) if m != "full")]
 
 
 def parse_tokens(text: str) -> list[int]:

@@ -37,3 +37,15 @@ def check_options(
         raise UsageError(f"--tokens must be at least 1 (got {tokens})")
     if max_new_tokens < 1:
         raise UsageError(f"--max-new-tokens must be at least 1 (got {max_new_tokens})")
+
+
+def parse_methods(text: str) -> list[str]:
+    """`mmtok,full` -> the named methods in order (repeats kept: each command decides about those);
+    one-line usage errors for an empty list or an unknown name."""
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    if not methods:
+        raise UsageError(f"--methods is empty; give one or more of {', '.join(METHODS)}, separated by commas")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise UsageError(f"unknown method '{unknown[0]}' in --methods; choose from {', '.join(METHODS)}")
+    return methods

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from . import options
 from .errors import MmtokError, UsageError
 from .models.regions import TokenRegions, area
-from .options import METHODS
 
 if TYPE_CHECKING:
     from .engine import Answer, Engine
@@ -42,13 +42,8 @@ CAPTION_LINES = 6
 
 
 def parse_methods(text: str) -> list[str]:
-    """`--methods mmtok,full` -> ["mmtok", "full"]; any method the engine knows is accepted."""
-    methods = [m.strip() for m in text.split(",") if m.strip()]
-    if not methods:
-        raise UsageError(f"--methods is empty; give one or more of {', '.join(METHODS)}, separated by commas")
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise UsageError(f"unknown method '{unknown[0]}' in --methods; choose from {', '.join(METHODS)}")
+    """`--methods mmtok,full` -> ["mmtok", "full"]; any method the engine knows, each once (one column each)."""
+    methods = options.parse_methods(text)
     if len(set(methods)) != len(methods):
         raise UsageError(f"--methods names a method twice: {text}")
     return methods
