@@ -150,7 +150,7 @@ def main(
     """Ask vision-language models about images with MMTok vision-token pruning."""
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Keep stderr for our own messages: no transformers warnings or weight-loading bars."""
     import transformers
 
@@ -162,7 +162,7 @@ def _quiet_libraries() -> None:
 def _guarded(debug: bool, work: Callable[[], Any]) -> Any:
     """Run `work`; turn failures into one 'error:' line and an exit status (2 usage, 1 otherwise)."""
     if not debug:
-        _quiet_libraries()
+        quiet_libraries()
     try:
         return work()
     except typer.Exit:

@@ -52,9 +52,10 @@ class _Worker:
 
     def __init__(self, model: str, device: str, dtype: str, options: dict[str, Any], base: str) -> None:
         from .batch import BatchRunner
+        from .cli import quiet_libraries
         from .engine import Engine
 
-        _quiet()
+        quiet_libraries()  # a worker's stderr reaches the driver's terminal: the same quiet as the CLI
         self.runner, self.error = None, None
         try:
             engine = Engine(model, device=device, dtype=dtype)
@@ -76,16 +77,6 @@ class _Worker:
         else:
             self.runner.run(items, records.extend)
         return {"record": np.array([json.dumps(r) for r in records], dtype=object)}
-
-
-def _quiet() -> None:
-    import warnings
-
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    warnings.filterwarnings("ignore")
 
 
 def run_on_ray(
