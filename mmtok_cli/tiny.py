@@ -67,8 +67,8 @@ def qwen_chat_template(system: str | None) -> str:
     )
 
 
-def build_tokenizer(vocab_size: int = 600, *, qwen: bool = False):
-    """A metaspace BPE tokenizer trained on a small built-in corpus.
+def build_tokenizer(vocab_size: int = 600, *, qwen: bool = False, corpus: str = _CORPUS):
+    """A metaspace BPE tokenizer trained on `corpus` (a small built-in one by default).
 
     Llama-style specials by default; `qwen=True` gives the Qwen-VL chat and vision specials
     (`<|im_start|>`, `<|vision_start|>`, `<|image_pad|>`, ...) and no BOS token, as Qwen has none.
@@ -89,7 +89,7 @@ def build_tokenizer(vocab_size: int = 600, *, qwen: bool = False):
         initial_alphabet=list(string.printable),
         show_progress=False,
     )
-    tok.train_from_iterator(_CORPUS.split("\n") * 4, trainer=trainer)
+    tok.train_from_iterator(corpus.split("\n") * 4, trainer=trainer)
     if qwen:
         return PreTrainedTokenizerFast(
             tokenizer_object=tok,
