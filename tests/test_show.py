@@ -167,11 +167,11 @@ def test_qwen_merged_tokens_cover_blocks_of_the_resized_grid(engines, family, si
 COLOUR = (200, 150, 100)
 
 
-def _answer(kept, total, text="a red circle"):
+def _answer(kept, total, text="a red circle", order=None):
     from mmtok_cli.engine import Answer
 
     return Answer(answer=text, output_ids=[], vision_total=total, vision_kept=len(kept), kept_indices=[kept],
-                  prompt_unpruned=0, prompt_pruned=0)
+                  kept_order=[list(kept if order is None else order)], prompt_unpruned=0, prompt_pruned=0)
 
 
 def _pixels(picture, colour) -> int:
