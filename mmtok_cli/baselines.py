@@ -2,8 +2,9 @@
 
 Every method follows the same rules as `selection.select`: it never picks a token that is not
 allowed, an image with k >= n keeps all its tokens, an image with fewer than k allowed tokens keeps
-all allowed ones, and kept indices come back ascending. All of them run batched over padded
-tensors (no Python loop over images). The rules per method:
+all allowed ones, and kept indices come back ascending, with their pick order alongside (`Selection.order`):
+the greedy order for vision, text and divprune; index order for random and uniform, which have none.
+All of them run batched over padded tensors (no Python loop over images). The rules per method:
 
 * random   -- k allowed tokens drawn with a fixed seed. The draw depends on the seed and the image's
               token layout only, never on its batch neighbours, so an image gets the same tokens in
@@ -28,7 +29,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .selection import ALPHA, TAU_T_LLAVA, TAU_V, coverage_matrix, greedy_max_coverage, resolve, select
+from .selection import ALPHA, TAU_T_LLAVA, TAU_V, Selection, coverage_matrix, greedy_max_coverage, resolve, select
 
 BASELINES = ("random", "uniform", "vision", "text", "divprune")
 RANDOM_SEED = 0
@@ -48,8 +49,8 @@ def choose(
     tau_t: float = TAU_T_LLAVA,
     tau_v: float = TAU_V,
     seed: int = RANDOM_SEED,
-) -> list[torch.Tensor]:
-    """Kept token indices per image (ascending) for `method` ("mmtok" or one of `BASELINES`).
+) -> Selection:
+    """Kept token indices per image (ascending, and in pick order) for `method` ("mmtok" or one of `BASELINES`).
 
     Arguments as in `selection.select`; `seed` is used by "random" only.
     """
@@ -57,11 +58,13 @@ def choose(
         return select(
             vision, features, text, k=k, vision_mask=vision_mask, allowed=allowed, text_mask=text_mask,
             alpha=alpha, tau_t=tau_t, tau_v=tau_v,
-        ).indices
+        )
     if method not in BASELINES:
         raise ValueError(f"unknown selection method {method!r}")
 
-    def pick(rows: torch.Tensor | slice, k_rows: torch.Tensor, allowed_rows: torch.Tensor) -> torch.Tensor:
+    def pick(
+        rows: torch.Tensor | slice, k_rows: torch.Tensor, allowed_rows: torch.Tensor
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if method == "random":
             return _random(k_rows, allowed_rows, seed)
         if method == "uniform":
@@ -82,9 +85,9 @@ def choose(
             # Zero the vision rows where there is text (P alone); keep alpha * Q where there is none.
             scale = torch.where(has_text, 0.0, alpha).to(cov.dtype)
             cov = torch.cat([cov[:, :m], cov[:, m:] * scale[:, None, None]], dim=1)
-        return greedy_max_coverage(cov, k_rows, allowed_rows)[0]
+        return greedy_max_coverage(cov, k_rows, allowed_rows)
 
-    return resolve(vision, k, vision_mask, allowed, pick).indices
+    return resolve(vision, k, vision_mask, allowed, pick)
 
 
 def _top_k(scores: torch.Tensor, k: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
@@ -102,7 +105,11 @@ def _random(k: torch.Tensor, allowed: torch.Tensor, seed: int) -> torch.Tensor:
     # independent of the batch an image lands in.
     gen = torch.Generator().manual_seed(seed)
     scores = torch.rand(allowed.shape[1], generator=gen).to(allowed.device)
-    return _top_k(scores.expand(allowed.shape), k, allowed)
+    picks = _top_k(scores.expand(allowed.shape), k, allowed)
+    # A random draw has no meaningful order: hand the picks back in index order ("no pick", -1, last).
+    n = allowed.shape[1]
+    ascending = torch.sort(picks.masked_fill(picks < 0, n), dim=-1).values
+    return ascending.masked_fill_(ascending == n, -1)
 
 
 def _uniform(k: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:

@@ -664,6 +664,12 @@ def show_command(
     model: ModelOpt = DEFAULT_MODEL,
     tokens: TokensOpt = 64,
     max_new_tokens: MaxNewOpt = 64,
+    numbers: Annotated[
+        bool,
+        typer.Option("--numbers", help="Write each kept token's pick rank in its region (1 = picked first). "
+                     "mmtok, vision, text and divprune pick in order; random, uniform and full are numbered in "
+                     "token order. A number larger than its region (small tokens, 3-digit ranks) is left out."),
+    ] = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     config: ConfigOpt = None,
@@ -681,6 +687,8 @@ def show_command(
       mmtok show photo.jpg "Where is the dog?" --tokens 32 --out kept.png
 
       mmtok show photo.jpg "Where is the dog?" --tokens 32 --methods mmtok,full --out compare.png
+
+      mmtok show photo.jpg "Where is the dog?" --tokens 16 --numbers --out order.png
     """
     from .io import load_image
     from .show import check_picture_path, parse_methods, save_picture, show
@@ -694,7 +702,8 @@ def show_command(
         target = check_picture_path(out, "--out")
         picture = load_image(image)
         engine, _ = _load_engine(model, device, dtype)
-        sheet, results = show(engine, picture, question, chosen, tokens=tokens, max_new_tokens=max_new_tokens)
+        sheet, results = show(engine, picture, question, chosen, numbers=numbers, tokens=tokens,
+                              max_new_tokens=max_new_tokens)
         save_picture(sheet, target)
         for method, answer in results:
             sys.stdout.write(f"{method}: {answer.answer}\n")

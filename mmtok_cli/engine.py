@@ -34,6 +34,9 @@ class Answer:
     vision_total: int
     vision_kept: int
     kept_indices: list[list[int]]
+    kept_order: list[list[int]]
+    """`kept_indices` in the order the selection picked them (first = picked first); index order for
+    full, random and uniform, and wherever everything was kept."""
     prompt_unpruned: int
     prompt_pruned: int
     speedup_estimated: float = 1.0
@@ -145,13 +148,14 @@ class Engine:
         t_pre = self._sync()
         vt = adapter.encode(prepared)
         t_vis = self._sync()
-        kept = None
+        kept = order = None
         if method != "full":
             text, text_mask = adapter.text_tokens(questions)
-            kept = adapter.select(
+            selection = adapter.select(
                 vt, text, text_mask, budgets, method=method,
                 alpha=alpha, tau_t=adapter.tau_t if tau_t is None else tau_t, tau_v=tau_v,
             )
+            kept, order = selection.indices, selection.order
         gen_inputs = adapter.generation_inputs(prepared, vt, kept)
         t_sel = self._sync()
 
@@ -190,6 +194,7 @@ class Engine:
         for row, ids in enumerate(new_tokens):
             ids = _until_eos(ids[: limits[row]], eos)
             kept_row = list(range(counts[row])) if kept is None else kept[row].tolist()
+            order_row = kept_row if order is None else order[row].tolist()
             answers.append(
                 Answer(
                     answer=adapter.tokenizer.decode(ids, skip_special_tokens=True).strip(),
@@ -197,6 +202,7 @@ class Engine:
                     vision_total=counts[row],
                     vision_kept=len(kept_row),
                     kept_indices=[kept_row],
+                    kept_order=[order_row],
                     prompt_unpruned=unpruned[row],
                     prompt_pruned=pruned[row],
                     speedup_estimated=round(estimated_speedup(adapter.model.config, unpruned[row], pruned[row]), 3),

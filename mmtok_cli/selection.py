@@ -14,6 +14,8 @@ T (m x d) embedded question content tokens.
 
 Greedy: k times pick the allowed, unselected column with the largest gain
 sum_r max(0, C[r, j] - best[r]) (ties: lowest index), then best = max(best, C[:, j]).
+The kept indices come back ascending (the model gets the tokens in their original order); the pick
+order comes back alongside, for showing which tokens mattered first.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ class Selection:
 
     indices: list[torch.Tensor]
     """Per image: kept token indices (int64, ascending, on the input device)."""
+    order: list[torch.Tensor]
+    """Per image: the same indices in the order they were picked (greedy methods); index order where
+    nothing was picked (keep-all, fewer allowed than k) and for the non-greedy baselines."""
     gains: torch.Tensor
     """(B, steps) marginal gain of each greedy pick; NaN where no pick was made (padding, keep-all)."""
 
@@ -196,7 +201,7 @@ def select(
         allowed: (B, n) bool, tokens that may be picked (default: every existing token). If fewer
             than k are allowed, all allowed tokens are kept.
     Returns:
-        A `Selection` with ascending kept indices per image.
+        A `Selection`: ascending kept indices per image, and the same indices in greedy pick order.
     """
     def pick(rows: torch.Tensor | slice, k_rows: torch.Tensor, allowed_rows: torch.Tensor):
         cov = coverage_matrix(
@@ -223,7 +228,8 @@ def resolve(
 
     Images with k >= n keep everything; images with fewer than k allowed tokens keep all allowed ones;
     only the others are handed to `pick(rows, k_rows, allowed_rows)`, which returns picks (R, steps)
-    with -1 for "no pick" (or picks and their gains). Indices come back ascending.
+    in pick order with -1 for "no pick" (or picks and their gains). Indices come back ascending, and
+    in pick order as `Selection.order` (index order for the images that kept everything or all allowed).
     """
     bsz, n, _ = vision.shape
     device = vision.device
@@ -237,6 +243,7 @@ def resolve(
     chosen = (keep_all[:, None] & vision_mask) | (keep_allowed[:, None] & allowed)
 
     gains = torch.full((bsz, 0), float("nan"), device=device)
+    picks = None
     pruning = ~keep_all & ~keep_allowed
     if bool(pruning.any()):
         # Only images that really prune take part in the matrix build and the greedy loop; when
@@ -252,6 +259,15 @@ def resolve(
             gains[rows] = row_gains
     # One stable sort puts each row's chosen positions first, in ascending order: one launch and one
     # sync for the batch instead of a nonzero() (launch + sync) per image.
-    order = torch.sort((~chosen).to(torch.uint8), dim=-1, stable=True).indices
-    indices = [order[b, :c] for b, c in enumerate(chosen.sum(-1).tolist())]
-    return Selection(indices=indices, gains=gains)
+    ascending = torch.sort((~chosen).to(torch.uint8), dim=-1, stable=True).indices
+    in_order = ascending
+    if picks is not None and picks.shape[1]:
+        # The pruning rows' picks, "no pick" moved last (a stable sort, no sync): each row's first
+        # count entries are its kept indices in pick order. Fewer picks than n: k < allowed <= n.
+        last = torch.sort((picks < 0).to(torch.uint8), dim=-1, stable=True).indices
+        in_order = ascending.clone()
+        in_order[rows, : picks.shape[1]] = picks.gather(1, last)
+    counts = chosen.sum(-1).tolist()
+    indices = [ascending[b, :c] for b, c in enumerate(counts)]
+    order = [in_order[b, :c] for b, c in enumerate(counts)]
+    return Selection(indices=indices, order=order, gains=gains)

@@ -3,7 +3,8 @@
 The regions come from the adapter (`token_regions`, exact for each family's preprocessing); this
 module only draws, with PIL. One column per method, side by side on one sheet, each with a caption
 (method, kept/total tokens, model, answer). LLaVA-NeXT columns have two panels: its coarse base view
-of the whole image and its high-resolution crops, each drawn on the original image.
+of the whole image and its high-resolution crops, each drawn on the original image. Optionally each
+kept region carries its pick rank (`Answer.kept_order`; 1 = picked first), where the number fits.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ BACKGROUND = (255, 255, 255)
 TEXT = (20, 20, 20)
 MUTED = (90, 90, 90)
 FONT_SIZE = 14
+NUMBER_SIZE = 10
+"""Font size of the pick ranks; a rank wider or taller than its region is left out."""
+NUMBER_HALO = (255, 255, 255)
+"""Light outline around the dark rank digits, so they read on bright and dimmed regions alike."""
 CAPTION_LINES = 6
 """Most lines of answer text per caption; longer answers end with an ellipsis."""
 
@@ -95,15 +100,17 @@ def render(
     *,
     model: str,
     question: str | None = None,
+    numbers: bool = False,
 ) -> Image.Image:
-    """The sheet: a column per (method, answer) over `image`, kept regions bright, dropped ones dimmed."""
+    """The sheet: a column per (method, answer) over `image`, kept regions bright, dropped ones dimmed;
+    `numbers`: each kept region also shows its pick rank (1 = picked first) where it fits."""
     if not results:
         raise ValueError("need at least one result to draw")
     image = image.convert("RGB")
     scale = PANEL_SIDE / max(image.size)
     shown = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BICUBIC)
     font = _font(FONT_SIZE)
-    columns = [_column(shown, scale, regions, method, answer, model, font) for method, answer in results]
+    columns = [_column(shown, scale, regions, method, answer, model, font, numbers) for method, answer in results]
     width = sum(c.width for c in columns) + GAP * (len(columns) + 1)
     header = _wrap(f"Q: {question}", font, width - 2 * GAP) if question else []
     top = GAP + _lines_height(header, font)
@@ -124,21 +131,24 @@ def picture_for(
     *,
     prepared: Prepared | None = None,
     row: int = 0,
+    numbers: bool = False,
 ) -> Image.Image:
     """`render` for answers from `engine`; `prepared` (and `row` in it) if the caller has them, else made here."""
     if prepared is None:
         prepared = engine.prepare([image], [question])
     return render(image, engine.adapter.token_regions(prepared, row), results, model=engine.model_name,
-                  question=question)
+                  question=question, numbers=numbers)
 
 
 def show(
-    engine: Engine, image: Image.Image, question: str, methods: Sequence[str], **options: Any
+    engine: Engine, image: Image.Image, question: str, methods: Sequence[str], *, numbers: bool = False,
+    **options: Any,
 ) -> tuple[Image.Image, list[tuple[str, Answer]]]:
-    """Answer `question` once per method (`options` go to `Engine.run_prepared`) and draw them side by side."""
+    """Answer `question` once per method (`options` go to `Engine.run_prepared`) and draw them side by side
+    (`numbers`: with pick ranks, see `render`)."""
     prepared = engine.prepare([image], [question])
     results = [(m, engine.run_prepared(prepared, [question], method=m, **options)[0]) for m in methods]
-    return picture_for(engine, image, question, results, prepared=prepared), results
+    return picture_for(engine, image, question, results, prepared=prepared, numbers=numbers), results
 
 
 def save_batch_pictures(
@@ -159,9 +169,11 @@ def save_batch_pictures(
 
 
 def _column(
-    shown: Image.Image, scale: float, regions: TokenRegions, method: str, answer: Answer, model: str, font: Any
+    shown: Image.Image, scale: float, regions: TokenRegions, method: str, answer: Answer, model: str, font: Any,
+    numbers: bool = False,
 ) -> Image.Image:
     kept = set(answer.kept_indices[0])
+    ranks = {token: rank for rank, token in enumerate(answer.kept_order[0], start=1)} if numbers else {}
     width = max(shown.width, MIN_COLUMN)
     small = _font(FONT_SIZE - 2)
     label_h = _lines_height(["x"], small) if len(regions.panels) > 1 else 0
@@ -170,7 +182,7 @@ def _column(
         tokens = [i for i, panel in enumerate(regions.panel) if panel == p]
         in_panel = [i for i in tokens if i in kept]
         label = f"{name}: {len(in_panel)}/{len(tokens)} tokens kept" if label_h else ""
-        panels.append((label, _panel(shown, scale, regions, tokens, kept)))
+        panels.append((label, _panel(shown, scale, regions, tokens, kept, ranks)))
     caption = [f"{method} · {answer.vision_kept}/{answer.vision_total} vision tokens kept"]
     caption += _wrap(model, small, width)[:1]
     answer_text = " ".join(answer.answer.split()) or "(empty answer)"
@@ -194,8 +206,12 @@ def _column(
     return column
 
 
-def _panel(shown: Image.Image, scale: float, regions: TokenRegions, tokens: list[int], kept: set[int]) -> Image.Image:
-    """`shown` dimmed, with the kept tokens' regions (of `tokens`) bright and outlined."""
+def _panel(
+    shown: Image.Image, scale: float, regions: TokenRegions, tokens: list[int], kept: set[int],
+    ranks: dict[int, int] | None = None,
+) -> Image.Image:
+    """`shown` dimmed, with the kept tokens' regions (of `tokens`) bright and outlined, and their `ranks`
+    (token -> number) centred in them where the number fits."""
     dim = Image.blend(shown, Image.new("RGB", shown.size, DARK), DIM)
     mask = Image.new("L", shown.size, 0)
     fill = ImageDraw.Draw(mask)
@@ -206,13 +222,26 @@ def _panel(shown: Image.Image, scale: float, regions: TokenRegions, tokens: list
             continue
         x0, y0, x1, y1 = (round(v * scale) for v in box)
         if x1 > x0 and y1 > y0:
-            rects.append((x0, y0, x1 - 1, y1 - 1))  # PIL rectangles include their last pixel
-            fill.rectangle(rects[-1], fill=255)
+            rects.append((i, (x0, y0, x1 - 1, y1 - 1)))  # PIL rectangles include their last pixel
+            fill.rectangle(rects[-1][1], fill=255)
     panel = Image.composite(shown, dim, mask)
-    outline = ImageDraw.Draw(panel)
-    for rect in rects:
-        outline.rectangle(rect, outline=OUTLINE, width=1)
+    draw = ImageDraw.Draw(panel)
+    for _, rect in rects:
+        draw.rectangle(rect, outline=OUTLINE, width=1)
+    if ranks:
+        number_font = _font(NUMBER_SIZE)
+        for i, rect in rects:
+            _number(draw, rect, str(ranks[i]), number_font)
     return panel
+
+
+def _number(draw: ImageDraw.ImageDraw, rect: tuple[int, int, int, int], text: str, font: Any) -> None:
+    """`text` centred in `rect` (inclusive corners), dark with a light halo; left out if it does not fit."""
+    x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font, stroke_width=1)
+    if x1 - x0 > rect[2] - rect[0] + 1 or y1 - y0 > rect[3] - rect[1] + 1:
+        return
+    at = (round((rect[0] + rect[2] + 1 - x0 - x1) / 2), round((rect[1] + rect[3] + 1 - y0 - y1) / 2))
+    draw.text(at, text, font=font, fill=TEXT, stroke_width=1, stroke_fill=NUMBER_HALO)
 
 
 def _font(size: int) -> Any:

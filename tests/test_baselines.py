@@ -13,18 +13,20 @@ def _unit(*angles_deg: float) -> torch.Tensor:
 
 def test_uniform_spreads_over_the_allowed_tokens():
     V = torch.randn(1, 9, 4)
-    assert choose("uniform", V, V, k=3)[0].tolist() == [1, 4, 7]
+    assert choose("uniform", V, V, k=3).indices[0].tolist() == [1, 4, 7]
     allowed = torch.tensor([[False, False, True, True, True, True, True, True, False]])
     # allowed are 2..7 (6 tokens): ranks 1 and 4 -> positions 3 and 6
-    assert choose("uniform", V, V, k=2, allowed=allowed)[0].tolist() == [3, 6]
+    assert choose("uniform", V, V, k=2, allowed=allowed).indices[0].tolist() == [3, 6]
 
 
 def test_divprune_starts_far_from_the_mean_then_maximises_the_nearest_distance():
     # Angles 0, 10, 20, 90, 180: their mean points at ~38 deg, so token 4 (180 deg) is farthest from it.
     U = _unit(0, 10, 20, 90, 180)[None]
-    got = choose("divprune", U, U, k=2)[0].tolist()
+    got = choose("divprune", U, U, k=2).indices[0].tolist()
     assert got == [0, 4]  # 180 first, then the token farthest from it: 0 deg
-    assert choose("divprune", U, U, k=3)[0].tolist() == [0, 3, 4]  # then 90 (nearest pick 90 deg away)
+    three = choose("divprune", U, U, k=3)
+    assert three.indices[0].tolist() == [0, 3, 4]  # then 90 (nearest pick 90 deg away)
+    assert three.order[0].tolist() == [4, 0, 3]  # the order it picked them in
 
 
 def test_vision_and_text_cover_their_own_side_only():
@@ -32,24 +34,25 @@ def test_vision_and_text_cover_their_own_side_only():
     U = _unit(0, 1, 2, 90, 95)[None]
     V = _unit(0, 1, 2, 90, 95)[None]
     T = _unit(92)[None]
-    assert choose("text", V, U, T, k=1)[0].tolist() == [3]
-    vision = choose("vision", V, U, T, k=1)[0].tolist()
-    assert vision == choose("vision", V, U, None, k=1)[0].tolist()  # the text plays no part
+    assert choose("text", V, U, T, k=1).indices[0].tolist() == [3]
+    vision = choose("vision", V, U, T, k=1).indices[0].tolist()
+    assert vision == choose("vision", V, U, None, k=1).indices[0].tolist()  # the text plays no part
     assert vision != [3] and vision != [4]  # the big cluster covers more vision tokens
     # No text rows: text falls back to vision coverage.
     no_text = torch.zeros(1, 1, dtype=torch.bool)
-    assert choose("text", V, U, T, k=2, text_mask=no_text)[0].tolist() == choose("vision", V, U, k=2)[0].tolist()
+    fallback = choose("text", V, U, T, k=2, text_mask=no_text).indices[0].tolist()
+    assert fallback == choose("vision", V, U, k=2).indices[0].tolist()
 
 
 def test_random_is_seeded_and_independent_of_the_batch():
     V = torch.randn(3, 20, 4)
     mask = torch.ones(3, 20, dtype=torch.bool)
     mask[1, 15:] = False
-    batched = choose("random", V, V, k=[5, 5, 3], vision_mask=mask, allowed=mask)
-    alone = choose("random", V[2:], V[2:], k=3)
+    batched = choose("random", V, V, k=[5, 5, 3], vision_mask=mask, allowed=mask).indices
+    alone = choose("random", V[2:], V[2:], k=3).indices
     assert batched[2].tolist() == alone[0].tolist()
-    assert batched[0].tolist() == choose("random", V[:1], V[:1], k=5)[0].tolist()
-    assert choose("random", V[:1], V[:1], k=5, seed=1)[0].tolist() != batched[0].tolist()
+    assert batched[0].tolist() == choose("random", V[:1], V[:1], k=5).indices[0].tolist()
+    assert choose("random", V[:1], V[:1], k=5, seed=1).indices[0].tolist() != batched[0].tolist()
     assert (batched[1] < 15).all()
 
 
@@ -61,12 +64,32 @@ def test_edge_rules_are_those_of_mmtok(method):
     allowed[:, ::3] = False  # 8 allowed per image
     mask = torch.ones(2, 12, dtype=torch.bool)
     mask[1, 10:] = False
-    got = choose(method, V, U, T, k=[5, 5], vision_mask=mask, allowed=allowed & mask)
+    got = choose(method, V, U, T, k=[5, 5], vision_mask=mask, allowed=allowed & mask).indices
     for row, kept in enumerate(got):
         assert len(kept) == 5 and kept.tolist() == sorted(set(kept.tolist()))
         assert allowed[row, kept].all() and mask[row, kept].all()
-    assert choose(method, V, U, T, k=[12, 20], vision_mask=mask)[1].tolist() == list(range(10))  # k >= n: all
-    assert choose(method, V, U, T, k=10, allowed=allowed)[0].tolist() == allowed[0].nonzero().flatten().tolist()
+    assert choose(method, V, U, T, k=[12, 20], vision_mask=mask).indices[1].tolist() == list(range(10))  # k >= n: all
+    short = choose(method, V, U, T, k=10, allowed=allowed).indices[0].tolist()
+    assert short == allowed[0].nonzero().flatten().tolist()
+
+
+@pytest.mark.parametrize("method", ("mmtok",) + BASELINES)
+def test_order_is_a_permutation_of_the_kept_indices(method):
+    """Pruning rows (one padded), a keep-all row and a keep-allowed row in one batch."""
+    torch.manual_seed(1)
+    V, U, T = torch.randn(4, 16, 6), torch.randn(4, 16, 5), torch.randn(4, 3, 6)
+    mask = torch.ones(4, 16, dtype=torch.bool)
+    mask[1, 11:] = False
+    allowed = mask.clone()
+    allowed[3, ::2] = False  # 8 allowed, k = 9
+    sel = choose(method, V, U, T, k=[6, 5, 20, 9], vision_mask=mask, allowed=allowed)
+    for row, (kept, order) in enumerate(zip(sel.indices, sel.order)):
+        assert sorted(order.tolist()) == kept.tolist() and len(set(order.tolist())) == len(kept), row
+    assert sel.order[2].tolist() == list(range(16)) and sel.order[3].tolist() == list(range(1, 16, 2))
+    if method in ("random", "uniform"):  # no pick order of their own: index order
+        assert all(o.tolist() == i.tolist() for o, i in zip(sel.order, sel.indices))
+    else:  # greedy: the first pick is not simply the lowest index every time
+        assert any(o.tolist() != i.tolist() for o, i in zip(sel.order[:2], sel.indices[:2]))
 
 
 def test_unknown_method_is_refused():
@@ -85,3 +108,9 @@ def test_every_method_runs_through_the_engine(engine):
                              max_new_tokens=2)
         kept = [a.vision_kept for a in answers]
         assert kept == ([a.vision_total for a in answers] if method == "full" else [7, 5]), method
+        for a in answers:
+            assert sorted(a.kept_order[0]) == a.kept_indices[0], method
+        if method in ("full", "random", "uniform"):
+            assert all(a.kept_order == a.kept_indices for a in answers), method
+        else:  # the greedy order reaches the answers
+            assert any(a.kept_order != a.kept_indices for a in answers), method

@@ -157,6 +157,41 @@ def test_pruned_run_equals_hand_built_reference(next_engine, plain, size, k, mod
     assert answer.prompt_pruned == short.shape[1] == answer.prompt_unpruned - len(run) + k
 
 
+def test_pick_order_interleaves_the_views_by_rank(next_engine, plain):
+    """Even split: every view's first pick (base view first), then every view's second pick, ...; each view's
+    picks in its own greedy order. Global: the one greedy order. Keeping everything: index order."""
+    model, processor = plain
+    image = noise_image(3, SIZES[0])
+    inputs = _inputs(processor, [image], [QUESTION])
+    with torch.no_grad():
+        hand = _views_by_hand(model, inputs, (SIZES[0][1], SIZES[0][0]))
+        T = model.get_input_embeddings()(torch.tensor(processor.tokenizer(
+            WORDS, is_split_into_words=True, add_special_tokens=False)["input_ids"]))
+    V, U, view = hand["V"], hand["U"], hand["view"]
+    members = [(view == v).nonzero().flatten() for v in range(int(view.max()) + 1)]
+    k = 13
+    shares = split_evenly(k, [len(m) for m in members])
+    per_view = [[int(m[j]) for j in reference.greedy(reference.coverage(V[m], U[m], T), s)[0]]
+                for m, s in zip(members, shares)]
+    expected = [picks[rank] for rank in range(max(shares)) for picks in per_view if rank < len(picks)]
+    answer = next_engine.ask(image, QUESTION, tokens=k, max_new_tokens=1)
+    assert answer.kept_order == [expected] and sorted(expected) == answer.kept_indices[0]
+    assert expected != sorted(expected)
+    adapter = next_engine.adapter
+    try:
+        adapter.crop_budget = "global"
+        whole = next_engine.ask(image, QUESTION, tokens=k, max_new_tokens=1)
+    finally:
+        del adapter.crop_budget
+    assert whole.kept_order == [reference.greedy(reference.coverage(V, U, T), k)[0]]
+    everything = next_engine.ask(image, QUESTION, tokens=10_000, max_new_tokens=1)
+    assert everything.kept_order == everything.kept_indices == [list(range(len(V)))]
+    mixed = next_engine.run([image, noise_image(5, SIZES[1])], [QUESTION, "Is it red?"], tokens=[k, 4],
+                            max_new_tokens=1)
+    assert mixed[0].kept_order == [expected]
+    assert sorted(mixed[1].kept_order[0]) == mixed[1].kept_indices[0] and len(mixed[1].kept_order[0]) == 4
+
+
 def test_language_model_sees_exactly_k_image_tokens_and_no_newlines(next_engine, plain):
     model, processor = plain
     lm = next_engine.adapter.model.model.language_model

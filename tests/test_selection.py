@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mmtok_cli.selection import coverage_matrix, greedy_max_coverage, select
+from mmtok_cli.selection import coverage_matrix, greedy_max_coverage, resolve, select
 
 from . import reference
 
@@ -124,3 +124,53 @@ def test_greedy_marks_steps_past_k_or_past_the_allowed_tokens_as_no_pick():
     assert sorted(picks[2, :2].tolist()) == [0, 1] and (picks[2, 2:] == -1).all() and gains[2, 2:].isnan().all()
     for b, k in ((0, 4), (1, 1)):
         assert picks[b, :k].tolist() == reference.greedy(C[b].double(), k)[0]
+
+
+# -- pick order ----------------------------------------------------------------------------------------
+
+
+def test_order_is_the_greedy_pick_order_not_ascending():
+    # Column 2 covers the most (rows 0 and 1), then column 0 adds row 2 (0.9), then column 3 adds row 3
+    # (0.3, column 1 only 0.1): picks 2, 0, 3, kept ascending as 0, 2, 3.
+    C = torch.tensor([[0.0, 0.5, 1.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.9, 0.0, 0.0, 0.0], [0.0, 0.1, 0.0, 0.3]])
+    vision = torch.zeros(2, 4, 1)  # only the shape matters to `resolve`
+    sel = resolve(vision, [3, 4], None, None,
+                  lambda rows, k, allowed: greedy_max_coverage(C.expand(len(k), -1, -1), k, allowed))
+    assert reference.greedy(C.double(), 3)[0] == [2, 0, 3]
+    assert sel.order[0].tolist() == [2, 0, 3] and sel.indices[0].tolist() == [0, 2, 3]
+    assert sel.order[1].tolist() == sel.indices[1].tolist() == [0, 1, 2, 3]  # k >= n: index order
+
+
+@pytest.mark.parametrize("seed,n,m,k", [(0, 40, 5, 8), (2, 30, 0, 7), (4, 25, 8, 24)])
+def test_select_order_matches_plain_greedy_loop(seed, n, m, k):
+    V, U, T = _image(seed, n, m)
+    sel = select(V[None], U[None], None if T is None else T[None], k=k)
+    picked, _ = reference.greedy(reference.coverage(V, U, T), k)
+    assert sel.order[0].tolist() == picked
+    assert sorted(picked) == sel.indices[0].tolist() and picked != sorted(picked)
+
+
+@pytest.mark.parametrize("cache_bytes", [None, 1])
+def test_batched_order_equals_one_by_one(monkeypatch, cache_bytes):
+    """Pruning rows, a keep-all row and a keep-allowed row in one batch, in one greedy group or one per image."""
+    from mmtok_cli import selection
+
+    if cache_bytes is not None:
+        monkeypatch.setattr(selection, "_CPU_CACHE_BYTES", cache_bytes)
+    images = [_image(50 + i, n, 4) for i, n in enumerate((30, 22, 30, 26))]
+    V = torch.zeros(4, 30, 16)
+    U = torch.zeros(4, 30, 12)
+    T = torch.stack([t for _, _, t in images])
+    vmask = torch.zeros(4, 30, dtype=torch.bool)
+    for b, (v, u, _) in enumerate(images):
+        V[b, : len(v)], U[b, : len(u)], vmask[b, : len(v)] = v, u, True
+    allowed = vmask.clone()
+    allowed[3, 5:] = False  # 5 allowed, k = 9: keeps all allowed
+    ks = [9, 30, 4, 9]  # image 1: k >= n
+    sel = select(V, U, T, k=ks, vision_mask=vmask, allowed=allowed)
+    for b, (v, u, t) in enumerate(images):
+        alone = select(v[None], u[None], t[None], k=ks[b], allowed=allowed[b : b + 1, : len(v)])
+        assert sel.order[b].tolist() == alone.order[0].tolist()
+        assert sorted(sel.order[b].tolist()) == sel.indices[b].tolist()
+    assert sel.order[1].tolist() == list(range(22)) and sel.order[3].tolist() == list(range(5))
+    assert sel.order[0].tolist() == reference.greedy(reference.coverage(*images[0]), 9)[0]

@@ -11,7 +11,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from mmtok_cli import show
 from mmtok_cli.models.base import Prepared
@@ -167,11 +167,11 @@ def test_qwen_merged_tokens_cover_blocks_of_the_resized_grid(engines, family, si
 COLOUR = (200, 150, 100)
 
 
-def _answer(kept, total, text="a red circle"):
+def _answer(kept, total, text="a red circle", order=None):
     from mmtok_cli.engine import Answer
 
     return Answer(answer=text, output_ids=[], vision_total=total, vision_kept=len(kept), kept_indices=[kept],
-                  prompt_unpruned=0, prompt_pruned=0)
+                  kept_order=[list(kept if order is None else order)], prompt_unpruned=0, prompt_pruned=0)
 
 
 def _pixels(picture, colour) -> int:
@@ -212,6 +212,44 @@ def test_llava_next_column_has_a_base_panel_and_a_crops_panel(engines):
     assert one.height > plain.height + 192  # the second panel
 
 
+def _cell(i, side=48, at=show.GAP):
+    """Token i's 48-px cell of the tiny LLaVA's 8x8 grid in a one-column sheet with no question."""
+    row, col = divmod(i, 8)
+    return at + side * col, at + side * row, at + side * col + side, at + side * row + side
+
+
+def test_numbers_show_the_pick_rank_inside_the_kept_regions_only(engine):
+    image = Image.new("RGB", (112, 112), COLOUR)
+    regions = engine.adapter.token_regions(engine.prepare([image], ["q"]), 0)
+    picked = _answer([0, 9, 27], 64, order=[27, 0, 9])
+    plain = np.asarray(show.render(image, regions, [("mmtok", picked)], model="tiny"))
+    assert np.array_equal(plain, np.asarray(show.render(image, regions, [("mmtok", picked)], model="tiny",
+                                                        numbers=False)))
+    numbered = np.asarray(show.render(image, regions, [("mmtok", picked)], model="tiny", numbers=True))
+    changed = (numbered != plain).any(-1)
+    inside = np.zeros_like(changed)
+    for i in (0, 9, 27):
+        x0, y0, x1, y1 = _cell(i)
+        assert changed[y0:y1, x0:x1].any(), i  # every kept region got its number
+        inside[y0:y1, x0:x1] = True
+    assert not (changed & ~inside).any()  # and nothing else changed
+    # The rank, not the index: token 27, picked first, shows what token 0 shows when it is picked first.
+    first_0 = np.asarray(show.render(image, regions, [("mmtok", _answer([0, 9, 27], 64))], model="tiny",
+                                     numbers=True))
+    patch = lambda picture, i: picture[_cell(i)[1] : _cell(i)[3], _cell(i)[0] : _cell(i)[2]]  # noqa: E731
+    assert np.array_equal(patch(numbered, 27), patch(first_0, 0))
+    assert np.array_equal(patch(numbered, 0), patch(first_0, 9))  # both "2"
+    assert not np.array_equal(patch(numbered, 27), patch(first_0, 27))  # "1" vs "3"
+
+
+def test_a_number_larger_than_its_region_is_left_out():
+    font = show._font(show.NUMBER_SIZE)
+    for rect, drawn in (((2, 2, 7, 7), False), ((2, 2, 40, 40), True)):
+        canvas = Image.new("RGB", (50, 50), COLOUR)
+        show._number(ImageDraw.Draw(canvas), rect, "12", font)
+        assert (_pixels(canvas, COLOUR) < 50 * 50) is drawn
+
+
 def test_picture_names_are_safe_and_distinct():
     assert show.picture_name(7) == "7.png" and show.picture_name("cat-01.jpg") == "cat-01.jpg.png"
     a, b = show.picture_name("a/b"), show.picture_name("a_b")
@@ -246,6 +284,37 @@ def test_show_draws_methods_side_by_side_and_prints_their_answers(tiny_llava, im
         assert sheet.format == "PNG" and sheet.width == 2 * (show.PANEL_SIDE + show.GAP) + show.GAP
         expected = show.picture_for(engine, picture, "What colour is the cat?", list(answers.items()))
         assert np.array_equal(np.asarray(sheet.convert("RGB")), np.asarray(expected))
+
+
+def test_show_numbers_change_only_the_kept_regions(tiny_llava, image_file, engine):
+    from mmtok_cli.io import load_image
+
+    out = image_file.with_name("numbered.png")
+    question, methods = "What colour is the cat?", ("mmtok", "divprune")
+    result = _run("show", image_file, question, "--model", tiny_llava, "--tokens", 6, "--methods", ",".join(methods),
+                  "--max-new-tokens", 2, "--numbers", "--out", out)
+    assert result.exit_code == 0, result.stderr
+    picture = load_image(str(image_file))
+    results = [(m, engine.ask(picture, question, method=m, tokens=6, max_new_tokens=2)) for m in methods]
+    assert any(a.kept_order != a.kept_indices for _, a in results)
+    plain = np.asarray(show.picture_for(engine, picture, question, results))
+    with Image.open(out) as sheet:
+        numbered = np.asarray(sheet.convert("RGB"))
+    assert np.array_equal(numbered, np.asarray(show.picture_for(engine, picture, question, results, numbers=True)))
+    # Where each column's panel sits: below the question (the sheet without it starts at GAP).
+    regions = engine.adapter.token_regions(engine.prepare([picture], [question]), 0)
+    top = show.GAP + plain.shape[0] - show.render(picture, regions, results, model=engine.model_name).height
+    scale = show.PANEL_SIDE / max(picture.size)
+    inside = np.zeros(plain.shape[:2], dtype=bool)
+    changed = (numbered != plain).any(-1)
+    for column, (_, answer) in enumerate(results):
+        left = show.GAP + column * (show.PANEL_SIDE + show.GAP)
+        for i in answer.kept_indices[0]:
+            x0, y0, x1, y1 = (round(v * scale) for v in regions.boxes[i])
+            if x1 > x0 and y1 > y0:
+                inside[top + y0 : top + y1, left + x0 : left + x1] = True
+                assert changed[top + y0 : top + y1, left + x0 : left + x1].any()  # 33-px cells: numbers fit
+    assert changed.any() and not (changed & ~inside).any()
 
 
 @pytest.mark.parametrize(

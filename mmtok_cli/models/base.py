@@ -17,6 +17,7 @@ from PIL import Image
 
 from ..baselines import choose
 from ..errors import MmtokError
+from ..selection import Selection
 from ..text import content_token_ids
 from .regions import TokenRegions
 
@@ -136,8 +137,9 @@ class Adapter(ABC):
     def select(
         self, tokens: VisionTokens, text: torch.Tensor, text_mask: torch.Tensor, budgets: list[int],
         method: str = "mmtok", **params: float,
-    ) -> list[torch.Tensor]:
-        """Kept token indices per image (ascending) for per-image budgets; `params` are alpha / tau_t / tau_v.
+    ) -> Selection:
+        """Kept token indices per image for per-image budgets: `.indices` ascending (what the model is fed),
+        `.order` the same in pick order; `params` are alpha / tau_t / tau_v.
 
         One batched selection with `method` (MMTok or a baseline, see `baselines.choose`) over each
         image's tokens. Families whose budget is split over parts of an image (LLaVA-NeXT's crops) override this.

@@ -22,7 +22,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..baselines import choose
 from ..errors import MmtokError
-from ..selection import TAU_T_LLAVA
+from ..selection import TAU_T_LLAVA, Selection
 from .base import Adapter, Prepared, VisionTokens, drop_placeholders
 from .llava import projector_input
 from .regions import Box, Placement, TokenRegions, cell_box, clip, resize_and_crop, size_value
@@ -126,8 +126,14 @@ class LlavaNextAdapter(Adapter):
     def select(
         self, tokens: VisionTokens, text: torch.Tensor, text_mask: torch.Tensor, budgets: list[int],
         method: str = "mmtok", **params: float,
-    ) -> list[torch.Tensor]:
-        """Per-view selection with the budget split evenly over the views (or one global selection)."""
+    ) -> Selection:
+        """Per-view selection with the budget split evenly over the views (or one global selection).
+
+        The image's pick order interleaves its views by pick rank: every view's first pick (base view first,
+        then the crops), then every view's second pick, and so on, as the views choose independently and
+        at once. An image that keeps all its tokens is in index order. `gains` are left empty: each view's
+        are on its own scale.
+        """
         assert isinstance(tokens, NextVisionTokens)
         if self.crop_budget not in CROP_BUDGETS:
             raise ValueError(f"crop_budget must be one of {CROP_BUDGETS}, not {self.crop_budget!r}")
@@ -157,11 +163,24 @@ class LlavaNextAdapter(Adapter):
             text_mask=text_mask[images],
             **params,
         )
-        kept: list[list[torch.Tensor]] = [[] for _ in budgets]
-        for image, idx, pick in zip(row_image, rows, chosen):
-            kept[image].append(idx[pick])
-        empty = torch.zeros(0, dtype=torch.long, device=tokens.vision.device)
-        return [torch.sort(torch.cat(parts)).values if parts else empty for parts in kept]
+        device = tokens.vision.device
+        views: list[list[torch.Tensor]] = [[] for _ in budgets]  # per image, each view's picks in pick order
+        for image, idx, order in zip(row_image, rows, chosen.order):
+            views[image].append(idx[order])
+        counts = tokens.counts
+        indices, orders = [], []
+        for image, picks in enumerate(views):
+            if not picks:  # a budget of 0
+                indices.append(torch.zeros(0, dtype=torch.long, device=device))
+                orders.append(indices[-1])
+                continue
+            ranks = torch.cat([torch.arange(len(p), device=device) for p in picks])
+            # A stable sort by rank keeps the views in order within each rank.
+            order = torch.cat(picks)[torch.sort(ranks, stable=True).indices]
+            indices.append(torch.sort(order).values)
+            orders.append(indices[-1] if len(order) == counts[image] else order)
+        no_gains = torch.full((len(budgets), 0), float("nan"), device=device)
+        return Selection(indices=indices, order=orders, gains=no_gains)
 
     def generation_inputs(self, prepared: Prepared, tokens: VisionTokens, kept: list[torch.Tensor] | None) -> dict:
         assert isinstance(tokens, NextVisionTokens)
