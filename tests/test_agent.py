@@ -153,6 +153,27 @@ def test_agent_batch_equals_one_at_a_time(engine, pictures):
                                                                    alone.kept_indices)
 
 
+@pytest.mark.parametrize("family", ["llava-next", "qwen2.5-vl"])
+def test_agent_in_the_other_families(family, tiny_qwen, tmp_path, pictures):
+    """The first pass reuses each family's own encoded tokens (crops, merged tokens) and shortened inputs."""
+    if family == "qwen2.5-vl":
+        folder = tiny_qwen
+    else:
+        from mmtok_cli.tiny import build_tiny_llava_next
+
+        folder = build_tiny_llava_next(tmp_path / "next", seed=0)
+    main = Engine(str(folder), device="cpu", dtype="float32")
+    batch = main.run(pictures[:2], QUESTIONS[:2], tokens=[6, 10], max_new_tokens=3, agent=True)
+    for picture, question, k, got in zip(pictures, QUESTIONS, [6, 10], batch):
+        alone = main.ask(picture, question, tokens=k, max_new_tokens=3, agent=True)
+        assert (got.agent_answer, got.output_ids, got.kept_indices) == (alone.agent_answer, alone.output_ids,
+                                                                        alone.kept_indices)
+        assert got.vision_kept == k and got.agent_answer is not None
+    n = batch[0].vision_total
+    full = main.ask(pictures[0], QUESTIONS[0], method="full", max_new_tokens=3)
+    assert main.ask(pictures[0], QUESTIONS[0], tokens=n, max_new_tokens=3, agent=True).output_ids == full.output_ids
+
+
 def test_methods_without_t_reject_the_agent(engine, pictures):
     from mmtok_cli.errors import UsageError
 
