@@ -44,6 +44,10 @@ class BatchOptions:
     """Let unexpected exceptions propagate instead of turning them into error records."""
     show_dir: Path | None = None
     """Write one picture per answered item here (`mmtok show`'s drawing), named by the item's id."""
+    agent: bool = False
+    """A cheap first pass per batch; its preliminary answers join the questions' words in T (`Engine.run_prepared`)."""
+    agent_tokens: int | None = None
+    """The first pass's budget (None: the item's budget; all tokens when the engine has an `agent_engine`)."""
 
 
 @dataclass
@@ -58,6 +62,10 @@ class Summary:
     """Time the model side spent waiting for the loader (images + preprocessing)."""
     batch_size: int = 0
     """The batch size in use at the end (smaller than asked after out-of-memory halving)."""
+    agent_ms: float = 0.0
+    """The agent's first passes, summed over the answered items' shares."""
+    model_ms: float = 0.0
+    """Everything the model side spent on the answered items (their timings' totals, agent included)."""
 
     def count(self, rec: dict[str, Any]) -> None:
         """Add one output record to the tallies."""
@@ -66,6 +74,8 @@ class Summary:
             self.ok += 1
             self.kept += rec["vision_tokens"]["kept"]
             self.total += rec["vision_tokens"]["total"]
+            self.agent_ms += rec["timings_ms"].get("agent", 0.0)
+            self.model_ms += rec["timings_ms"].get("total", 0.0)
         else:
             self.failed += 1
 
@@ -81,6 +91,8 @@ class Summary:
             "items_per_s": round(self.items_per_s, 3), "wall_s": round(self.wall_s, 3),
             "waiting_on_loader_share": round(self.wait_s / self.wall_s, 4) if self.wall_s else 0.0,
             "batch_size": self.batch_size,
+            "mean_agent_ms": round(self.agent_ms / self.ok, 3) if self.ok and self.agent_ms else None,
+            "agent_share": round(self.agent_ms / self.model_ms, 4) if self.model_ms and self.agent_ms else None,
         }
 
 
@@ -282,7 +294,10 @@ class BatchRunner:
             "max_new_tokens": [e.item.max_new_tokens or opts.max_new_tokens for e in entries],
             "preprocess_ms": preprocess_ms,
         }
-        answers = self.engine.run_prepared(prepared, questions, method=opts.method, **run)
+        agent: dict[str, Any] = {}
+        if opts.agent:  # the unpruned run of --compare never takes the agent: it reads every token anyway
+            agent = {"agent": True, "agent_tokens": opts.agent_tokens, "images": [e.image for e in entries]}
+        answers = self.engine.run_prepared(prepared, questions, method=opts.method, **run, **agent)
         if opts.show_dir is not None:
             from .show import save_batch_pictures
 

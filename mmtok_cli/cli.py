@@ -21,7 +21,15 @@ from rich.markup import escape
 
 from . import __version__
 from .errors import MmtokError, UsageError, first_line
-from .options import DEFAULT_MODEL, METHOD_HELP, METHODS, check_options
+from .options import (
+    AGENT_MAX_NEW_TOKENS,
+    AGENT_METHODS,
+    DEFAULT_MODEL,
+    METHOD_HELP,
+    METHODS,
+    check_agent,
+    check_options,
+)
 
 if TYPE_CHECKING:  # the ML stack loads lazily so bad input is rejected fast
     from .batch import Summary
@@ -73,6 +81,27 @@ DtypeOpt = Annotated[
     str, typer.Option("--dtype", help="auto | float32 | bfloat16 | float16 (auto: bfloat16 on GPU, float32 on CPU).")
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks and library warnings.")]
+AGENT_HELP = (
+    "a cheap first pass (the same model at --agent-tokens, or --agent-model) answers each question; the words "
+    "of that preliminary answer join the question's words that the selection covers, then the vision tokens are "
+    "selected again and the real answer is generated. The prompt never contains the preliminary answer. Costs "
+    f"an extra generation pass (up to {AGENT_MAX_NEW_TOKENS} tokens), reported as timings_ms.agent; the "
+    f"preliminary answer is agent_answer. Only changes the methods that read the question: {', '.join(AGENT_METHODS)}."
+)
+AgentOpt = Annotated[
+    bool, typer.Option("--agent", help=f"The paper's optional agent: {AGENT_HELP}", rich_help_panel="Agent")
+]
+AgentModelOpt = Annotated[
+    str | None,
+    typer.Option("--agent-model", metavar="MODEL", help="A second, smaller checkpoint (hub id or folder) for the "
+                 "agent's first pass instead of the same model; it reads the image with all its own vision tokens "
+                 "unless --agent-tokens is given. Needs --agent.", rich_help_panel="Agent"),
+]
+AgentTokensOpt = Annotated[
+    int | None,
+    typer.Option("--agent-tokens", metavar="N", help="Vision tokens of the agent's first pass (default: --tokens "
+                 "with the same model, all of them with --agent-model). Needs --agent.", rich_help_panel="Agent"),
+]
 
 
 def _load_config(ctx: typer.Context, param: typer.CallbackParam, value: Path | None) -> Path | None:
@@ -201,13 +230,19 @@ def _engine_fields(engine: Engine, method: str, load_ms: float) -> dict[str, Any
     }
 
 
-def _load_engine(model: str, device: str, dtype: str) -> tuple[Engine, float]:
+def _load_engine(model: str, device: str, dtype: str, agent_model: str | None = None) -> tuple[Engine, float]:
     from .engine import Engine
 
     start = time.perf_counter()
-    with err.status(f"loading {escape(model)} …"):
-        engine = Engine(model, device=device, dtype=dtype)
+    also = f" and the agent's {escape(agent_model)}" if agent_model else ""
+    with err.status(f"loading {escape(model)}{also} …"):
+        engine = Engine(model, device=device, dtype=dtype, agent_model=agent_model)
     return engine, (time.perf_counter() - start) * 1e3
+
+
+def _agent_options(agent: bool, agent_tokens: int | None) -> dict[str, Any]:
+    """Keyword arguments for `Engine.run_prepared` that turn the agent on (none when it is off)."""
+    return {"agent": True, "agent_tokens": agent_tokens} if agent else {}
 
 
 CompareOpt = Annotated[
@@ -254,6 +289,9 @@ def ask(
     compare: CompareOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of text.")] = False,
     show_path: ShowOpt = None,
+    agent: AgentOpt = False,
+    agent_model: AgentModelOpt = None,
+    agent_tokens: AgentTokensOpt = None,
     config: ConfigOpt = None,
     debug: DebugOpt = False,
 ) -> None:
@@ -267,7 +305,7 @@ def ask(
     total}, speedup {estimated, measured}, kept_indices (one ascending list per image), model,
     family, method, model_load_ms, device, dtype. speedup.estimated is an ESTIMATE: the language
     model's prefill FLOPs unpruned / pruned, from the model config; speedup.measured is filled
-    only with --compare.
+    only with --compare. With --agent: agent_answer, and timings_ms.agent (in total too).
 
     Examples:
 
@@ -278,18 +316,21 @@ def ask(
       mmtok ask photo.jpg "How many people?" --compare --json | jq .speedup
 
       mmtok ask photo.jpg "Where is the dog?" --tokens 32 --show kept.png
+
+      mmtok ask photo.jpg "What is the man holding?" --tokens 16 --agent --json | jq .agent_answer
     """
     from .io import answer_fields, load_image
 
     def work() -> None:
         check_options(tokens=tokens, method=method, max_new_tokens=max_new_tokens, dtype=dtype, device=device)
+        check_agent(agent=agent, method=method, agent_model=agent_model, agent_tokens=agent_tokens)
         if not question.strip():
             raise UsageError("the question is empty; pass the question as the second argument, in quotes")
         target = _show_target(show_path)
         picture = load_image(image)
-        engine, load_ms = _load_engine(model, device, dtype)
+        engine, load_ms = _load_engine(model, device, dtype, agent_model)
         options = {"tokens": tokens, "max_new_tokens": max_new_tokens}
-        answer = engine.ask(picture, question, method=method, **options)
+        answer = engine.ask(picture, question, method=method, **options, **_agent_options(agent, agent_tokens))
         full = engine.ask(picture, question, method="full", **options) if compare else None
         if target is not None:
             _save_show(engine, picture, question, [(method, answer)] + ([("full", full)] if full else []), target)
@@ -304,10 +345,12 @@ def ask(
         measured = f", measured {speedup['measured']:.2f}x" if speedup["measured"] else ""
         agree = "" if full is None else (" · same answer unpruned" if fields["compare"]["agree"] else
                                         f" · unpruned answer differs: {full.answer!r}")
+        first = "" if answer.agent_answer is None else (
+            f" · agent answered {answer.agent_answer!r} first ({answer.timings_ms['agent'] / 1e3:.2f} s of it)")
         err.print(
             f"vision tokens {answer.vision_kept}/{answer.vision_total} · "
             f"prompt {answer.prompt_pruned} tokens (was {answer.prompt_unpruned}) · "
-            f"{answer.timings_ms['total'] / 1e3:.2f} s · "
+            f"{answer.timings_ms['total'] / 1e3:.2f} s{first} · "
             f"speedup estimated {speedup['estimated']:.2f}x{measured}{agree}",
             style="dim",
             highlight=False,
@@ -372,6 +415,9 @@ def batch(
         float, typer.Option("--gpus-per-worker", help="GPUs each Ray actor reserves (0: CPU only).",
                             rich_help_panel="Ray")
     ] = 0.0,
+    agent: AgentOpt = False,
+    agent_model: AgentModelOpt = None,
+    agent_tokens: AgentTokensOpt = None,
     config: ConfigOpt = None,
     debug: DebugOpt = False,
 ) -> None:
@@ -388,7 +434,8 @@ def batch(
     measured}, error. A line that cannot be answered (bad JSON, missing field, missing or corrupt
     image, unreachable URL, empty question) gets error set, and the run goes on. speedup.estimated
     is an ESTIMATE (language-model prefill FLOPs unpruned / pruned, from the config); measured and
-    a 'compare' object {answer, agree, timings_ms} come with --compare.
+    a 'compare' object {answer, agree, timings_ms} come with --compare. With --agent, records also have
+    agent_answer and timings_ms.agent (the first pass runs once per batch), and the summary its share.
 
     Records are flushed after every batch: an interrupted run loses at most the batch in flight, and
     --resume continues it. stdout carries only records; progress and the summary go to stderr.
@@ -408,10 +455,13 @@ def batch(
       mmtok batch questions.jsonl --out answers.jsonl --resume --retry-errors
 
       mmtok batch questions.jsonl --out answers.jsonl --ray --ray-address auto --workers 8 --gpus-per-worker 1
+
+      mmtok batch questions.jsonl --out answers.jsonl --tokens 16 --agent --agent-model Qwen/Qwen2.5-VL-3B-Instruct
     """
 
     def work() -> int:
         check_options(tokens=tokens, method=method, max_new_tokens=max_new_tokens, dtype=dtype, device=device)
+        check_agent(agent=agent, method=method, agent_model=agent_model, agent_tokens=agent_tokens)
         if batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
         if workers < 1 or gpus_per_worker < 0:
@@ -430,20 +480,25 @@ def batch(
         from .io import RecordWriter
 
         options = BatchOptions(tokens=tokens, method=method, max_new_tokens=max_new_tokens,
-                               batch_size=batch_size, compare=compare, debug=debug, show_dir=pictures)
+                               batch_size=batch_size, compare=compare, debug=debug, show_dir=pictures,
+                               agent=agent, agent_tokens=agent_tokens)
         if ray:
             from .models.registry import check_model
             from .ray_batch import RayOptions, import_ray, run_on_ray
 
             import_ray()  # fail before touching --out when Ray is missing
             check_model(model)  # and before starting Ray when the model cannot be found
+            if agent_model is not None:
+                from .engine import check_agent_model
+
+                check_agent_model(agent_model)
             ray_options = RayOptions(address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker)
 
             def execute(emit: Callable, update: Callable) -> Summary:
                 return run_on_ray(plan.items(), emit, update, model=model, device=device, dtype=dtype,
-                                  options=options, base=plan.base, ray_options=ray_options)
+                                  options=options, base=plan.base, ray_options=ray_options, agent_model=agent_model)
         else:
-            runner = BatchRunner(_load_engine(model, device, dtype)[0], options, base=plan.base)
+            runner = BatchRunner(_load_engine(model, device, dtype, agent_model)[0], options, base=plan.base)
 
             def execute(emit: Callable, update: Callable) -> Summary:
                 return runner.run(plan.items(), emit, update)
@@ -604,6 +659,8 @@ def _print_summary(summary: Summary, plan: _Plan, out: str, asked_batch: int) ->
     err.print(
         f"{summary.items} items{resumed}: {summary.ok} ok, {summary.failed} failed · {kept}"
         f"{d['items_per_s']:.1f} items/s · {d['wall_s']:.1f} s"
+        + (f" · the agent's first pass took {d['mean_agent_ms']:.1f} ms/item, {100 * d['agent_share']:.0f}% of the "
+           "model's time" if d["mean_agent_ms"] else "")
         + (f" · model waited on image loading {100 * d['waiting_on_loader_share']:.0f}% of the time"
            if summary.wait_s else ""),
         highlight=False, markup=False,
@@ -901,6 +958,18 @@ def eval_command(
         Path | None, typer.Option("--predictions", help="Write every prediction (method, tokens, id, answer, "
                                   "prediction, correct) to this JSONL file.")
     ] = None,
+    agent: Annotated[
+        bool, typer.Option("--agent", help="Also run each method that reads the question "
+                           f"({', '.join(AGENT_METHODS)}) with the paper's optional agent, as rows labelled "
+                           f"METHOD+agent next to the plain ones: {AGENT_HELP}", rich_help_panel="Agent")
+    ] = False,
+    agent_model: AgentModelOpt = None,
+    agent_tokens: Annotated[
+        int | None,
+        typer.Option("--agent-tokens", metavar="N", help="Vision tokens of the agent's first pass (default: each "
+                     "row's budget with the same model, all of them with --agent-model). Needs --agent.",
+                     rich_help_panel="Agent"),
+    ] = None,
     config: ConfigOpt = None,
     debug: DebugOpt = False,
 ) -> None:
@@ -916,19 +985,24 @@ def eval_command(
       mmtok synth --out synth --n 100
 
       mmtok eval synth/questions.jsonl --tokens 64,16,4 --methods mmtok,random,divprune --json eval.json
+
+      mmtok eval synth/questions.jsonl --tokens 16,4 --methods mmtok --agent
     """
     from .evaluate import load_labelled, parse_methods, parse_tokens
 
     def work() -> None:
         budgets, chosen = parse_tokens(tokens), parse_methods(methods)
         check_options(tokens=min(budgets), method="mmtok", max_new_tokens=max_new_tokens, dtype=dtype, device=device)
+        check_agent(agent=agent, method=None, agent_model=agent_model, agent_tokens=agent_tokens)
+        if agent and not set(chosen) & set(AGENT_METHODS):
+            raise UsageError(f"--agent only changes {' and '.join(AGENT_METHODS)}; add one of them to --methods")
         if batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
         _check_outputs(json_path, plot_path, predictions_path, plot=plot_path)
         items = load_labelled(data)
         from . import evaluate as ev
 
-        engine, _ = _load_engine(model, device, dtype)
+        engine, _ = _load_engine(model, device, dtype, agent_model)
         sink = predictions_path.open("w", encoding="utf-8") if predictions_path else None
         try:
             with err.status("evaluating …") as status:
@@ -936,6 +1010,7 @@ def eval_command(
                     engine, items, methods=chosen, budgets=budgets, base=data.parent, batch_size=batch_size,
                     max_new_tokens=max_new_tokens, progress=lambda text: status.update(f"evaluating: {escape(text)}"),
                     predictions=(lambda rows: sink.writelines(json.dumps(r) + "\n" for r in rows)) if sink else None,
+                    agent=agent, agent_tokens=agent_tokens,
                 )
         finally:
             if sink:

@@ -15,11 +15,11 @@ import torch
 from PIL import Image
 from transformers.generation.streamers import BaseStreamer
 
-from .errors import UsageError
+from .errors import MmtokError, UsageError
 from .flops import estimated_speedup
 from .models import Adapter, load_adapter
-from .models.base import Prepared
-from .options import DEFAULT_MODEL, DTYPES, check_options
+from .models.base import Prepared, VisionTokens
+from .options import AGENT_MAX_NEW_TOKENS, DEFAULT_MODEL, DTYPES, check_agent, check_options
 from .selection import ALPHA, TAU_V
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -42,6 +42,8 @@ class Answer:
     speedup_estimated: float = 1.0
     """Language-model prefill FLOPs unpruned / pruned, from the config (an estimate, see flops.py)."""
     timings_ms: dict[str, float] = field(default_factory=dict)
+    agent_answer: str | None = None
+    """The agent's preliminary answer, whose words joined the question's in T; None without the agent."""
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -87,14 +89,30 @@ class Engine:
     """A loaded model plus its family adapter; reusable across many batches."""
 
     def __init__(
-        self, model: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto", random_weights: bool = False
+        self, model: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto", random_weights: bool = False,
+        agent_model: str | Engine | None = None,
     ) -> None:
-        """`random_weights=True`: build the checkpoint's architecture with random weights (see `load_adapter`)."""
+        """`random_weights=True`: build the checkpoint's architecture with random weights (see `load_adapter`).
+
+        `agent_model`: a second, smaller checkpoint (or a loaded `Engine`) that makes the agent's preliminary
+        answers (`run_prepared(agent=True)`); without it, this model makes them.
+        """
+        if isinstance(agent_model, str):
+            check_agent_model(agent_model)  # seconds, before the main model loads for minutes
         self.model_name = model
         self.random_weights = random_weights
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.adapter: Adapter = load_adapter(model, device=self.device, dtype=self.dtype, random_weights=random_weights)
+        self.agent_engine: Engine | None = None
+        """The agent's own model, when it is not this one."""
+        if isinstance(agent_model, Engine):
+            self.agent_engine = agent_model
+        elif agent_model is not None:
+            try:
+                self.agent_engine = Engine(agent_model, device=device, dtype=dtype, random_weights=random_weights)
+            except MmtokError as exc:
+                raise _agent_model_error(exc) from exc
 
     def _sync(self) -> float:
         if self.device.type == "cuda":
@@ -114,10 +132,11 @@ class Engine:
 
     def run(self, images: list[Image.Image], questions: list[str], **options: Any) -> list[Answer]:
         """Answer one question per image as a single batch: `prepare`, then `run_prepared` with `options`
-        (tokens, method, max_new_tokens, alpha, tau_t, tau_v, ignore_eos; see there)."""
+        (tokens, method, max_new_tokens, alpha, tau_t, tau_v, ignore_eos, agent, agent_tokens; see there)."""
         t0 = self._sync()
         prepared = self.prepare(images, questions)
-        return self.run_prepared(prepared, questions, preprocess_ms=(self._sync() - t0) * 1e3, **options)
+        return self.run_prepared(prepared, questions, preprocess_ms=(self._sync() - t0) * 1e3, images=images,
+                                 **options)
 
     @torch.inference_mode()
     def run_prepared(
@@ -133,24 +152,47 @@ class Engine:
         tau_v: float = TAU_V,
         preprocess_ms: float = 0.0,
         ignore_eos: bool = False,
+        agent: bool = False,
+        agent_tokens: int | None = None,
+        agent_max_new_tokens: int = AGENT_MAX_NEW_TOKENS,
+        images: Sequence[Image.Image] | None = None,
     ) -> list[Answer]:
         """Answer the questions of a batch made by `prepare`.
 
         `tokens` and `max_new_tokens` are one value for all or one per image. `ignore_eos=True`
         generates exactly `max_new_tokens` (the largest) for every image, for fixed-work timing.
         `preprocess_ms` is what `prepare` took, for the timings.
+
+        `agent=True` (methods mmtok and text only) first answers the whole batch cheaply: this model at
+        `agent_tokens` (default: `tokens`) on the vision tokens it has already encoded, or `agent_engine`
+        (with all its vision tokens unless `agent_tokens` is given; it needs `images`), generating up to
+        `agent_max_new_tokens`. Each preliminary answer's words join its question's words in T, then the
+        tokens are selected again and the answer generated; the prompt never contains the preliminary
+        answer. Its cost is `timings_ms["agent"]`, the answer `Answer.agent_answer`.
         """
         budgets = _per_item(tokens, len(questions), "token budget")
         limits = _per_item(max_new_tokens, len(questions), "max_new_tokens")
         check_options(tokens=min(budgets), method=method, max_new_tokens=min(limits))
+        if agent:
+            check_agent(agent=True, method=method, agent_tokens=agent_tokens)
+            if agent_max_new_tokens < 1:
+                raise UsageError(f"the agent's max_new_tokens must be at least 1 (got {agent_max_new_tokens})")
         adapter = self.adapter
 
         t_pre = self._sync()
         vt = adapter.encode(prepared)
         t_vis = self._sync()
+        agent_answers = None
+        if agent:
+            agent_answers = self._agent_answers(
+                prepared, vt, questions, budgets if agent_tokens is None else [agent_tokens] * len(questions),
+                method=method, explicit_budget=agent_tokens is not None, max_new_tokens=agent_max_new_tokens,
+                images=images, alpha=alpha, tau_t=tau_t, tau_v=tau_v,
+            )
+        t_agent = self._sync() if agent else t_vis
         kept = order = None
         if method != "full":
-            text, text_mask = adapter.text_tokens(questions)
+            text, text_mask = adapter.text_tokens(questions, agent_answers)
             selection = adapter.select(
                 vt, text, text_mask, budgets, method=method,
                 alpha=alpha, tau_t=adapter.tau_t if tau_t is None else tau_t, tau_v=tau_v,
@@ -180,7 +222,8 @@ class Engine:
         timings = {
             "preprocess": preprocess_ms,
             "vision": (t_vis - t_pre) * 1e3,
-            "select": (t_sel - t_vis) * 1e3,
+            **({"agent": (t_agent - t_vis) * 1e3} if agent else {}),
+            "select": (t_sel - t_agent) * 1e3,
             "prefill": ((clock.first_token or t_end) - t_sel) * 1e3,
             "decode": (t_end - (clock.first_token or t_end)) * 1e3,
         }
@@ -207,13 +250,71 @@ class Engine:
                     prompt_pruned=pruned[row],
                     speedup_estimated=round(estimated_speedup(adapter.model.config, unpruned[row], pruned[row]), 3),
                     timings_ms=dict(share),
+                    agent_answer=None if agent_answers is None else agent_answers[row],
                 )
             )
         return answers
 
+    def _agent_answers(
+        self,
+        prepared: Prepared,
+        vt: VisionTokens,
+        questions: list[str],
+        budgets: list[int],
+        *,
+        method: str,
+        explicit_budget: bool,
+        max_new_tokens: int,
+        images: Sequence[Image.Image] | None,
+        alpha: float,
+        tau_t: float | None,
+        tau_v: float,
+    ) -> list[str]:
+        """The agent's first pass for the whole batch at once: one preliminary answer per question."""
+        if self.agent_engine is not None:
+            if images is None:
+                raise ValueError("a separate agent model reads the images itself: pass images= to run_prepared")
+            # The second model has its own processor, vision tokens and tau_t; a small model reads them all
+            # unless the caller gave it a budget.
+            answers = self.agent_engine.run(
+                list(images), questions, method=method if explicit_budget else "full", tokens=budgets,
+                max_new_tokens=max_new_tokens, alpha=alpha, tau_v=tau_v,
+            )
+            return [a.answer for a in answers]
+        adapter = self.adapter
+        text, text_mask = adapter.text_tokens(questions)
+        kept = adapter.select(
+            vt, text, text_mask, budgets, method=method,
+            alpha=alpha, tau_t=adapter.tau_t if tau_t is None else tau_t, tau_v=tau_v,
+        ).indices
+        gen_inputs = adapter.generation_inputs(prepared, vt, kept)
+        pad_id = adapter.tokenizer.pad_token_id
+        out = adapter.model.generate(
+            **gen_inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+            **({"pad_token_id": pad_id} if pad_id is not None else {}),
+        )
+        eos = set(_as_list(adapter.model.generation_config.eos_token_id))
+        new_tokens = out[:, gen_inputs["input_ids"].shape[1] :].tolist()
+        return [adapter.tokenizer.decode(_until_eos(ids, eos), skip_special_tokens=True).strip() for ids in new_tokens]
+
     def ask(self, image: Image.Image, question: str, **options: Any) -> Answer:
         """Answer one question about one image (see `run` for the options)."""
         return self.run([image], [question], **options)[0]
+
+
+def check_agent_model(name: str) -> None:
+    """The agent model can be found (its config only: seconds), or a one-line error that names --agent-model."""
+    from .models.registry import check_model
+
+    try:
+        check_model(name)
+    except MmtokError as exc:
+        raise _agent_model_error(exc) from None
+
+
+def _agent_model_error(exc: MmtokError) -> MmtokError:
+    """A loading error about the agent's model: the registry's message, naming the agent's option."""
+    return type(exc)(f"agent model: {str(exc).replace('--model', '--agent-model')}")
 
 
 def _per_item(value: int | Sequence[int], n: int, what: str) -> list[int]:

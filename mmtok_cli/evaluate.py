@@ -3,7 +3,8 @@
 Each configuration is one `BatchRunner` run over all items (the batch command's loader, batching and
 error handling). `full` always runs once (budgets mean nothing to it) because retention is measured
 against it. The headline metric is POPE's F1 when every item is a yes/no question, else accuracy;
-retention = that metric / full's.
+retention = that metric / full's. With the agent, each method that reads the question's tokens (mmtok,
+text) also runs with it, as its own row labelled `mmtok+agent`, so one run compares both.
 """
 
 from __future__ import annotations
@@ -63,28 +64,39 @@ def evaluate(
     max_new_tokens: int = 10,
     progress: Callable[[str], None] | None = None,
     predictions: Callable[[list[dict[str, Any]]], None] | None = None,
+    agent: bool = False,
+    agent_tokens: int | None = None,
 ) -> dict[str, Any]:
     """Run and score every configuration; returns the `--json` document (without `model`/`data`).
 
     `predictions`, when given, receives per configuration one record per item: method, tokens, id,
     question, answer (the label), prediction, correct, error.
+
+    `agent`: methods in `AGENT_METHODS` also run with the agent (its first pass at `agent_tokens`, default
+    each row's budget; a second model when `engine` has an `agent_engine`), labelled METHOD+agent.
     """
     from .batch import BatchOptions, BatchRunner
 
     answers = [str(it.extra["answer"]) for it in items]
     questions = [it.question or "" for it in items]
     binary_only = all(normalize(a) in ("yes", "no") for a in answers)
-    configs: list[tuple[str, int | str]] = [("full", "full")] + [
-        (m, b) for m in methods if m != "full" for b in budgets
+    variants: list[tuple[str, bool]] = []  # (method, with the agent): each agent row right after its plain twin
+    for m in methods:
+        if m != "full":
+            variants += [(m, False)] + ([(m, True)] if agent and m in options.AGENT_METHODS else [])
+    configs: list[tuple[str, int | str, bool]] = [("full", "full", False)] + [
+        (m, b, a) for m, a in variants for b in budgets
     ]
     results = []
-    for number, (method, tokens) in enumerate(configs, start=1):
+    for number, (name, tokens, with_agent) in enumerate(configs, start=1):
+        method = f"{name}+agent" if with_agent else name
         if progress:
             progress(f"{method} · tokens {tokens} ({number}/{len(configs)})")
         records: list[dict[str, Any]] = []
-        options = BatchOptions(tokens=1 if tokens == "full" else int(tokens), method=method,
-                               max_new_tokens=max_new_tokens, batch_size=batch_size)
-        summary = BatchRunner(engine, options, base=base).run(items, records.extend)
+        batch_options = BatchOptions(tokens=1 if tokens == "full" else int(tokens), method=name,
+                                     max_new_tokens=max_new_tokens, batch_size=batch_size, agent=with_agent,
+                                     agent_tokens=agent_tokens if with_agent else None)
+        summary = BatchRunner(engine, batch_options, base=base).run(items, records.extend)
         got = [r["answer"] if r["error"] is None else None for r in records]
         scored = score(got, answers, questions)
         pope = scored["pope"]

@@ -227,6 +227,7 @@ def answer_fields(answer: Answer, *, load_ms: float | None = None, full: Answer 
         timings["load"] = round(load_ms, 3)
     fields: dict[str, Any] = {
         "answer": answer.answer,
+        **({} if answer.agent_answer is None else {"agent_answer": answer.agent_answer}),  # runs with the agent
         "vision_tokens": {"total": answer.vision_total, "kept": answer.vision_kept},
         "prompt_tokens": {"unpruned": answer.prompt_unpruned, "pruned": answer.prompt_pruned},
         "timings_ms": timings,

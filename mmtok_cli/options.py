@@ -21,6 +21,10 @@ METHOD_HELP = {
 }
 """One line per method, for --help and the README."""
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+AGENT_METHODS = ("mmtok", "text")
+"""The methods that read the question's tokens T, so the only ones the agent can change."""
+AGENT_MAX_NEW_TOKENS = 16
+"""Longest preliminary answer the agent's first pass generates: a short answer's words, cheaply."""
 
 
 def check_options(
@@ -49,3 +53,22 @@ def parse_methods(text: str) -> list[str]:
     if unknown:
         raise UsageError(f"unknown method '{unknown[0]}' in --methods; choose from {', '.join(METHODS)}")
     return methods
+
+
+def check_agent(
+    *, agent: bool, method: str | None, agent_model: str | None = None, agent_tokens: int | None = None
+) -> None:
+    """Reject agent options that cannot work; `method` None skips the method check (eval checks its list)."""
+    if not agent:
+        if agent_model is not None or agent_tokens is not None:
+            raise UsageError("--agent-model and --agent-tokens go with --agent (they set up its first pass)")
+        return
+    if method is not None and method not in AGENT_METHODS:
+        raise UsageError(
+            f"--agent changes only the methods that use the question's tokens ({', '.join(AGENT_METHODS)}); "
+            f"--method {method} never reads them"
+        )
+    if agent_tokens is not None and agent_tokens < 1:
+        raise UsageError(f"--agent-tokens must be at least 1 (got {agent_tokens})")
+    if agent_model is not None and not agent_model.strip():
+        raise UsageError("--agent-model is empty; give a hub id or a local checkpoint folder")

@@ -50,7 +50,9 @@ def import_ray() -> Any:
 class _Worker:
     """One actor: loads the model once, then answers blocks of items with the local batch code."""
 
-    def __init__(self, model: str, device: str, dtype: str, options: dict[str, Any], base: str) -> None:
+    def __init__(
+        self, model: str, device: str, dtype: str, options: dict[str, Any], base: str, agent_model: str | None = None
+    ) -> None:
         from .batch import BatchRunner
         from .cli import quiet_libraries
         from .engine import Engine
@@ -58,7 +60,7 @@ class _Worker:
         quiet_libraries()  # a worker's stderr reaches the driver's terminal: the same quiet as the CLI
         self.runner, self.error = None, None
         try:
-            engine = Engine(model, device=device, dtype=dtype)
+            engine = Engine(model, device=device, dtype=dtype, agent_model=agent_model)
         except Exception as exc:  # e.g. the model is missing on this node: its items say so, Ray stays calm
             reason = str(exc) if isinstance(exc, MmtokError) else _root_cause(exc)
             self.error = f"Ray worker could not load the model: {reason}"
@@ -90,8 +92,12 @@ def run_on_ray(
     options: BatchOptions,
     base: Path,
     ray_options: RayOptions,
+    agent_model: str | None = None,
 ) -> Summary:
-    """Run `items` on a Ray actor pool; records reach `emit` in input order, one group per block."""
+    """Run `items` on a Ray actor pool; records reach `emit` in input order, one group per block.
+
+    `agent_model`: each actor also loads this second model for the agent's first pass (`options.agent`).
+    """
     ray = import_ray()
     if ray_options.workers < 1:
         raise UsageError(f"--workers must be at least 1 (got {ray_options.workers})")
@@ -128,7 +134,7 @@ def run_on_ray(
         num_cpus=ray_options.cpus_per_worker,
         fn_constructor_kwargs={
             "model": model, "device": device, "dtype": dtype,
-            "options": dataclasses.asdict(options), "base": str(Path(base).resolve()),
+            "options": dataclasses.asdict(options), "base": str(Path(base).resolve()), "agent_model": agent_model,
         },
     )
     start = time.perf_counter()

@@ -40,9 +40,24 @@ def content_words(
     return content or words
 
 
-def content_token_ids(question: str, tokenizer: Any, *, image_token: str | None = "<image>") -> list[int]:
-    """Token ids of the content words, each word tokenized on its own, without special tokens."""
+def answer_words(answer: str) -> list[str]:
+    """The content words of a preliminary answer (the agent's): punctuation and stop words dropped.
+
+    Unlike a question's, nothing falls back to all words: an answer of stop words only adds nothing to T.
+    """
+    return [w for w in _WORD.findall(answer) if w.lower() not in STOP_WORDS]
+
+
+def content_token_ids(
+    question: str, tokenizer: Any, *, image_token: str | None = "<image>", agent_answer: str | None = None
+) -> list[int]:
+    """Token ids of the content words, each word tokenized on its own, without special tokens.
+
+    `agent_answer`: a preliminary answer whose words (`answer_words`) follow the question's (the agent).
+    """
     words = content_words(question, image_token=image_token)
+    if agent_answer:
+        words = words + answer_words(agent_answer)
     if not words:
         return []
     ids = tokenizer(words, is_split_into_words=True, add_special_tokens=False)["input_ids"]

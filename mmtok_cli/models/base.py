@@ -123,9 +123,18 @@ class Adapter(ABC):
     def encode(self, prepared: Prepared) -> VisionTokens:
         """Run the vision side once and return V, U and the masks."""
 
-    def text_tokens(self, questions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """T for each question, padded: (B, m, d) input-embedding rows and a (B, m) mask."""
-        ids = [content_token_ids(q, self.tokenizer, image_token=self.image_token) for q in questions]
+    def text_tokens(
+        self, questions: list[str], agent_answers: list[str] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """T for each question, padded: (B, m, d) input-embedding rows and a (B, m) mask.
+
+        `agent_answers`: one preliminary answer per question, whose words join the question's (the agent).
+        """
+        answers = agent_answers or [None] * len(questions)
+        ids = [
+            content_token_ids(q, self.tokenizer, image_token=self.image_token, agent_answer=a)
+            for q, a in zip(questions, answers, strict=True)
+        ]
         m = max((len(i) for i in ids), default=0)
         padded = torch.zeros(len(ids), m, dtype=torch.long, device=self.device)
         mask = torch.zeros(len(ids), m, dtype=torch.bool, device=self.device)
