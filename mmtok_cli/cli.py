@@ -59,7 +59,8 @@ ModelOpt = Annotated[
     str,
     typer.Option(
         "--model", "-m",
-        help="Hugging Face hub id or local checkpoint folder (see `mmtok models` for the families).",
+        help="Hugging Face hub id, local checkpoint folder, or `demo` (the small model shipped with mmtok, "
+        "trained on `mmtok synth` scenes). See `mmtok models` for the families.",
         show_default=True,
     ),
 ]

@@ -210,7 +210,8 @@ def train_stage(
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        running = float(loss) if running is None else 0.95 * running + 0.05 * float(loss)
+        value = loss.item()
+        running = value if running is None else 0.95 * running + 0.05 * value
         if (step + 1) % 50 == 0 or step + 1 == steps:
             elapsed = time.perf_counter() - start
             print(f"[{stage}] step {step + 1}/{steps} loss {running:.4f} {elapsed:.0f}s", flush=True)
@@ -222,6 +223,8 @@ def train_stage(
              "first_token_accuracy": round(acc, 4), "seconds": round(time.perf_counter() - start, 1)}
     print(json.dumps(entry), flush=True)
     log.append(entry)
+    if snapshot:
+        (snapshot / "training.json").write_text(json.dumps({"stages": log}, indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -239,14 +242,16 @@ def main(argv: list[str] | None = None) -> None:
 
     transformers.logging.set_verbosity_error()
     model, processor = build(seed=args.seed)
+    log: list[dict] = []
     if args.init:
         from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
         model = LlavaForConditionalGeneration.from_pretrained(args.init, dtype=torch.float32)
         processor = LlavaProcessor.from_pretrained(args.init)
+        earlier = Path(args.init) / "training.json"  # the stages that made the starting point
+        log = json.loads(earlier.read_text())["stages"] if earlier.is_file() else []
     batches = Batches(processor)
     _check_prompt(batches)
-    log: list[dict] = []
     steps = [int(s) for s in args.steps.split(",")]
     for stage, n in zip(STAGES, steps):
         if n:
@@ -278,7 +283,7 @@ def save(model: Any, processor: Any, out: Path, log: list[dict], args: argparse.
     processor.save_pretrained(out)
     (out / "training.json").write_text(json.dumps({
         "command": f"python -m mmtok_cli.demo.train --out DIR --steps {args.steps} --batch-size {args.batch_size} "
-                   f"--seed {args.seed}",
+                   f"--seed {args.seed}" + (f" --init {args.init}" if args.init else ""),
         "torch": torch.__version__, "threads": torch.get_num_threads(), "stages": log,
     }, indent=1) + "\n")
     print(f"demo checkpoint written to {out}")

@@ -11,6 +11,7 @@ from urllib.parse import urlparse
 
 import torch
 
+from .. import demo
 from ..errors import MmtokError, first_line
 from .base import Adapter
 from .llava import LlavaAdapter
@@ -55,6 +56,11 @@ def _locate(model: str) -> tuple[Callable[..., Any], type[Adapter]]:
     from transformers import PreTrainedConfig
 
     path = Path(model).expanduser()
+    if model == demo.NAME and not path.exists():  # a folder called "demo" in the working directory still wins
+        path = demo.CHECKPOINT
+        if not (path / "config.json").is_file():
+            raise MmtokError(f"the demo checkpoint is missing from {path}; reinstall mmtok-cli, or train it with "
+                             f"`python -m mmtok_cli.demo.train --out {path}`")
     if path.is_dir():
         source, local_only, hub = str(path), True, False
         if not (path / "config.json").is_file():

@@ -1,0 +1,45 @@
+"""The demo model: `--model demo` and its training script (the trained checkpoint is not shipped yet)."""
+
+import json
+
+from typer.testing import CliRunner
+
+from mmtok_cli import demo
+from mmtok_cli.cli import app
+from mmtok_cli.synth import draw, make_scenes
+
+runner = CliRunner()
+# Never used by training (seeds >= 10**6) nor by other tests.
+FRESH_SEED = 777
+
+
+def test_missing_demo_checkpoint_is_one_line(monkeypatch, tmp_path):
+    monkeypatch.setattr(demo, "CHECKPOINT", tmp_path / "gone")
+    result = runner.invoke(app, ["ask", "sample_images/scene.png", "Is there a red circle?", "--model", "demo"])
+    assert result.exit_code == 1
+    assert "demo checkpoint is missing" in result.output and "mmtok_cli.demo.train" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_demo_name_finds_a_trained_checkpoint(monkeypatch, tmp_path):
+    from mmtok_cli.models.llava import LlavaAdapter
+    from mmtok_cli.models.registry import check_model
+    from mmtok_cli.tiny import build_tiny_llava
+
+    monkeypatch.setattr(demo, "CHECKPOINT", build_tiny_llava(tmp_path / "checkpoint"))
+    assert check_model("demo") is LlavaAdapter
+
+
+def test_training_script_runs_every_stage_and_resumes(tmp_path):
+    from mmtok_cli.demo import train
+    from mmtok_cli.engine import Engine
+
+    train.main(["--out", str(tmp_path / "ckpt"), "--steps", "1,1,0", "--batch-size", "2"])
+    train.main(["--out", str(tmp_path / "ckpt"), "--steps", "0,0,1", "--batch-size", "2",
+                "--init", str(tmp_path / "ckpt" / "stages" / "align")])
+    log = json.loads((tmp_path / "ckpt" / "training.json").read_text())
+    assert [s["stage"] for s in log["stages"]] == ["text", "align", "instruct"]  # the earlier run's stages carried
+    answer = Engine(str(tmp_path / "ckpt"), device="cpu").run(
+        [draw(make_scenes(1, FRESH_SEED)[0])], ["Is there a red circle?"], tokens=8, max_new_tokens=2
+    )[0]
+    assert answer.vision_total == 144 and answer.vision_kept == 8
