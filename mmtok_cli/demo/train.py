@@ -109,7 +109,10 @@ class Batches:
             out.extend([i] * self.n_image if i == self.image_id else [i])
         return out
 
-    def sequence(self, conversation: list[tuple[str, str]], image: bool, prefix: str = "") -> tuple[list[int], list[int]]:
+    def sequence(
+        self, conversation: list[tuple[str, str]], image: bool, prefix: str = ""
+    ) -> tuple[list[int], list[int]]:
+        """Token ids and labels (-100 except on the answers and their EOS) of one conversation."""
         ids: list[int] = []
         labels: list[int] = []
         for t, (question, answer) in enumerate(conversation):
@@ -137,7 +140,9 @@ class Batches:
         images = [synth.draw(s) for s in scenes]
         return self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
 
-    def make(self, stage: str, scenes: list[synth.Scene], rng: random.Random, max_turns: int) -> dict[str, torch.Tensor]:
+    def make(
+        self, stage: str, scenes: list[synth.Scene], rng: random.Random, max_turns: int
+    ) -> dict[str, torch.Tensor]:
         seqs = []
         for scene in scenes:
             if stage == "align":
