@@ -193,10 +193,12 @@ def first_token_accuracy(model: Any, batches: Batches, stage: str, n: int = 128)
 
 
 def train_stage(
-    model: Any, batches: Batches, stage: str, steps: int, batch_size: int, log: list, seed: int, snapshot: Path | None
+    model: Any, batches: Batches, stage: str, steps: int, batch_size: int, log: list, seed: int, snapshot: Path | None,
+    peak_lr: float | None = None,
 ) -> None:
     """`snapshot`: a folder to save float32 weights to every 250 steps and at the end (for --init)."""
     parts, lr, max_turns = STAGES[stage]
+    lr = peak_lr or lr
     params = _trainable(model, parts)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
     warmup = max(1, steps // 20)
@@ -239,6 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, help="peak learning rate for every stage run (default: each stage's own)")
     parser.add_argument("--init", help="start from this checkpoint (e.g. OUT/stages/align) instead of random weights")
     args = parser.parse_args(argv)
     if args.threads:
@@ -260,7 +263,8 @@ def main(argv: list[str] | None = None) -> None:
     steps = [int(s) for s in args.steps.split(",")]
     for stage, n in zip(STAGES, steps):
         if n:
-            train_stage(model, batches, stage, n, args.batch_size, log, args.seed, Path(args.out) / "stages" / stage)
+            train_stage(model, batches, stage, n, args.batch_size, log, args.seed, Path(args.out) / "stages" / stage,
+                        args.lr)
     save(model, processor, Path(args.out), log, args)
 
 
@@ -288,7 +292,8 @@ def save(model: Any, processor: Any, out: Path, log: list[dict], args: argparse.
     processor.save_pretrained(out)
     (out / "training.json").write_text(json.dumps({
         "command": f"python -m mmtok_cli.demo.train --out DIR --steps {args.steps} --batch-size {args.batch_size} "
-                   f"--seed {args.seed}" + (f" --init {args.init}" if args.init else ""),
+                   f"--seed {args.seed}" + (f" --init {args.init}" if args.init else "")
+                   + (f" --lr {args.lr}" if args.lr else ""),
         "torch": torch.__version__, "threads": torch.get_num_threads(), "stages": log,
     }, indent=1) + "\n")
     print(f"demo checkpoint written to {out}")
