@@ -1,4 +1,5 @@
-"""The demo model: `--model demo` and its training script (the trained checkpoint is not shipped yet)."""
+"""The shipped demo model: `--model demo` finds it, it really answers synth questions, and its
+training script still runs end to end."""
 
 import json
 
@@ -6,7 +7,8 @@ from typer.testing import CliRunner
 
 from mmtok_cli import demo
 from mmtok_cli.cli import app
-from mmtok_cli.synth import draw, make_scenes
+from mmtok_cli.metrics import is_correct
+from mmtok_cli.synth import draw, make_scenes, questions
 
 runner = CliRunner()
 # Never used by training (seeds >= 10**6) nor by other tests.
@@ -28,6 +30,28 @@ def test_demo_name_finds_a_trained_checkpoint(monkeypatch, tmp_path):
 
     monkeypatch.setattr(demo, "CHECKPOINT", build_tiny_llava(tmp_path / "checkpoint"))
     assert check_model("demo") is LlavaAdapter
+
+
+def test_demo_answers_fresh_scenes_at_full_tokens():
+    from mmtok_cli.engine import Engine
+
+    scenes = make_scenes(8, FRESH_SEED)
+    items = questions(scenes, FRESH_SEED)
+    images = {s.image: draw(s) for s in scenes}
+    answers = Engine("demo", device="cpu").run(
+        [images[it["image"]] for it in items], [it["question"] for it in items], tokens=10**6, max_new_tokens=4
+    )
+    wrong = [(it["question"], it["answer"], a.answer) for a, it in zip(answers, items)
+             if not is_correct(a.answer, it["answer"], it["question"])]
+    assert len(wrong) <= 0.1 * len(items), wrong
+
+
+def test_readme_command_answers_yes():
+    result = runner.invoke(app, ["ask", "sample_images/scene.png", "Is there a red circle?", "--model", "demo",
+                                 "--tokens", "64", "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["answer"].lower() == "yes" and record["vision_tokens"] == {"total": 144, "kept": 64}
 
 
 def test_training_script_runs_every_stage_and_resumes(tmp_path):
