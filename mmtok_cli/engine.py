@@ -20,7 +20,7 @@ from .flops import estimated_speedup
 from .models import Adapter, load_adapter
 from .models.base import Prepared, VisionTokens
 from .options import AGENT_MAX_NEW_TOKENS, DEFAULT_MODEL, DTYPES, check_agent, check_options
-from .selection import ALPHA, TAU_V
+from .selection import ALPHA, TAU_V, Selection
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -192,32 +192,22 @@ class Engine:
         t_agent = self._sync() if agent else t_vis
         kept = order = None
         if method != "full":
-            text, text_mask = adapter.text_tokens(questions, agent_answers)
-            selection = adapter.select(
-                vt, text, text_mask, budgets, method=method,
-                alpha=alpha, tau_t=adapter.tau_t if tau_t is None else tau_t, tau_v=tau_v,
-            )
+            selection = self._select(vt, questions, budgets, method=method, alpha=alpha, tau_t=tau_t, tau_v=tau_v,
+                                     agent_answers=agent_answers)
             kept, order = selection.indices, selection.order
         gen_inputs = adapter.generation_inputs(prepared, vt, kept)
         t_sel = self._sync()
 
         clock = _Clock()
-        pad_id = adapter.tokenizer.pad_token_id
         # Greedy decoding is deterministic, so one run to the largest limit, cut per item, gives
         # every item exactly what a run with its own limit would.
-        out = adapter.model.generate(
-            **gen_inputs,
-            max_new_tokens=max(limits),
-            do_sample=False,
-            num_beams=1,
-            streamer=clock,
+        new_tokens = self._generate(
+            gen_inputs, max(limits), streamer=clock,
             # EOS is masked out until the limit: every row does the same, fixed amount of work.
             **({"min_new_tokens": max(limits)} if ignore_eos else {}),
-            **({"pad_token_id": pad_id} if pad_id is not None else {}),
         )
         t_end = self._sync()
 
-        new_tokens = out[:, gen_inputs["input_ids"].shape[1] :].tolist()
         per_item = len(questions)
         timings = {
             "preprocess": preprocess_ms,
@@ -232,15 +222,14 @@ class Engine:
         counts = vt.counts
         unpruned = prepared.inputs["attention_mask"].sum(1).tolist()
         pruned = gen_inputs["attention_mask"].sum(1).tolist()
-        eos = set(_as_list(adapter.model.generation_config.eos_token_id))
+        finished = self._finish([ids[: limits[row]] for row, ids in enumerate(new_tokens)])
         answers = []
-        for row, ids in enumerate(new_tokens):
-            ids = _until_eos(ids[: limits[row]], eos)
+        for row, (ids, text) in enumerate(finished):
             kept_row = list(range(counts[row])) if kept is None else kept[row].tolist()
             order_row = kept_row if order is None else order[row].tolist()
             answers.append(
                 Answer(
-                    answer=adapter.tokenizer.decode(ids, skip_special_tokens=True).strip(),
+                    answer=text,
                     output_ids=ids,
                     vision_total=counts[row],
                     vision_kept=len(kept_row),
@@ -281,21 +270,37 @@ class Engine:
                 max_new_tokens=max_new_tokens, alpha=alpha, tau_v=tau_v,
             )
             return [a.answer for a in answers]
+        kept = self._select(vt, questions, budgets, method=method, alpha=alpha, tau_t=tau_t, tau_v=tau_v).indices
+        new_tokens = self._generate(self.adapter.generation_inputs(prepared, vt, kept), max_new_tokens)
+        return [text for _, text in self._finish(new_tokens)]
+
+    def _select(
+        self, vt: VisionTokens, questions: list[str], budgets: list[int], *, method: str, alpha: float,
+        tau_t: float | None, tau_v: float, agent_answers: list[str] | None = None,
+    ) -> Selection:
+        """T from the questions (and the agent's words), then the adapter's selection; tau_t None: the family's."""
         adapter = self.adapter
-        text, text_mask = adapter.text_tokens(questions)
-        kept = adapter.select(
+        text, text_mask = adapter.text_tokens(questions, agent_answers)
+        return adapter.select(
             vt, text, text_mask, budgets, method=method,
             alpha=alpha, tau_t=adapter.tau_t if tau_t is None else tau_t, tau_v=tau_v,
-        ).indices
-        gen_inputs = adapter.generation_inputs(prepared, vt, kept)
-        pad_id = adapter.tokenizer.pad_token_id
-        out = adapter.model.generate(
-            **gen_inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+        )
+
+    def _generate(self, gen_inputs: dict, max_new_tokens: int, **extra: Any) -> list[list[int]]:
+        """Greedy generation for the batch; each row's new token ids, not yet cut at EOS."""
+        pad_id = self.adapter.tokenizer.pad_token_id
+        out = self.adapter.model.generate(
+            **gen_inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, **extra,
             **({"pad_token_id": pad_id} if pad_id is not None else {}),
         )
-        eos = set(_as_list(adapter.model.generation_config.eos_token_id))
-        new_tokens = out[:, gen_inputs["input_ids"].shape[1] :].tolist()
-        return [adapter.tokenizer.decode(_until_eos(ids, eos), skip_special_tokens=True).strip() for ids in new_tokens]
+        return out[:, gen_inputs["input_ids"].shape[1] :].tolist()
+
+    def _finish(self, rows: list[list[int]]) -> list[tuple[list[int], str]]:
+        """Each row's ids cut at its first EOS, and their decoded text."""
+        tokenizer = self.adapter.tokenizer
+        eos = set(_as_list(self.adapter.model.generation_config.eos_token_id))
+        cut = [_until_eos(ids, eos) for ids in rows]
+        return [(ids, tokenizer.decode(ids, skip_special_tokens=True).strip()) for ids in cut]
 
     def ask(self, image: Image.Image, question: str, **options: Any) -> Answer:
         """Answer one question about one image (see `run` for the options)."""
