@@ -39,7 +39,11 @@ TRAIN_SEED = 10**6
 VALID_SEED = 999_000
 
 
-def build(out: Path | None = None, seed: int = 0) -> tuple[Any, Any]:
+CHAT_WORDS = "USER: ASSISTANT:"
+"""The chat template's role words, so the tokenizer learns them whole."""
+
+
+def build(seed: int = 0) -> tuple[Any, Any]:
     """A fresh (random-weight) demo model and its processor."""
     from transformers import (
         CLIPImageProcessorPil,
@@ -50,7 +54,7 @@ def build(out: Path | None = None, seed: int = 0) -> tuple[Any, Any]:
         LlavaProcessor,
     )
 
-    tokenizer = build_tokenizer(400, corpus=world.corpus() + "\n" + "\n".join(_CHAT_WORDS))
+    tokenizer = build_tokenizer(400, corpus=world.corpus() + "\n" + CHAT_WORDS)
     vision = CLIPVisionConfig(
         hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
         image_size=IMAGE_SIZE, patch_size=PATCH, projection_dim=128,
@@ -76,9 +80,6 @@ def build(out: Path | None = None, seed: int = 0) -> tuple[Any, Any]:
         num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE,
     )
     return model, processor
-
-
-_CHAT_WORDS = ("USER: ASSISTANT:",)
 
 
 class Batches:
@@ -249,7 +250,6 @@ def main(argv: list[str] | None = None) -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
-    model, processor = build(seed=args.seed)
     log: list[dict] = []
     if args.init:
         from transformers import LlavaForConditionalGeneration, LlavaProcessor
@@ -258,6 +258,8 @@ def main(argv: list[str] | None = None) -> None:
         processor = LlavaProcessor.from_pretrained(args.init)
         earlier = Path(args.init) / "training.json"  # the stages that made the starting point
         log = json.loads(earlier.read_text())["stages"] if earlier.is_file() else []
+    else:
+        model, processor = build(seed=args.seed)
     batches = Batches(processor)
     _check_prompt(batches)
     steps = [int(s) for s in args.steps.split(",")]
@@ -285,8 +287,6 @@ def _check_prompt(batches: Batches) -> None:
 def save(model: Any, processor: Any, out: Path, log: list[dict], args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     model.eval()
-    for p in model.parameters():
-        p.requires_grad = False
     # Half precision halves the shipped size; loading upcasts to the dtype asked for.
     model.to(torch.float16).save_pretrained(out)
     processor.save_pretrained(out)
