@@ -23,12 +23,11 @@ def test_missing_demo_checkpoint_is_one_line(monkeypatch, tmp_path):
     assert "Traceback" not in result.output
 
 
-def test_demo_name_finds_a_trained_checkpoint(monkeypatch, tmp_path):
+def test_demo_name_finds_the_packaged_checkpoint():
     from mmtok_cli.models.llava import LlavaAdapter
     from mmtok_cli.models.registry import check_model
-    from mmtok_cli.tiny import build_tiny_llava
 
-    monkeypatch.setattr(demo, "CHECKPOINT", build_tiny_llava(tmp_path / "checkpoint"))
+    assert (demo.CHECKPOINT / "config.json").is_file()
     assert check_model("demo") is LlavaAdapter
 
 
