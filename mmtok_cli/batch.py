@@ -48,6 +48,8 @@ class BatchOptions:
     """A cheap first pass per batch; its preliminary answers join the questions' words in T (`Engine.run_prepared`)."""
     agent_tokens: int | None = None
     """The first pass's budget (None: the item's budget; all tokens when the engine has an `agent_engine`)."""
+    selection: dict[str, float] = field(default_factory=dict)
+    """alpha / tau_t / tau_v the user set (`options.selection_params`); the others keep their defaults."""
 
 
 @dataclass
@@ -293,6 +295,7 @@ class BatchRunner:
             "tokens": [e.item.tokens or opts.tokens for e in entries],
             "max_new_tokens": [e.item.max_new_tokens or opts.max_new_tokens for e in entries],
             "preprocess_ms": preprocess_ms,
+            **opts.selection,
         }
         agent: dict[str, Any] = {}
         if opts.agent:  # the unpruned run of --compare never takes the agent: it reads every token anyway

@@ -29,6 +29,8 @@ from .options import (
     METHODS,
     check_agent,
     check_options,
+    check_selection,
+    selection_params,
 )
 
 if TYPE_CHECKING:  # the ML stack loads lazily so bad input is rejected fast
@@ -102,6 +104,24 @@ AgentTokensOpt = Annotated[
     int | None,
     typer.Option("--agent-tokens", metavar="N", help="Vision tokens of the agent's first pass (default: --tokens "
                  "with the same model, all of them with --agent-model). Needs --agent.", rich_help_panel="Agent"),
+]
+
+SELECTION_PANEL = "Selection (MMTok's objective)"
+AlphaOpt = Annotated[
+    float | None,
+    typer.Option("--alpha", help="Weight of the vision-coverage term (Q) against the question term (P) "
+                 "(default 0.5, the paper's). 0: cover the question's tokens only.", rich_help_panel=SELECTION_PANEL),
+]
+TauTOpt = Annotated[
+    float | None,
+    typer.Option("--tau-t", help="Softmax temperature of the question-to-vision similarities; lower = each "
+                 "question token favours fewer vision tokens (default: the family's, see `mmtok models`).",
+                 rich_help_panel=SELECTION_PANEL),
+]
+TauVOpt = Annotated[
+    float | None,
+    typer.Option("--tau-v", help="Softmax temperature of the vision-to-vision similarities (default 0.2).",
+                 rich_help_panel=SELECTION_PANEL),
 ]
 
 
@@ -290,6 +310,9 @@ def ask(
     compare: CompareOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of text.")] = False,
     show_path: ShowOpt = None,
+    alpha: AlphaOpt = None,
+    tau_t: TauTOpt = None,
+    tau_v: TauVOpt = None,
     agent: AgentOpt = False,
     agent_model: AgentModelOpt = None,
     agent_tokens: AgentTokensOpt = None,
@@ -325,13 +348,15 @@ def ask(
     def work() -> None:
         check_options(tokens=tokens, method=method, max_new_tokens=max_new_tokens, dtype=dtype, device=device)
         check_agent(agent=agent, method=method, agent_model=agent_model, agent_tokens=agent_tokens)
+        check_selection(alpha=alpha, tau_t=tau_t, tau_v=tau_v)
         if not question.strip():
             raise UsageError("the question is empty; pass the question as the second argument, in quotes")
         target = _show_target(show_path)
         picture = load_image(image)
         engine, load_ms = _load_engine(model, device, dtype, agent_model)
         options = {"tokens": tokens, "max_new_tokens": max_new_tokens}
-        answer = engine.ask(picture, question, method=method, **options, **_agent_options(agent, agent_tokens))
+        answer = engine.ask(picture, question, method=method, **options, **_agent_options(agent, agent_tokens),
+                            **selection_params(alpha=alpha, tau_t=tau_t, tau_v=tau_v))
         full = engine.ask(picture, question, method="full", **options) if compare else None
         if target is not None:
             _save_show(engine, picture, question, [(method, answer)] + ([("full", full)] if full else []), target)
@@ -416,6 +441,9 @@ def batch(
         float, typer.Option("--gpus-per-worker", help="GPUs each Ray actor reserves (0: CPU only).",
                             rich_help_panel="Ray")
     ] = 0.0,
+    alpha: AlphaOpt = None,
+    tau_t: TauTOpt = None,
+    tau_v: TauVOpt = None,
     agent: AgentOpt = False,
     agent_model: AgentModelOpt = None,
     agent_tokens: AgentTokensOpt = None,
@@ -463,6 +491,7 @@ def batch(
     def work() -> int:
         check_options(tokens=tokens, method=method, max_new_tokens=max_new_tokens, dtype=dtype, device=device)
         check_agent(agent=agent, method=method, agent_model=agent_model, agent_tokens=agent_tokens)
+        check_selection(alpha=alpha, tau_t=tau_t, tau_v=tau_v)
         if batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
         if workers < 1 or gpus_per_worker < 0:
@@ -482,7 +511,8 @@ def batch(
 
         options = BatchOptions(tokens=tokens, method=method, max_new_tokens=max_new_tokens,
                                batch_size=batch_size, compare=compare, debug=debug, show_dir=pictures,
-                               agent=agent, agent_tokens=agent_tokens)
+                               agent=agent, agent_tokens=agent_tokens,
+                               selection=selection_params(alpha=alpha, tau_t=tau_t, tau_v=tau_v))
         if ray:
             from .models.registry import check_model
             from .ray_batch import RayOptions, import_ray, run_on_ray
@@ -730,6 +760,9 @@ def show_command(
     ] = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    alpha: AlphaOpt = None,
+    tau_t: TauTOpt = None,
+    tau_v: TauVOpt = None,
     config: ConfigOpt = None,
     debug: DebugOpt = False,
 ) -> None:
@@ -755,13 +788,14 @@ def show_command(
         chosen = parse_methods(methods)
         for method in chosen:
             check_options(tokens=tokens, method=method, max_new_tokens=max_new_tokens, dtype=dtype, device=device)
+        check_selection(alpha=alpha, tau_t=tau_t, tau_v=tau_v)
         if not question.strip():
             raise UsageError("the question is empty; pass the question as the second argument, in quotes")
         target = check_picture_path(out, "--out")
         picture = load_image(image)
         engine, _ = _load_engine(model, device, dtype)
         sheet, results = show(engine, picture, question, chosen, numbers=numbers, tokens=tokens,
-                              max_new_tokens=max_new_tokens)
+                              max_new_tokens=max_new_tokens, **selection_params(alpha=alpha, tau_t=tau_t, tau_v=tau_v))
         save_picture(sheet, target)
         for method, answer in results:
             sys.stdout.write(f"{method}: {answer.answer}\n")
@@ -971,6 +1005,9 @@ def eval_command(
                      "row's budget with the same model, all of them with --agent-model). Needs --agent.",
                      rich_help_panel="Agent"),
     ] = None,
+    alpha: AlphaOpt = None,
+    tau_t: TauTOpt = None,
+    tau_v: TauVOpt = None,
     config: ConfigOpt = None,
     debug: DebugOpt = False,
 ) -> None:
@@ -995,6 +1032,7 @@ def eval_command(
         budgets, chosen = parse_tokens(tokens), parse_methods(methods)
         check_options(tokens=min(budgets), method="mmtok", max_new_tokens=max_new_tokens, dtype=dtype, device=device)
         check_agent(agent=agent, method=None, agent_model=agent_model, agent_tokens=agent_tokens)
+        check_selection(alpha=alpha, tau_t=tau_t, tau_v=tau_v)
         if agent and not set(chosen) & set(AGENT_METHODS):
             raise UsageError(f"--agent only changes {' and '.join(AGENT_METHODS)}; add one of them to --methods")
         if batch_size < 1:
@@ -1012,6 +1050,7 @@ def eval_command(
                     max_new_tokens=max_new_tokens, progress=lambda text: status.update(f"evaluating: {escape(text)}"),
                     predictions=(lambda rows: sink.writelines(json.dumps(r) + "\n" for r in rows)) if sink else None,
                     agent=agent, agent_tokens=agent_tokens,
+                    selection=selection_params(alpha=alpha, tau_t=tau_t, tau_v=tau_v),
                 )
         finally:
             if sink:
@@ -1033,7 +1072,8 @@ def _print_eval(report: dict[str, Any]) -> None:
         return "–" if value is None else f"{value:.3f}"
 
     table = Table(title=f"{report['model']} · {report['data']} · {report['items']} items",
-                  caption=f"retention = {report['metric']} / full's {report['metric']}")
+                  caption=f"retention = {report['metric']} / full's {report['metric']} · "
+                  + " · ".join(f"{k} {v:g}" for k, v in report["selection"].items()))
     for name in ("method", "tokens", "accuracy", "F1", "yes-ratio", "retention", "kept", "items/s", "failed"):
         table.add_column(name, justify="left" if name == "method" else "right", no_wrap=True)
     for r in report["results"]:

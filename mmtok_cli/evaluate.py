@@ -66,6 +66,7 @@ def evaluate(
     predictions: Callable[[list[dict[str, Any]]], None] | None = None,
     agent: bool = False,
     agent_tokens: int | None = None,
+    selection: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Run and score every configuration; returns the `--json` document (without `model`/`data`).
 
@@ -74,6 +75,7 @@ def evaluate(
 
     `agent`: methods in `AGENT_METHODS` also run with the agent (its first pass at `agent_tokens`, default
     each row's budget; a second model when `engine` has an `agent_engine`), labelled METHOD+agent.
+    `selection`: alpha / tau_t / tau_v for every run (the defaults where absent); the report lists the values used.
     """
     from .batch import BatchOptions, BatchRunner
 
@@ -95,7 +97,8 @@ def evaluate(
         records: list[dict[str, Any]] = []
         batch_options = BatchOptions(tokens=1 if tokens == "full" else int(tokens), method=name,
                                      max_new_tokens=max_new_tokens, batch_size=batch_size, agent=with_agent,
-                                     agent_tokens=agent_tokens if with_agent else None)
+                                     agent_tokens=agent_tokens if with_agent else None,
+                                     selection=dict(selection or {}))
         summary = BatchRunner(engine, batch_options, base=base).run(items, records.extend)
         got = [r["answer"] if r["error"] is None else None for r in records]
         scored = score(got, answers, questions)
@@ -121,7 +124,10 @@ def evaluate(
     for row in results:
         row["retention"] = round(row["metric"] / full, 4) if full else None
         row["metric"] = round(row["metric"], 4)
-    return {"metric": "f1" if binary_only else "accuracy", "items": len(items), "results": results}
+    from .selection import ALPHA, TAU_V
+
+    used = {"alpha": ALPHA, "tau_t": engine.adapter.tau_t, "tau_v": TAU_V, **(selection or {})}
+    return {"metric": "f1" if binary_only else "accuracy", "items": len(items), "selection": used, "results": results}
 
 
 def plot(report: dict[str, Any], path: str | Path) -> None:

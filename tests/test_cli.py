@@ -68,6 +68,22 @@ def test_full_method_keeps_every_token(tiny_llava, image_file):
     assert record["speedup"]["estimated"] == 1.0
 
 
+def test_selection_parameters_reach_the_selection(tiny_llava, image_file, engine):
+    from mmtok_cli.io import load_image
+
+    def kept(*extra):
+        result = ask(image_file, "What colour is the cat?", "--model", tiny_llava, "--tokens", 8, "--json",
+                     "--max-new-tokens", 1, *extra)
+        assert result.exit_code == 0, result.stderr
+        return json.loads(result.stdout)["kept_indices"][0]
+
+    # alpha 0 leaves MMTok only its question term P, which is exactly the `text` baseline
+    assert kept("--alpha", 0) == kept("--method", "text") != kept()
+    direct = engine.ask(load_image(str(image_file)), "What colour is the cat?", tokens=8, max_new_tokens=1,
+                        tau_t=0.5, tau_v=0.01)
+    assert kept("--tau-t", 0.5, "--tau-v", 0.01) == direct.kept_indices[0] != kept()
+
+
 @pytest.fixture
 def bad_inputs(tmp_path, tiny_llava):
     not_image = tmp_path / "notes.jpg"
@@ -95,6 +111,9 @@ def bad_inputs(tmp_path, tiny_llava):
         ("empty question", 2, "question is empty"),
         ("unknown method", 2, "unknown --method"),
         ("unknown dtype", 2, "unknown --dtype"),
+        ("negative alpha", 2, "--alpha must be a number of at least 0"),
+        ("zero tau_t", 2, "--tau-t must be a number above 0"),
+        ("infinite tau_v", 2, "--tau-v must be a number above 0"),
         ("missing model folder", 1, "no model folder"),
         ("unsupported architecture", 1, "model type 'bert' is not supported; supported families: llava"),
         ("offline hub id", 1, "--model /path/to/local"),
@@ -111,6 +130,9 @@ def test_errors_are_one_line_with_exit_status(case, code, message, tiny_llava, i
         "empty question": [image_file, "   "],
         "unknown method": [image_file, "q", "--method", "magic"],
         "unknown dtype": [image_file, "q", "--dtype", "float8"],
+        "negative alpha": [image_file, "q", "--alpha", -0.5],
+        "zero tau_t": [image_file, "q", "--tau-t", 0],
+        "infinite tau_v": [image_file, "q", "--tau-v", "inf"],
         "missing model folder": [image_file, "q", "--model", tmp_path / "no-such-model"],
         "unsupported architecture": [image_file, "q", "--model", bad_inputs["bert"]],
         "offline hub id": [image_file, "q", "--model", "someone/not-a-cached-model"],

@@ -46,6 +46,27 @@ def test_eval_table_json_predictions_and_plot(tiny_llava, synth_set, tmp_path):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_selection_parameters_are_used_and_reported(tiny_llava, synth_set, tmp_path):
+    def run(*extra):
+        out, preds = tmp_path / "eval.json", tmp_path / "preds.jsonl"
+        result = runner.invoke(app, [
+            "eval", str(synth_set), "--model", str(tiny_llava), "--device", "cpu", "--tokens", "4",
+            "--methods", "mmtok,text", "--max-new-tokens", "2", "--json", str(out), "--predictions", str(preds),
+            *extra,
+        ])
+        assert result.exit_code == 0, result.output
+        rows = [json.loads(x) for x in preds.read_text().splitlines()]
+        return json.loads(out.read_text())["selection"], {
+            m: [r["prediction"] for r in rows if r["method"] == m] for m in ("mmtok", "text")}
+
+    used, predictions = run()
+    assert used == {"alpha": 0.5, "tau_t": 0.02, "tau_v": 0.2}
+    used, predictions = run("--alpha", "0", "--tau-t", "0.05")
+    assert used == {"alpha": 0.0, "tau_t": 0.05, "tau_v": 0.2}
+    # with alpha 0, MMTok is the text baseline: the same tokens, so the same answers
+    assert predictions["mmtok"] == predictions["text"]
+
+
 @pytest.mark.parametrize("lines, args, message", [
     ([], [], "no items"),
     ([{"image": "x.png", "question": "Is it?"}], [], "has no 'answer'"),
