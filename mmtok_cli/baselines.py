@@ -6,9 +6,10 @@ all allowed ones, and kept indices come back ascending, with their pick order al
 the greedy order for vision, text and divprune; index order for random and uniform, which have none.
 All of them run batched over padded tensors (no Python loop over images). The rules per method:
 
-* random   -- k allowed tokens drawn with a fixed seed. The draw depends on the seed and the image's
-              token layout only, never on its batch neighbours, so an image gets the same tokens in
-              any batch (and images with the same layout get the same tokens).
+* random   -- k allowed tokens drawn with a seed per image (the engine derives it from the image's
+              pixels, so an image gets the same tokens in any batch, on any device, and different
+              images get different draws). The draw depends on that seed and the allowed tokens only,
+              never on batch neighbours.
 * uniform  -- k tokens evenly spaced over the image's allowed tokens in token order: the i-th of k
               has rank floor((2i + 1) * a / (2k)) among the a allowed tokens. In LLaVA's row-major grid
               that spreads them over the whole image; for LLaVA-NeXT (per view) and Qwen-VL (merged
@@ -48,11 +49,11 @@ def choose(
     alpha: float = ALPHA,
     tau_t: float = TAU_T_LLAVA,
     tau_v: float = TAU_V,
-    seed: int = RANDOM_SEED,
+    seed: int | Sequence[int] = RANDOM_SEED,
 ) -> Selection:
     """Kept token indices per image (ascending, and in pick order) for `method` ("mmtok" or one of `BASELINES`).
 
-    Arguments as in `selection.select`; `seed` is used by "random" only.
+    Arguments as in `selection.select`; `seed` (one for all images, or one per image) is used by "random" only.
     """
     if method == "mmtok":
         return select(
@@ -61,12 +62,15 @@ def choose(
         )
     if method not in BASELINES:
         raise ValueError(f"unknown selection method {method!r}")
+    seeds = torch.tensor([seed] * vision.shape[0] if isinstance(seed, int) else list(seed), dtype=torch.long)
+    if len(seeds) != vision.shape[0]:
+        raise ValueError(f"need one seed per image ({vision.shape[0]}), got {len(seeds)}")
 
     def pick(
         rows: torch.Tensor | slice, k_rows: torch.Tensor, allowed_rows: torch.Tensor
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if method == "random":
-            return _random(k_rows, allowed_rows, seed)
+            return _random(k_rows, allowed_rows, seeds[rows if isinstance(rows, slice) else rows.cpu()].tolist())
         if method == "uniform":
             return _uniform(k_rows, allowed_rows)
         if method == "divprune":
@@ -100,14 +104,13 @@ def _top_k(scores: torch.Tensor, k: torch.Tensor, allowed: torch.Tensor) -> torc
     return picks.masked_fill(none, -1)
 
 
-def _random(k: torch.Tensor, allowed: torch.Tensor, seed: int) -> torch.Tensor:
-    # One draw on the CPU with a fixed generator, shared by every row: the same on every device and
-    # independent of the batch an image lands in.
-    gen = torch.Generator().manual_seed(seed)
-    scores = torch.rand(allowed.shape[1], generator=gen).to(allowed.device)
-    picks = _top_k(scores.expand(allowed.shape), k, allowed)
-    # A random draw has no meaningful order: hand the picks back in index order ("no pick", -1, last).
+def _random(k: torch.Tensor, allowed: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+    # Each row's draw on the CPU from its own generator: the same on every device and independent of
+    # the batch an image lands in (a batch costs one small draw per image).
     n = allowed.shape[1]
+    scores = torch.stack([torch.rand(n, generator=torch.Generator().manual_seed(s)) for s in seeds])
+    picks = _top_k(scores.to(allowed.device), k, allowed)
+    # A random draw has no meaningful order: hand the picks back in index order ("no pick", -1, last).
     ascending = torch.sort(picks.masked_fill(picks < 0, n), dim=-1).values
     return ascending.masked_fill_(ascending == n, -1)
 

@@ -7,6 +7,7 @@ the adapter for the shortened generation inputs and calls transformers' own `gen
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,7 @@ import torch
 from PIL import Image
 from transformers.generation.streamers import BaseStreamer
 
+from .baselines import RANDOM_SEED
 from .errors import MmtokError, UsageError
 from .flops import estimated_speedup
 from .models import Adapter, load_adapter
@@ -193,7 +195,7 @@ class Engine:
         kept = order = None
         if method != "full":
             selection = self._select(vt, questions, budgets, method=method, alpha=alpha, tau_t=tau_t, tau_v=tau_v,
-                                     agent_answers=agent_answers)
+                                     agent_answers=agent_answers, images=prepared.images)
             kept, order = selection.indices, selection.order
         gen_inputs = adapter.generation_inputs(prepared, vt, kept)
         t_sel = self._sync()
@@ -277,12 +279,16 @@ class Engine:
     def _select(
         self, vt: VisionTokens, questions: list[str], budgets: list[int], *, method: str, alpha: float,
         tau_t: float | None, tau_v: float, agent_answers: list[str] | None = None,
+        images: Sequence[Image.Image] = (),
     ) -> Selection:
-        """T from the questions (and the agent's words), then the adapter's selection; tau_t None: the family's."""
+        """T from the questions (and the agent's words), then the adapter's selection; tau_t None: the family's.
+
+        `random` draws with a seed per image from its pixels (`image_seed`), when `images` are given."""
         adapter = self.adapter
         text, text_mask = adapter.text_tokens(questions, agent_answers)
+        seeds = [image_seed(im) for im in images] if method == "random" and images else None
         return adapter.select(
-            vt, text, text_mask, budgets, method=method,
+            vt, text, text_mask, budgets, method=method, seeds=seeds,
             alpha=alpha, tau_t=adapter.tau_t if tau_t is None else tau_t, tau_v=tau_v,
         )
 
@@ -305,6 +311,11 @@ class Engine:
     def ask(self, image: Image.Image, question: str, **options: Any) -> Answer:
         """Answer one question about one image (see `run` for the options)."""
         return self.run([image], [question], **options)[0]
+
+
+def image_seed(image: Image.Image, seed: int = RANDOM_SEED) -> int:
+    """`random`'s seed for an image: a checksum of its pixels, so the draw follows the image, not its batch."""
+    return zlib.crc32(image.tobytes(), seed)
 
 
 def check_agent_model(name: str) -> None:

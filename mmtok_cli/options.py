@@ -15,7 +15,7 @@ METHODS = ("mmtok", "full", "random", "uniform", "vision", "text", "divprune")
 METHOD_HELP = {
     "mmtok": "coverage of the question's tokens and of all vision tokens (the default)",
     "full": "no pruning: every vision token",
-    "random": "k random tokens (fixed seed: an image gets the same tokens in any batch)",
+    "random": "k random tokens, seeded per image from its pixels (an image gets the same tokens in any batch)",
     "uniform": "k tokens evenly spaced over the image's tokens (row-major grid for LLaVA, token order otherwise)",
     "vision": "coverage of the vision tokens only (MMTok's alpha*Q term)",
     "text": "coverage of the question's tokens only (MMTok's P term; vision if the question has none)",

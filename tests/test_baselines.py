@@ -54,6 +54,13 @@ def test_random_is_seeded_and_independent_of_the_batch():
     assert batched[0].tolist() == choose("random", V[:1], V[:1], k=5).indices[0].tolist()
     assert choose("random", V[:1], V[:1], k=5, seed=1).indices[0].tolist() != batched[0].tolist()
     assert (batched[1] < 15).all()
+    # One seed per image: each row draws from its own seed, whatever its neighbours are.
+    per_image = choose("random", V, V, k=[5, 5, 3], vision_mask=mask, allowed=mask, seed=[7, 8, 9]).indices
+    assert per_image[2].tolist() == choose("random", V[2:], V[2:], k=3, seed=[9]).indices[0].tolist()
+    assert per_image[0].tolist() == choose("random", V[:1], V[:1], k=5, seed=7).indices[0].tolist()
+    assert per_image[0].tolist() != batched[0].tolist()
+    with pytest.raises(ValueError, match="one seed per image"):
+        choose("random", V, V, k=2, seed=[1, 2])
 
 
 @pytest.mark.parametrize("method", BASELINES)

@@ -194,3 +194,14 @@ def test_feature_layouts_u_is_the_projector_input(tmp_path, layout):
     expected = _until_eos(out[0, inputs["input_ids"].shape[1] :].tolist(), model.generation_config.eos_token_id)
     assert engine.ask(noise_image(8), QUESTION, tokens=n, max_new_tokens=NEW).output_ids == expected
     assert engine.ask(noise_image(8), QUESTION, tokens=7, max_new_tokens=NEW).vision_kept == 7
+
+
+def test_random_draws_follow_the_image_not_the_batch(engine):
+    def kept(images):
+        answers = engine.run(images, ["What is here?"] * len(images), method="random", tokens=8, max_new_tokens=1)
+        return [a.kept_indices[0] for a in answers]
+
+    a, b, a_again = noise_image(11), noise_image(12), noise_image(11)
+    alone, pair, swapped = kept([a]), kept([a, b]), kept([b, a_again])
+    assert pair[0] == alone[0] == swapped[1] and pair[1] == swapped[0]  # the same pixels, the same tokens
+    assert pair[0] != pair[1]  # another image, another draw

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -48,6 +49,8 @@ class Prepared:
     """The processor's BatchFeature (input_ids, attention_mask, pixel_values, ...) on the model's device."""
     image_sizes: list[tuple[int, int]]
     """(height, width) of each original image, before any resizing or padding."""
+    images: list[Image.Image] = field(default_factory=list)
+    """The original images (for what needs their pixels later, such as `random`'s per-image seed)."""
 
 
 class Adapter(ABC):
@@ -117,7 +120,8 @@ class Adapter(ABC):
         """Processor outputs for one image per question, on the model's device."""
         prompts = [self.prompt(q) for q in questions]
         inputs = self.processor(images=images, text=prompts, padding=True, return_tensors="pt")
-        return Prepared(inputs=inputs.to(self.device), image_sizes=[(im.height, im.width) for im in images])
+        return Prepared(inputs=inputs.to(self.device), image_sizes=[(im.height, im.width) for im in images],
+                        images=list(images))
 
     @abstractmethod
     def encode(self, prepared: Prepared) -> VisionTokens:
@@ -145,17 +149,17 @@ class Adapter(ABC):
 
     def select(
         self, tokens: VisionTokens, text: torch.Tensor, text_mask: torch.Tensor, budgets: list[int],
-        method: str = "mmtok", **params: float,
+        method: str = "mmtok", seeds: Sequence[int] | None = None, **params: float,
     ) -> Selection:
         """Kept token indices per image for per-image budgets: `.indices` ascending (what the model is fed),
-        `.order` the same in pick order; `params` are alpha / tau_t / tau_v.
+        `.order` the same in pick order; `params` are alpha / tau_t / tau_v, `seeds` one per image for "random".
 
         One batched selection with `method` (MMTok or a baseline, see `baselines.choose`) over each
         image's tokens. Families whose budget is split over parts of an image (LLaVA-NeXT's crops) override this.
         """
         return choose(
             method, tokens.vision, tokens.features, text, k=budgets, vision_mask=tokens.mask, allowed=tokens.allowed,
-            text_mask=text_mask, **params,
+            text_mask=text_mask, **params, **({} if seeds is None else {"seed": seeds}),
         )
 
     @abstractmethod

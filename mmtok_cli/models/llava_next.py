@@ -14,13 +14,14 @@ sequence unchanged, newlines included, i.e. exactly the unpruned model.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from ..baselines import choose
+from ..baselines import RANDOM_SEED, choose
 from ..errors import MmtokError
 from ..selection import TAU_T_LLAVA, Selection
 from .base import Adapter, Prepared, VisionTokens, drop_placeholders
@@ -125,7 +126,7 @@ class LlavaNextAdapter(Adapter):
 
     def select(
         self, tokens: VisionTokens, text: torch.Tensor, text_mask: torch.Tensor, budgets: list[int],
-        method: str = "mmtok", **params: float,
+        method: str = "mmtok", seeds: Sequence[int] | None = None, **params: float,
     ) -> Selection:
         """Per-view selection with the budget split evenly over the views (or one global selection).
 
@@ -138,16 +139,17 @@ class LlavaNextAdapter(Adapter):
         if self.crop_budget not in CROP_BUDGETS:
             raise ValueError(f"crop_budget must be one of {CROP_BUDGETS}, not {self.crop_budget!r}")
         if self.crop_budget == "global":
-            return super().select(tokens, text, text_mask, budgets, method, **params)
+            return super().select(tokens, text, text_mask, budgets, method, seeds, **params)
         # One row per (image, view): each view selects its share of the image's budget from its own tokens.
-        rows, row_image, row_k = [], [], []
+        rows, row_image, row_k, row_seed = [], [], [], []
         for image, (parts, total) in enumerate(zip(tokens.parts, budgets)):
             members = [(parts == p).nonzero().flatten() for p in range(int(parts.max()) + 1)]
-            for idx, k in zip(members, split_evenly(total, [len(m) for m in members])):
+            for view, (idx, k) in enumerate(zip(members, split_evenly(total, [len(m) for m in members]))):
                 if k > 0:
                     rows.append(idx)
                     row_image.append(image)
                     row_k.append(k)
+                    row_seed.append((RANDOM_SEED if seeds is None else seeds[image]) + view)  # views draw apart
         index = pad_sequence(rows, batch_first=True)
         row_mask = pad_sequence([torch.ones(len(r), dtype=torch.bool, device=index.device) for r in rows], True)
         images = torch.tensor(row_image, device=index.device)
@@ -161,6 +163,7 @@ class LlavaNextAdapter(Adapter):
             vision_mask=row_mask,
             allowed=tokens.allowed[images].gather(1, index) & row_mask,
             text_mask=text_mask[images],
+            seed=row_seed,
             **params,
         )
         device = tokens.vision.device
