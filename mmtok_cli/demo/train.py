@@ -238,7 +238,8 @@ def train_stage(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mmtok_cli.demo.train", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="folder to save the trained checkpoint to")
-    parser.add_argument("--steps", default="600,1000,2000", help="steps of the text, align and instruct stages")
+    parser.add_argument("--steps", default="400,600,1100",
+                        help="steps of the text, align and instruct stages (the shipped weights' first run)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--seed", type=int, default=0)
