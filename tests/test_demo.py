@@ -42,15 +42,20 @@ def test_demo_answers_fresh_scenes_at_full_tokens():
     )
     wrong = [(it["question"], it["answer"], a.answer) for a, it in zip(answers, items)
              if not is_correct(a.answer, it["answer"], it["question"])]
-    assert len(wrong) <= 0.1 * len(items), wrong
+    assert len(wrong) <= 0.05 * len(items), wrong
 
 
 def test_readme_command_answers_yes():
-    result = runner.invoke(app, ["ask", "sample_images/scene.png", "Is there a red circle?", "--model", "demo",
-                                 "--tokens", "64", "--device", "cpu", "--json"])
-    assert result.exit_code == 0, result.output
-    record = json.loads(result.stdout)
-    assert record["answer"].lower() == "yes" and record["vision_tokens"] == {"total": 144, "kept": 64}
+    def ask(method):
+        result = runner.invoke(app, ["ask", "sample_images/scene.png", "Is there a red circle?", "--model", "demo",
+                                     "--tokens", "8", "--device", "cpu", "--json", "--method", method])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    record = ask("mmtok")
+    assert record["answer"].lower() == "yes" and record["vision_tokens"] == {"total": 144, "kept": 8}
+    # what README says next to the command: 8 random or evenly spaced tokens miss the circles
+    assert ask("random")["answer"].lower() == ask("uniform")["answer"].lower() == "no"
 
 
 def test_training_script_runs_every_stage_and_resumes(tmp_path):
