@@ -16,7 +16,8 @@ All of them run batched over padded tensors (no Python loop over images). The ru
               windows) token order is not raster order, so "even" means even in token order there.
 * vision   -- greedy coverage of the vision tokens only: the alpha * Q term of MMTok alone.
 * text     -- greedy coverage of the question's tokens only: P alone; an image whose question has no
-              content tokens falls back to `vision`.
+              content tokens falls back to `vision`. P saturates once each content token's best match
+              is picked; later picks gain nothing and take the lowest allowed indices.
 * divprune -- max-min diversity of U (DivPrune, Alvar et al. 2025): greedy farthest-point selection
               under cosine distance. The first pick is the token farthest from the mean of the
               allowed features (deterministic, and not biased towards index 0); each next pick is the
