@@ -63,9 +63,10 @@ def choose(
         )
     if method not in BASELINES:
         raise ValueError(f"unknown selection method {method!r}")
-    seeds = torch.tensor([seed] * vision.shape[0] if isinstance(seed, int) else list(seed), dtype=torch.long)
-    if len(seeds) != vision.shape[0]:
-        raise ValueError(f"need one seed per image ({vision.shape[0]}), got {len(seeds)}")
+    if method == "random":
+        seeds = torch.tensor([seed] * vision.shape[0] if isinstance(seed, int) else list(seed), dtype=torch.long)
+        if len(seeds) != vision.shape[0]:
+            raise ValueError(f"need one seed per image ({vision.shape[0]}), got {len(seeds)}")
 
     def pick(
         rows: torch.Tensor | slice, k_rows: torch.Tensor, allowed_rows: torch.Tensor

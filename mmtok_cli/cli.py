@@ -29,7 +29,6 @@ from .options import (
     METHODS,
     check_agent,
     check_options,
-    check_selection,
     selection_params,
 )
 
@@ -348,7 +347,7 @@ def ask(
     def work() -> None:
         check_options(tokens=tokens, method=method, max_new_tokens=max_new_tokens, dtype=dtype, device=device)
         check_agent(agent=agent, method=method, agent_model=agent_model, agent_tokens=agent_tokens)
-        check_selection(alpha=alpha, tau_t=tau_t, tau_v=tau_v)
+        selection = selection_params(alpha=alpha, tau_t=tau_t, tau_v=tau_v)
         if not question.strip():
             raise UsageError("the question is empty; pass the question as the second argument, in quotes")
         target = _show_target(show_path)
@@ -356,7 +355,7 @@ def ask(
         engine, load_ms = _load_engine(model, device, dtype, agent_model)
         options = {"tokens": tokens, "max_new_tokens": max_new_tokens}
         answer = engine.ask(picture, question, method=method, **options, **_agent_options(agent, agent_tokens),
-                            **selection_params(alpha=alpha, tau_t=tau_t, tau_v=tau_v))
+                            **selection)
         full = engine.ask(picture, question, method="full", **options) if compare else None
         if target is not None:
             _save_show(engine, picture, question, [(method, answer)] + ([("full", full)] if full else []), target)
@@ -491,7 +490,7 @@ def batch(
     def work() -> int:
         check_options(tokens=tokens, method=method, max_new_tokens=max_new_tokens, dtype=dtype, device=device)
         check_agent(agent=agent, method=method, agent_model=agent_model, agent_tokens=agent_tokens)
-        check_selection(alpha=alpha, tau_t=tau_t, tau_v=tau_v)
+        selection = selection_params(alpha=alpha, tau_t=tau_t, tau_v=tau_v)
         if batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
         if workers < 1 or gpus_per_worker < 0:
@@ -512,7 +511,7 @@ def batch(
         options = BatchOptions(tokens=tokens, method=method, max_new_tokens=max_new_tokens,
                                batch_size=batch_size, compare=compare, debug=debug, show_dir=pictures,
                                agent=agent, agent_tokens=agent_tokens,
-                               selection=selection_params(alpha=alpha, tau_t=tau_t, tau_v=tau_v))
+                               selection=selection)
         if ray:
             from .models.registry import check_model
             from .ray_batch import RayOptions, import_ray, run_on_ray
@@ -788,14 +787,14 @@ def show_command(
         chosen = parse_methods(methods)
         for method in chosen:
             check_options(tokens=tokens, method=method, max_new_tokens=max_new_tokens, dtype=dtype, device=device)
-        check_selection(alpha=alpha, tau_t=tau_t, tau_v=tau_v)
+        selection = selection_params(alpha=alpha, tau_t=tau_t, tau_v=tau_v)
         if not question.strip():
             raise UsageError("the question is empty; pass the question as the second argument, in quotes")
         target = check_picture_path(out, "--out")
         picture = load_image(image)
         engine, _ = _load_engine(model, device, dtype)
         sheet, results = show(engine, picture, question, chosen, numbers=numbers, tokens=tokens,
-                              max_new_tokens=max_new_tokens, **selection_params(alpha=alpha, tau_t=tau_t, tau_v=tau_v))
+                              max_new_tokens=max_new_tokens, **selection)
         save_picture(sheet, target)
         for method, answer in results:
             sys.stdout.write(f"{method}: {answer.answer}\n")
@@ -1032,7 +1031,7 @@ def eval_command(
         budgets, chosen = parse_tokens(tokens), parse_methods(methods)
         check_options(tokens=min(budgets), method="mmtok", max_new_tokens=max_new_tokens, dtype=dtype, device=device)
         check_agent(agent=agent, method=None, agent_model=agent_model, agent_tokens=agent_tokens)
-        check_selection(alpha=alpha, tau_t=tau_t, tau_v=tau_v)
+        selection = selection_params(alpha=alpha, tau_t=tau_t, tau_v=tau_v)
         if agent and not set(chosen) & set(AGENT_METHODS):
             raise UsageError(f"--agent only changes {' and '.join(AGENT_METHODS)}; add one of them to --methods")
         if batch_size < 1:
@@ -1050,7 +1049,7 @@ def eval_command(
                     max_new_tokens=max_new_tokens, progress=lambda text: status.update(f"evaluating: {escape(text)}"),
                     predictions=(lambda rows: sink.writelines(json.dumps(r) + "\n" for r in rows)) if sink else None,
                     agent=agent, agent_tokens=agent_tokens,
-                    selection=selection_params(alpha=alpha, tau_t=tau_t, tau_v=tau_v),
+                    selection=selection,
                 )
         finally:
             if sink:

@@ -45,17 +45,16 @@ def check_options(
         raise UsageError(f"--max-new-tokens must be at least 1 (got {max_new_tokens})")
 
 
-def check_selection(*, alpha: float | None = None, tau_t: float | None = None, tau_v: float | None = None) -> None:
-    """--alpha must be a finite number >= 0, the temperatures finite and > 0 (None: the default)."""
+def selection_params(*, alpha: float | None, tau_t: float | None, tau_v: float | None) -> dict[str, float]:
+    """The selection parameters a user set, checked, as `Engine.run_prepared` keywords (None: the default).
+
+    --alpha must be a finite number >= 0, the temperatures finite and > 0.
+    """
     if alpha is not None and not (math.isfinite(alpha) and alpha >= 0):
         raise UsageError(f"--alpha must be a number of at least 0 (got {alpha})")
     for flag, tau in (("--tau-t", tau_t), ("--tau-v", tau_v)):
         if tau is not None and not (math.isfinite(tau) and tau > 0):
             raise UsageError(f"{flag} must be a number above 0 (got {tau})")
-
-
-def selection_params(*, alpha: float | None, tau_t: float | None, tau_v: float | None) -> dict[str, float]:
-    """The selection parameters a user set, as `Engine.run_prepared` keywords; the others keep their defaults."""
     given = {"alpha": alpha, "tau_t": tau_t, "tau_v": tau_v}
     return {name: value for name, value in given.items() if value is not None}
 
