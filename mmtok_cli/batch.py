@@ -297,10 +297,9 @@ class BatchRunner:
             "preprocess_ms": preprocess_ms,
             **opts.selection,
         }
-        agent: dict[str, Any] = {}
-        if opts.agent:  # the unpruned run of --compare never takes the agent: it reads every token anyway
-            agent = {"agent": True, "agent_tokens": opts.agent_tokens, "images": [e.image for e in entries]}
-        answers = self.engine.run_prepared(prepared, questions, method=opts.method, **run, **agent)
+        # The unpruned run of --compare below never takes the agent: it reads every token anyway.
+        answers = self.engine.run_prepared(prepared, questions, method=opts.method, agent=opts.agent,
+                                           agent_tokens=opts.agent_tokens, **run)
         if opts.show_dir is not None:
             from .show import save_batch_pictures
 

@@ -260,11 +260,6 @@ def _load_engine(model: str, device: str, dtype: str, agent_model: str | None = 
     return engine, (time.perf_counter() - start) * 1e3
 
 
-def _agent_options(agent: bool, agent_tokens: int | None) -> dict[str, Any]:
-    """Keyword arguments for `Engine.run_prepared` that turn the agent on (none when it is off)."""
-    return {"agent": True, "agent_tokens": agent_tokens} if agent else {}
-
-
 CompareOpt = Annotated[
     bool,
     typer.Option(
@@ -354,7 +349,7 @@ def ask(
         picture = load_image(image)
         engine, load_ms = _load_engine(model, device, dtype, agent_model)
         options = {"tokens": tokens, "max_new_tokens": max_new_tokens}
-        answer = engine.ask(picture, question, method=method, **options, **_agent_options(agent, agent_tokens),
+        answer = engine.ask(picture, question, method=method, **options, agent=agent, agent_tokens=agent_tokens,
                             **selection)
         full = engine.ask(picture, question, method="full", **options) if compare else None
         if target is not None:

@@ -137,8 +137,7 @@ class Engine:
         (tokens, method, max_new_tokens, alpha, tau_t, tau_v, ignore_eos, agent, agent_tokens; see there)."""
         t0 = self._sync()
         prepared = self.prepare(images, questions)
-        return self.run_prepared(prepared, questions, preprocess_ms=(self._sync() - t0) * 1e3, images=images,
-                                 **options)
+        return self.run_prepared(prepared, questions, preprocess_ms=(self._sync() - t0) * 1e3, **options)
 
     @torch.inference_mode()
     def run_prepared(
@@ -157,7 +156,6 @@ class Engine:
         agent: bool = False,
         agent_tokens: int | None = None,
         agent_max_new_tokens: int = AGENT_MAX_NEW_TOKENS,
-        images: Sequence[Image.Image] | None = None,
     ) -> list[Answer]:
         """Answer the questions of a batch made by `prepare`.
 
@@ -167,7 +165,7 @@ class Engine:
 
         `agent=True` (methods mmtok and text only) first answers the whole batch cheaply: this model at
         `agent_tokens` (default: `tokens`) on the vision tokens it has already encoded, or `agent_engine`
-        (with all its vision tokens unless `agent_tokens` is given; it needs `images`), generating up to
+        (with all its vision tokens unless `agent_tokens` is given; it reads `prepared.images`), generating up to
         `agent_max_new_tokens`. Each preliminary answer's words join its question's words in T, then the
         tokens are selected again and the answer generated; the prompt never contains the preliminary
         answer. Its cost is `timings_ms["agent"]`, the answer `Answer.agent_answer`.
@@ -189,7 +187,7 @@ class Engine:
             agent_answers = self._agent_answers(
                 prepared, vt, questions, budgets if agent_tokens is None else [agent_tokens] * len(questions),
                 method=method, explicit_budget=agent_tokens is not None, max_new_tokens=agent_max_new_tokens,
-                images=images, alpha=alpha, tau_t=tau_t, tau_v=tau_v,
+                alpha=alpha, tau_t=tau_t, tau_v=tau_v,
             )
         t_agent = self._sync() if agent else t_vis
         kept = order = None
@@ -256,19 +254,16 @@ class Engine:
         method: str,
         explicit_budget: bool,
         max_new_tokens: int,
-        images: Sequence[Image.Image] | None,
         alpha: float,
         tau_t: float | None,
         tau_v: float,
     ) -> list[str]:
         """The agent's first pass for the whole batch at once: one preliminary answer per question."""
         if self.agent_engine is not None:
-            if images is None:
-                raise ValueError("a separate agent model reads the images itself: pass images= to run_prepared")
             # The second model has its own processor, vision tokens and tau_t; a small model reads them all
             # unless the caller gave it a budget.
             answers = self.agent_engine.run(
-                list(images), questions, method=method if explicit_budget else "full", tokens=budgets,
+                list(prepared.images), questions, method=method if explicit_budget else "full", tokens=budgets,
                 max_new_tokens=max_new_tokens, alpha=alpha, tau_v=tau_v,
             )
             return [a.answer for a in answers]
