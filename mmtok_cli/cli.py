@@ -10,7 +10,6 @@ import json
 import os
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -31,6 +30,7 @@ from .options import (
     check_options,
     selection_params,
 )
+from .quiet import quiet_libraries
 
 if TYPE_CHECKING:  # the ML stack loads lazily so bad input is rejected fast
     from .batch import Summary
@@ -197,15 +197,6 @@ def main(
     ] = False,
 ) -> None:
     """Ask vision-language models about images with MMTok vision-token pruning."""
-
-
-def quiet_libraries() -> None:
-    """Keep stderr for our own messages: no transformers warnings or weight-loading bars."""
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    warnings.filterwarnings("ignore")
 
 
 def _guarded(debug: bool, work: Callable[[], Any]) -> Any:

@@ -54,7 +54,7 @@ class _Worker:
         self, model: str, device: str, dtype: str, options: dict[str, Any], base: str, agent_model: str | None = None
     ) -> None:
         from .batch import BatchRunner
-        from .cli import quiet_libraries
+        from .quiet import quiet_libraries
         from .engine import Engine
 
         quiet_libraries()  # a worker's stderr reaches the driver's terminal: the same quiet as the CLI

@@ -19,11 +19,11 @@ from PIL import Image, ImageDraw, ImageFont
 
 from . import options
 from .errors import MmtokError, UsageError
-from .models.regions import TokenRegions, area
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # `mmtok_cli.models` imports the ML stack; the CLI checks paths and methods before that
     from .engine import Answer, Engine
     from .models.base import Prepared
+    from .models.regions import TokenRegions
 
 PANEL_SIDE = 384
 """Longest side of each drawn image, in pixels (images are scaled up or down to it)."""
@@ -212,6 +212,8 @@ def _panel(
 ) -> Image.Image:
     """`shown` dimmed, with the kept tokens' regions (of `tokens`) bright and outlined, and their `ranks`
     (token -> number) centred in them where the number fits."""
+    from .models.regions import area  # the model is loaded by now; importing at the top would load it early
+
     dim = Image.blend(shown, Image.new("RGB", shown.size, DARK), DIM)
     mask = Image.new("L", shown.size, 0)
     fill = ImageDraw.Draw(mask)
