@@ -31,7 +31,17 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .selection import ALPHA, TAU_T_LLAVA, TAU_V, Selection, coverage_matrix, greedy_max_coverage, resolve, select
+from .selection import (
+    ALPHA,
+    TAU_T_LLAVA,
+    TAU_V,
+    Selection,
+    as_mask,
+    coverage_matrix,
+    greedy_max_coverage,
+    resolve,
+    select,
+)
 
 BASELINES = ("random", "uniform", "vision", "text", "divprune")
 RANDOM_SEED = 0
@@ -85,12 +95,10 @@ def choose(
         else:  # "text": P alone, or alpha * Q for images without text rows
             cov = coverage_matrix(vision[rows], features[rows], t, vision_mask=vm, text_mask=tm, alpha=1.0,
                                   tau_t=tau_t, tau_v=tau_v)
-            has_text = torch.ones(t.shape[:2], dtype=torch.bool, device=t.device) if tm is None else tm.bool()
-            has_text = has_text.any(-1)
-            m = t.shape[1]
+            has_text = as_mask(tm, t.shape[:2], t.device).any(-1)
             # Zero the vision rows where there is text (P alone); keep alpha * Q where there is none.
-            scale = torch.where(has_text, 0.0, alpha).to(cov.dtype)
-            cov = torch.cat([cov[:, :m], cov[:, m:] * scale[:, None, None]], dim=1)
+            # `cov` is a fresh float32 tensor, so scaling it in place copies nothing.
+            cov[:, t.shape[1]:] *= torch.where(has_text, 0.0, alpha).to(cov.dtype)[:, None, None]
         return greedy_max_coverage(cov, k_rows, allowed_rows)
 
     return resolve(vision, k, vision_mask, allowed, pick)

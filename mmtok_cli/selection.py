@@ -49,7 +49,7 @@ class Selection:
         return [int(i.numel()) for i in self.indices]
 
 
-def _mask(mask: torch.Tensor | None, shape: torch.Size, device: torch.device) -> torch.Tensor:
+def as_mask(mask: torch.Tensor | None, shape: torch.Size, device: torch.device) -> torch.Tensor:
     """A bool mask on `device`; None means everything is present."""
     if mask is None:
         return torch.ones(shape, dtype=torch.bool, device=device)
@@ -92,7 +92,7 @@ def coverage_matrix(
     """
     if vision.ndim != 3 or features.ndim != 3 or vision.shape[:2] != features.shape[:2]:
         raise ValueError(f"vision {tuple(vision.shape)} and features {tuple(features.shape)} must be (B, n, *)")
-    vision_mask = _mask(vision_mask, vision.shape[:2], vision.device)
+    vision_mask = as_mask(vision_mask, vision.shape[:2], vision.device)
     n_valid = vision_mask.sum(-1).clamp_min(1).float()
 
     u = F.normalize(features.float(), dim=-1)
@@ -101,7 +101,7 @@ def coverage_matrix(
     if text is None or text.shape[1] == 0:
         return q
 
-    text_mask = _mask(text_mask, text.shape[:2], vision.device)
+    text_mask = as_mask(text_mask, text.shape[:2], vision.device)
     t = F.normalize(text.float(), dim=-1)
     v = vision.float()
     # Divide by |V| after the product instead of normalising V: V is the widest tensor (d = 4096
@@ -135,7 +135,7 @@ def greedy_max_coverage(
     bsz, rows, n = coverage.shape
     device = coverage.device
     k_t = _per_image(k, bsz, device)
-    allowed = _mask(allowed, (bsz, n), device)
+    allowed = as_mask(allowed, (bsz, n), device)
     group = bsz if device.type != "cpu" else max(1, _CPU_CACHE_BYTES // (rows * n * 4))
     if group >= bsz:
         return _greedy(coverage.float(), k_t, allowed)
@@ -233,8 +233,8 @@ def resolve(
     """
     bsz, n, _ = vision.shape
     device = vision.device
-    vision_mask = _mask(vision_mask, (bsz, n), device)
-    allowed = _mask(allowed, (bsz, n), device) & vision_mask
+    vision_mask = as_mask(vision_mask, (bsz, n), device)
+    allowed = as_mask(allowed, (bsz, n), device) & vision_mask
     k_t = _per_image(k, bsz, device)
     if bool((k_t < 0).any()):
         raise ValueError("k must be >= 0")
