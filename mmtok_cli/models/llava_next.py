@@ -153,15 +153,17 @@ class LlavaNextAdapter(Adapter):
         index = pad_sequence(rows, batch_first=True)
         row_mask = pad_sequence([torch.ones(len(r), dtype=torch.bool, device=index.device) for r in rows], True)
         images = torch.tensor(row_image, device=index.device)
-        gather = index[:, :, None]
+        # Index image and token at once: only each view's own tokens are copied, not its whole image per view.
+        # Padding positions read token 0; row_mask hides them.
+        at = (images[:, None], index)
         chosen = choose(
             method,
-            tokens.vision[images].gather(1, gather.expand(-1, -1, tokens.vision.shape[-1])),
-            tokens.features[images].gather(1, gather.expand(-1, -1, tokens.features.shape[-1])),
+            tokens.vision[at],
+            tokens.features[at],
             text[images],
             k=row_k,
             vision_mask=row_mask,
-            allowed=tokens.allowed[images].gather(1, index) & row_mask,
+            allowed=tokens.allowed[at] & row_mask,
             text_mask=text_mask[images],
             seed=row_seed,
             **params,
