@@ -42,24 +42,14 @@ _QWEN_IDS = {"image_token_id": 151655, "video_token_id": 151656, "vision_start_t
 
 _LLAMA_7B = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
              "num_key_value_heads": 32}
+_LLAMA_13B = {"hidden_size": 5120, "intermediate_size": 13824, "num_hidden_layers": 40, "num_attention_heads": 40,
+              "num_key_value_heads": 40}
 
 ARCHS: dict[str, dict[str, Any]] = {
     "llava-1.5-7b": {**_LLAVA_15, "text_config": {**_VICUNA, **_LLAMA_7B}},
-    "llava-1.5-13b": {
-        **_LLAVA_15,
-        "text_config": {**_VICUNA, "hidden_size": 5120, "intermediate_size": 13824, "num_hidden_layers": 40,
-                        "num_attention_heads": 40, "num_key_value_heads": 40},
-    },
-    "llava-v1.6-vicuna-7b": {
-        **_NEXT,
-        "text_config": {**_VICUNA, "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
-                        "num_attention_heads": 32, "num_key_value_heads": 32},
-    },
-    "llava-v1.6-vicuna-13b": {
-        **_NEXT,
-        "text_config": {**_VICUNA, "hidden_size": 5120, "intermediate_size": 13824, "num_hidden_layers": 40,
-                        "num_attention_heads": 40, "num_key_value_heads": 40},
-    },
+    "llava-1.5-13b": {**_LLAVA_15, "text_config": {**_VICUNA, **_LLAMA_13B}},
+    "llava-v1.6-vicuna-7b": {**_NEXT, "text_config": {**_VICUNA, **_LLAMA_7B}},
+    "llava-v1.6-vicuna-13b": {**_NEXT, "text_config": {**_VICUNA, **_LLAMA_13B}},
     "qwen2.5-vl-3b": {
         "model_type": "qwen2_5_vl", **_QWEN_IDS, "tie_word_embeddings": True,
         "vision_config": {**_QWEN25_VISION, "out_hidden_size": 2048},

@@ -139,7 +139,7 @@ def _clip_and_llama(tokenizer, image_size: int, patch_size: int, vision_hidden: 
     return vision, text
 
 
-def _random_model(model_class: type, config, tokenizer, seed: int):
+def random_model(model_class: type, config, tokenizer, seed: int):
     """A seeded random-weight model whose generation stops at the tokenizer's EOS."""
     torch.manual_seed(seed)
     model = model_class(config).eval()
@@ -190,7 +190,7 @@ def build_tiny_llava(
         vision_feature_select_strategy=select_strategy,
         projector_hidden_act="gelu",
     )
-    model = _random_model(LlavaForConditionalGeneration, config, tokenizer, seed)
+    model = random_model(LlavaForConditionalGeneration, config, tokenizer, seed)
     image_processor = (LlavaImageProcessorPil if pad_to_square else CLIPImageProcessorPil)(
         size={"shortest_edge": image_size},
         crop_size={"height": image_size, "width": image_size},
@@ -245,7 +245,7 @@ def build_tiny_llava_next(
         vision_feature_layer=-2,
         vision_feature_select_strategy="default",
     )
-    model = _random_model(LlavaNextForConditionalGeneration, config, tokenizer, seed)
+    model = random_model(LlavaNextForConditionalGeneration, config, tokenizer, seed)
     processor = LlavaNextProcessor(
         image_processor=LlavaNextImageProcessorPil(
             size={"shortest_edge": image_size},
@@ -339,7 +339,7 @@ def build_tiny_qwen_vl(
     else:
         raise ValueError(f"unknown Qwen-VL version {version!r}; use '2.5' or '3'")
     config = Config(vision_config=vision, text_config=text, tie_word_embeddings=False, **ids)
-    model = _random_model(Model, config, tokenizer, seed)
+    model = random_model(Model, config, tokenizer, seed)
     unit = patch * 2  # one merged token covers (2 patches)^2
     image_processor = Qwen2VLImageProcessorPil(
         patch_size=patch, merge_size=2, temporal_patch_size=2,

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from .. import synth
-from ..tiny import CHAT_TEMPLATE, build_tokenizer
+from ..tiny import CHAT_TEMPLATE, build_tokenizer, random_model
 from . import world
 
 IMAGE_SIZE = 192
@@ -68,10 +68,7 @@ def build(seed: int = 0) -> tuple[Any, Any]:
         vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         vision_feature_layer=-2, vision_feature_select_strategy="default", projector_hidden_act="gelu",
     )
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model = random_model(LlavaForConditionalGeneration, config, tokenizer, seed)
     processor = LlavaProcessor(
         image_processor=CLIPImageProcessorPil(
             size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
