@@ -16,7 +16,7 @@ from typing import Any
 
 from . import options
 from .errors import UsageError
-from .io import Item, read_jsonl
+from .io import Item, parse_line
 from .metrics import normalize, score
 
 
@@ -41,7 +41,8 @@ def load_labelled(path: Path) -> list[Item]:
     if not path.is_file():
         raise UsageError(f"DATA '{path}' not found (expected a JSONL file with image, question and answer)")
     with path.open(encoding="utf-8", errors="replace") as fp:
-        items = [it for it in read_jsonl(fp) if not (it.error or "").endswith("empty line")]
+        # Blank lines carry nothing to score; skip them by content, keeping every other line's number.
+        items = [parse_line(text.rstrip("\r\n"), number) for number, text in enumerate(fp, start=1) if text.strip()]
     if not items:
         raise UsageError(f"no items in '{path}'")
     for it in items:
@@ -100,6 +101,7 @@ def evaluate(
                                      agent_tokens=agent_tokens if with_agent else None,
                                      selection=dict(selection or {}))
         summary = BatchRunner(engine, batch_options, base=base).run(items, records.extend)
+        totals = summary.as_dict()
         got = [r["answer"] if r["error"] is None else None for r in records]
         scored = score(got, answers, questions)
         pope = scored["pope"]
@@ -110,9 +112,9 @@ def evaluate(
             "f1": None if pope is None else round(pope["f1"], 4),
             "pope": None if pope is None else {k: round(v, 4) for k, v in pope.items()},
             "metric": pope["f1"] if binary_only and pope else scored["accuracy"],
-            "mean_kept": round(summary.kept / summary.ok, 2) if summary.ok else None,
+            "mean_kept": totals["mean_vision_tokens_kept"],
             "failed": summary.failed,
-            "items_per_s": round(summary.items_per_s, 3),
+            "items_per_s": totals["items_per_s"],
         })
         if predictions:
             predictions([
