@@ -9,7 +9,7 @@ from transformers.models.llava_next.modeling_llava_next import get_anyres_image_
 from typer.testing import CliRunner
 
 from mmtok_cli.cli import app
-from mmtok_cli.models.llava_next import split_evenly
+from mmtok_cli.models.views import split_evenly
 
 from . import reference
 from .checks import assert_batch_equals_one_by_one
@@ -114,7 +114,7 @@ def _views_by_hand(model, inputs, image_size):
 
 
 @pytest.mark.parametrize("size", SIZES)
-@pytest.mark.parametrize("k,mode", [(7, "even"), (13, "even"), (7, "global")])
+@pytest.mark.parametrize("k,mode", [(7, "total"), (13, "total"), (7, "global"), (3, "per-view")])
 def test_pruned_run_equals_hand_built_reference(next_engine, plain, size, k, mode):
     model, processor = plain
     image = noise_image(3, size)
@@ -133,6 +133,8 @@ def test_pruned_run_equals_hand_built_reference(next_engine, plain, size, k, mod
             members = [(view == v).nonzero().flatten() for v in range(int(view.max()) + 1)]
             n_views = len(members)
             shares = [k // n_views + (i < k % n_views) for i in range(n_views)]  # all views are larger here
+            if mode == "per-view":  # k for every view (the MMTok and DivPrune authors' LLaVA-NeXT code)
+                shares = [k] * n_views
             kept = sorted(int(m[j]) for m, s in zip(members, shares) for j in reference.mmtok_indices(V[m], U[m], T, s))
         ids = inputs["input_ids"][0]
         run = (ids == model.config.image_token_id).nonzero().flatten()
@@ -144,17 +146,17 @@ def test_pruned_run_equals_hand_built_reference(next_engine, plain, size, k, mod
 
     adapter = next_engine.adapter
     try:
-        adapter.crop_budget = mode
+        adapter.view_budget = mode
         answer = next_engine.ask(image, QUESTION, tokens=k, max_new_tokens=NEW)
     finally:
-        del adapter.crop_budget  # back to the class default
+        del adapter.view_budget  # back to the class default
     assert answer.vision_total == len(V)
     assert answer.kept_indices == [kept]
-    if mode == "even":  # the per-view split: every view keeps its share
+    if mode != "global":  # every view keeps its share
         per_view = torch.bincount(view[kept], minlength=int(view.max()) + 1).tolist()
         assert per_view == shares
     assert answer.output_ids == expected
-    assert answer.prompt_pruned == short.shape[1] == answer.prompt_unpruned - len(run) + k
+    assert answer.prompt_pruned == short.shape[1] == answer.prompt_unpruned - len(run) + len(kept)
 
 
 def test_pick_order_interleaves_the_views_by_rank(next_engine, plain):
@@ -179,10 +181,10 @@ def test_pick_order_interleaves_the_views_by_rank(next_engine, plain):
     assert expected != sorted(expected)
     adapter = next_engine.adapter
     try:
-        adapter.crop_budget = "global"
+        adapter.view_budget = "global"
         whole = next_engine.ask(image, QUESTION, tokens=k, max_new_tokens=1)
     finally:
-        del adapter.crop_budget
+        del adapter.view_budget
     assert whole.kept_order == [reference.greedy(reference.coverage(V, U, T), k)[0]]
     everything = next_engine.ask(image, QUESTION, tokens=10_000, max_new_tokens=1)
     assert everything.kept_order == everything.kept_indices == [list(range(len(V)))]

@@ -20,7 +20,9 @@ from ..baselines import choose
 from ..errors import MmtokError
 from ..selection import Selection
 from ..text import content_token_ids
+from .processors import load_processor
 from .regions import TokenRegions
+from .views import check_view_budget, select_per_view
 
 
 @dataclass
@@ -35,6 +37,9 @@ class VisionTokens:
     """(B, n) bool: True where a token exists (False = batch padding)."""
     allowed: torch.Tensor
     """(B, n) bool: True where a token may be kept when pruning."""
+    parts: torch.Tensor | None = None
+    """(B, n) long: which view of its image each token comes from (0, 1, ...; -1 for batch padding), for
+    families whose images are several views (crops, tiles); None: one view. See views.py."""
 
     @property
     def counts(self) -> list[int]:
@@ -66,6 +71,10 @@ class Adapter(ABC):
     """What `--tokens K` means for this family, in a line (for `mmtok models`)."""
     fallback_prompt: ClassVar[str | None] = None
     """The family's conversation format, for checkpoints saved without a chat template."""
+    view_budget: str = "total"
+    """For images of several views (`VisionTokens.parts`): "total" splits --tokens evenly over the views,
+    "per-view" gives each view --tokens, "global" selects over all views at once (see views.py).
+    Set it on an engine's adapter: `engine.adapter.view_budget = "global"`."""
 
     def __init__(self, model: Any, processor: Any) -> None:
         self.model = model
@@ -88,12 +97,16 @@ class Adapter(ABC):
     def model_class() -> type:
         """The transformers class to load checkpoints of this family with."""
 
+    @staticmethod
+    def processor_class() -> type | None:
+        """The family's processor class where it has a video processor (which needs torchvision): mmtok then
+        assembles an image-only one where the full processor cannot load. None: the full one always loads."""
+        return None
+
     @classmethod
     def load_processor(cls, source: str, **kwargs: Any) -> Any:
-        """The checkpoint's processor (`kwargs` go to `from_pretrained`)."""
-        from transformers import AutoProcessor
-
-        return AutoProcessor.from_pretrained(source, **kwargs)
+        """The checkpoint's processor (`kwargs` go to `from_pretrained`); see processors.py."""
+        return load_processor(source, cls.processor_class(), **kwargs)
 
     @property
     def device(self) -> torch.device:
@@ -155,11 +168,18 @@ class Adapter(ABC):
         `.order` the same in pick order; `params` are alpha / tau_t / tau_v, `seeds` one per image for "random".
 
         One batched selection with `method` (MMTok or a baseline, see `baselines.choose`) over each
-        image's tokens. Families whose budget is split over parts of an image (LLaVA-NeXT's crops) override this.
+        image's tokens; for images of several views, per view with a share of the budget (`view_budget`).
         """
+        check_view_budget(self.view_budget)
+        seed = {} if seeds is None else {"seed": seeds}
+        if tokens.parts is not None and self.view_budget != "global":
+            return select_per_view(
+                tokens.vision, tokens.features, tokens.parts, tokens.allowed, text, text_mask, budgets,
+                mode=self.view_budget, method=method, seeds=seeds, **params,
+            )
         return choose(
             method, tokens.vision, tokens.features, text, k=budgets, vision_mask=tokens.mask, allowed=tokens.allowed,
-            text_mask=text_mask, **params, **({} if seeds is None else {"seed": seeds}),
+            text_mask=text_mask, **params, **seed,
         )
 
     @abstractmethod

@@ -6,54 +6,33 @@ padding removed ("unpad"), each row followed by a learned row-newline token. The
 are the packed tokens without the newlines, in that order; `kept_indices` index them.
 
 `--tokens K` is the total per image. By default it is split evenly over the base view and the crops
-(the paper's 32 x 5 = 160), each part choosing its own tokens; `crop_budget = "global"` selects over
-all of them at once instead. Row newlines are dropped when pruning; `k >= n` feeds the packed
+(the paper's 32 x 5 = 160), each part choosing its own tokens (views.py; `view_budget` chooses
+another split). Row newlines are dropped when pruning; `k >= n` feeds the packed
 sequence unchanged, newlines included, i.e. exactly the unpruned model.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from ..baselines import RANDOM_SEED, choose
 from ..errors import MmtokError
-from ..selection import TAU_T_LLAVA, Selection
+from ..selection import TAU_T_LLAVA
 from .base import Adapter, Prepared, VisionTokens, drop_placeholders
 from .llava import projector_input
 from .regions import Box, Placement, TokenRegions, cell_box, clip, resize_and_crop, size_value
 
-CROP_BUDGETS = ("even", "global")
-
 
 @dataclass
 class NextVisionTokens(VisionTokens):
-    parts: torch.Tensor | None = None
-    """(B, n) long: which view each token comes from (0 = base view, 1.. = crops); -1 for batch padding."""
+    """`parts`: 0 = base view, 1.. = crops."""
+
     packed: list[torch.Tensor] | None = None
     """Each image's packed sequence as the model builds it, newlines included: what k >= n feeds."""
-
-
-def split_evenly(total: int, sizes: list[int]) -> list[int]:
-    """Split a budget evenly over parts of the given sizes; what a small part cannot use goes to the others.
-
-    Equal shares first (the remainder to the first parts), then water-filling: the sum is min(total, sum(sizes)).
-    """
-    budgets = [0] * len(sizes)
-    left = min(total, sum(sizes))
-    while left > 0:
-        open_parts = [i for i, size in enumerate(sizes) if budgets[i] < size]
-        share, extra = divmod(left, len(open_parts))
-        for rank, i in enumerate(open_parts):
-            give = min(share + (rank < extra), sizes[i] - budgets[i])
-            budgets[i] += give
-            left -= give
-    return budgets
 
 
 class LlavaNextAdapter(Adapter):
@@ -63,9 +42,6 @@ class LlavaNextAdapter(Adapter):
     example = "llava-hf/llava-v1.6-vicuna-7b-hf"
     budget = "K in total, split evenly over the base view and the crops (e.g. 32 x 5); row newlines dropped"
     fallback_prompt = "USER: {image}\n{question} ASSISTANT:"
-    crop_budget: str = "even"
-    """"even": split --tokens over the base view and the crops (the paper); "global": one selection over all.
-    Set it on an engine's adapter: `engine.adapter.crop_budget = "global"`."""
 
     @staticmethod
     def model_class() -> type:
@@ -123,69 +99,6 @@ class LlavaNextAdapter(Adapter):
             image_newline=torch.full((1,), -1.0, dtype=torch.float64, device=sizes.device),
         )
         return [layout[:, 0] for layout in layouts]
-
-    def select(
-        self, tokens: VisionTokens, text: torch.Tensor, text_mask: torch.Tensor, budgets: list[int],
-        method: str = "mmtok", seeds: Sequence[int] | None = None, **params: float,
-    ) -> Selection:
-        """Per-view selection with the budget split evenly over the views (or one global selection).
-
-        The image's pick order interleaves its views by pick rank: every view's first pick (base view first,
-        then the crops), then every view's second pick, and so on, as the views choose independently and
-        at once. An image that keeps all its tokens is in index order. `gains` are left empty: each view's
-        are on its own scale.
-        """
-        assert isinstance(tokens, NextVisionTokens)
-        if self.crop_budget not in CROP_BUDGETS:
-            raise ValueError(f"crop_budget must be one of {CROP_BUDGETS}, not {self.crop_budget!r}")
-        if self.crop_budget == "global":
-            return super().select(tokens, text, text_mask, budgets, method, seeds, **params)
-        # One row per (image, view): each view selects its share of the image's budget from its own tokens.
-        rows, row_image, row_k, row_seed = [], [], [], []
-        for image, (parts, total) in enumerate(zip(tokens.parts, budgets)):
-            members = [(parts == p).nonzero().flatten() for p in range(int(parts.max()) + 1)]
-            for view, (idx, k) in enumerate(zip(members, split_evenly(total, [len(m) for m in members]))):
-                if k > 0:
-                    rows.append(idx)
-                    row_image.append(image)
-                    row_k.append(k)
-                    row_seed.append((RANDOM_SEED if seeds is None else seeds[image]) + view)  # views draw apart
-        index = pad_sequence(rows, batch_first=True)
-        row_mask = pad_sequence([torch.ones(len(r), dtype=torch.bool, device=index.device) for r in rows], True)
-        images = torch.tensor(row_image, device=index.device)
-        # Index image and token at once: only each view's own tokens are copied, not its whole image per view.
-        # Padding positions read token 0; row_mask hides them.
-        at = (images[:, None], index)
-        chosen = choose(
-            method,
-            tokens.vision[at],
-            tokens.features[at],
-            text[images],
-            k=row_k,
-            vision_mask=row_mask,
-            allowed=tokens.allowed[at] & row_mask,
-            text_mask=text_mask[images],
-            seed=row_seed,
-            **params,
-        )
-        device = tokens.vision.device
-        views: list[list[torch.Tensor]] = [[] for _ in budgets]  # per image, each view's picks in pick order
-        for image, idx, order in zip(row_image, rows, chosen.order):
-            views[image].append(idx[order])
-        counts = tokens.counts
-        indices, orders = [], []
-        for image, picks in enumerate(views):
-            if not picks:  # a budget of 0
-                indices.append(torch.zeros(0, dtype=torch.long, device=device))
-                orders.append(indices[-1])
-                continue
-            ranks = torch.cat([torch.arange(len(p), device=device) for p in picks])
-            # A stable sort by rank keeps the views in order within each rank.
-            order = torch.cat(picks)[torch.sort(ranks, stable=True).indices]
-            indices.append(torch.sort(order).values)
-            orders.append(indices[-1] if len(order) == counts[image] else order)
-        no_gains = torch.full((len(budgets), 0), float("nan"), device=device)
-        return Selection(indices=indices, order=orders, gains=no_gains)
 
     def generation_inputs(self, prepared: Prepared, tokens: VisionTokens, kept: list[torch.Tensor] | None) -> dict:
         assert isinstance(tokens, NextVisionTokens)
