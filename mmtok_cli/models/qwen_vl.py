@@ -24,53 +24,12 @@ from ..selection import TAU_T_QWEN
 from .base import Adapter, Prepared, VisionTokens, compact
 from .regions import Placement, TokenRegions, cell_box, clip
 
-TORCHVISION_HINT = "install torchvision (matching your torch) to process videos"
-
-
 @dataclass
 class QwenVisionTokens(VisionTokens):
     per_image: list[torch.Tensor] | None = None
     """Each image's V, unpadded (n_i, d)."""
     deepstack: list[list[torch.Tensor]] | None = None
     """Qwen3-VL: per deepstack layer, each image's (n_i, d) features injected into the LLM."""
-
-
-def _chat_template(source: str, tokenizer: Any, **kwargs: Any) -> str | None:
-    """The checkpoint's processor chat template (chat_template.jinja / .json), else the tokenizer's."""
-    import json
-
-    from transformers.utils import cached_file
-
-    for name in ("chat_template.jinja", "chat_template.json"):
-        path = cached_file(
-            source, name, _raise_exceptions_for_missing_entries=False,
-            _raise_exceptions_for_connection_errors=False, **kwargs,
-        )
-        if path:
-            with open(path, encoding="utf-8") as f:
-                return f.read() if name.endswith(".jinja") else json.load(f)["chat_template"]
-    return getattr(tokenizer, "chat_template", None)
-
-
-def image_only(processor_cls: type) -> type:
-    """`processor_cls` (a Qwen-VL processor) without its video processor.
-
-    transformers 5.x builds Qwen-VL processors with a video processor that needs torchvision, and
-    refuses to load them without it. Images need only the image processor and the tokenizer, and the
-    processor's own code (placeholder expansion, `mm_token_type_ids`) still runs unchanged.
-    """
-
-    class ImageOnly(processor_cls):
-        def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: Any = None, **kwargs):
-            super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
-
-        def __call__(self, images: Any = None, text: Any = None, videos: Any = None, **kwargs: Any) -> Any:
-            if videos is not None:
-                raise MmtokError(f"this processor was assembled for images only; {TORCHVISION_HINT}")
-            return super().__call__(images=images, text=text, **kwargs)
-
-    ImageOnly.__name__ = ImageOnly.__qualname__ = f"{processor_cls.__name__}ImageOnly"
-    return ImageOnly
 
 
 class QwenVLAdapter(Adapter):
@@ -99,30 +58,6 @@ class QwenVLAdapter(Adapter):
         from transformers import Qwen2_5_VLProcessor
 
         return Qwen2_5_VLProcessor
-
-    @classmethod
-    def load_processor(cls, source: str, **kwargs: Any) -> Any:
-        """The full processor where it loads; else one assembled from the checkpoint's parts."""
-        from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
-        from transformers.utils import is_torchvision_available
-
-        full_error = None
-        if is_torchvision_available():
-            try:
-                return AutoProcessor.from_pretrained(source, **kwargs)
-            except Exception as exc:  # noqa: BLE001 -- e.g. no video processor config; images need none
-                full_error = exc
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-            return image_only(cls.processor_class())(
-                image_processor=AutoImageProcessor.from_pretrained(source, **kwargs),
-                tokenizer=tokenizer,
-                chat_template=_chat_template(source, tokenizer, **kwargs),
-            )
-        except Exception:
-            if full_error is not None:  # the full processor's error says more
-                raise full_error from None
-            raise
 
     @property
     def image_token_id(self) -> int:
