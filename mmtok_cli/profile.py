@@ -75,55 +75,71 @@ def default_image(size: int = IMAGE_SIZE) -> Image.Image:
     return Image.merge("RGB", (ramp, ramp.rotate(90), Image.radial_gradient("L").resize((size, size))))
 
 
+def _qwen_vl_processor(config: Any, path: Path) -> Any:
+    from transformers import Qwen2VLImageProcessorPil
+
+    from .tiny import QWEN_VISION_TOKENS, build_tokenizer, qwen_chat_template
+
+    tokenizer = build_tokenizer(qwen=True)
+    names = ("vision_start_token_id", "vision_end_token_id", "image_token_id", "video_token_id")
+    for attr, token in zip(names, QWEN_VISION_TOKENS):
+        setattr(config, attr, tokenizer.convert_tokens_to_ids(token))
+    Qwen2VLImageProcessorPil(patch_size=config.vision_config.patch_size).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    system = "You are a helpful assistant." if config.model_type == "qwen2_5_vl" else None
+    (path / "chat_template.jinja").write_text(qwen_chat_template(system))
+    return tokenizer
+
+
+def _llava_processor(config: Any, path: Path) -> Any:
+    from transformers import CLIPImageProcessorPil, LlavaNextImageProcessorPil, LlavaNextProcessor, LlavaProcessor
+
+    from .tiny import CHAT_TEMPLATE, build_tokenizer
+
+    tokenizer = build_tokenizer()
+    config.image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    vision = config.vision_config
+    common = {
+        "size": {"shortest_edge": vision.image_size},
+        "crop_size": {"height": vision.image_size, "width": vision.image_size},
+    }
+    processor_args = {
+        "tokenizer": tokenizer, "patch_size": vision.patch_size, "chat_template": CHAT_TEMPLATE,
+        "vision_feature_select_strategy": config.vision_feature_select_strategy, "num_additional_image_tokens": 1,
+    }
+    if config.model_type == "llava_next":
+        image_processor = LlavaNextImageProcessorPil(**common, image_grid_pinpoints=config.image_grid_pinpoints)
+        LlavaNextProcessor(image_processor=image_processor, **processor_args).save_pretrained(path)
+    else:
+        LlavaProcessor(image_processor=CLIPImageProcessorPil(**common), **processor_args).save_pretrained(path)
+    return tokenizer
+
+
+ARCH_PROCESSORS: dict[str, Callable[[Any, Path], Any]] = {
+    "llava": _llava_processor,
+    "llava_next": _llava_processor,
+    "qwen2_5_vl": _qwen_vl_processor,
+    "qwen3_vl": _qwen_vl_processor,
+}
+"""Per `model_type`: writes the family's real image processor at the real resolution, with the offline
+tokenizer from `tiny.py`, to a folder; points the config's special-token ids at that tokenizer; returns it."""
+
+
 def write_arch_folder(name: str, path: str | Path) -> Path:
     """Write the config and processor of architecture `name` (no weights) to `path`, for
     `Engine(path, random_weights=True)`.
 
     The processor is the family's real image processor at the real resolution (CLIP 336 px for
     LLaVA: 576 tokens) with the offline tokenizer from `tiny.py`; the config's special-token ids
-    are pointed at that tokenizer. Vocabulary and all widths stay those of the real model.
+    are pointed at that tokenizer (`ARCH_PROCESSORS`). Vocabulary and all widths stay those of the real model.
     """
     from transformers import GenerationConfig
-
-    from .tiny import CHAT_TEMPLATE, QWEN_VISION_TOKENS, build_tokenizer, qwen_chat_template
 
     if name not in ARCHS:
         raise UsageError(f"unknown --arch '{name}'; known: {', '.join(ARCHS)}")
     path = Path(path)
     config = build_config(name)
-    model_type = config.model_type
-    qwen = model_type.startswith("qwen")
-    tokenizer = build_tokenizer(qwen=qwen)
-    if qwen:
-        from transformers import Qwen2VLImageProcessorPil
-
-        names = ("vision_start_token_id", "vision_end_token_id", "image_token_id", "video_token_id")
-        for attr, token in zip(names, QWEN_VISION_TOKENS):
-            setattr(config, attr, tokenizer.convert_tokens_to_ids(token))
-        Qwen2VLImageProcessorPil(patch_size=config.vision_config.patch_size).save_pretrained(path)
-        tokenizer.save_pretrained(path)
-        system = "You are a helpful assistant." if model_type == "qwen2_5_vl" else None
-        (path / "chat_template.jinja").write_text(qwen_chat_template(system))
-    else:
-        config.image_token_id = tokenizer.convert_tokens_to_ids("<image>")
-        vision = config.vision_config
-        common = {
-            "size": {"shortest_edge": vision.image_size},
-            "crop_size": {"height": vision.image_size, "width": vision.image_size},
-        }
-        processor_args = {
-            "tokenizer": tokenizer, "patch_size": vision.patch_size, "chat_template": CHAT_TEMPLATE,
-            "vision_feature_select_strategy": config.vision_feature_select_strategy, "num_additional_image_tokens": 1,
-        }
-        if model_type == "llava_next":
-            from transformers import LlavaNextImageProcessorPil, LlavaNextProcessor
-
-            image_processor = LlavaNextImageProcessorPil(**common, image_grid_pinpoints=config.image_grid_pinpoints)
-            LlavaNextProcessor(image_processor=image_processor, **processor_args).save_pretrained(path)
-        else:
-            from transformers import CLIPImageProcessorPil, LlavaProcessor
-
-            LlavaProcessor(image_processor=CLIPImageProcessorPil(**common), **processor_args).save_pretrained(path)
+    tokenizer = ARCH_PROCESSORS[config.model_type](config, path)
     config.save_pretrained(path)
     GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id

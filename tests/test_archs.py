@@ -37,8 +37,8 @@ def test_random_model_builds_every_preset_in_the_asked_dtype_with_sdpa(name):
     assert model.config._attn_implementation == "sdpa"
 
 
-def test_every_preset_but_cpu_small_is_a_published_model():
-    assert set(ARCHS) - set(PUBLISHED) == {"cpu-small"}
+def test_every_preset_but_the_cpu_small_ones_is_a_published_model():
+    assert all(name.startswith("cpu-small") for name in set(ARCHS) - set(PUBLISHED))
 
 
 def test_cpu_small_has_real_widths_and_few_layers():
