@@ -43,6 +43,10 @@ class Selection:
     nothing was picked (keep-all, fewer allowed than k) and for the non-greedy baselines."""
     gains: torch.Tensor
     """(B, steps) marginal gain of each greedy pick; NaN where no pick was made (padding, keep-all)."""
+    rows: list[torch.Tensor | None] | None = None
+    """Per image, for methods that make new features (`visionzip`): the exact (k, d) rows the language model
+    receives, in order, or None where the image keeps V's rows at `indices`; None: no image has any.
+    `models.base.merged_feed` hands them to any adapter."""
 
     @property
     def counts(self) -> list[int]:

@@ -3,7 +3,17 @@
 import pytest
 import torch
 
-from mmtok_cli.baselines import BASELINES, choose
+from mmtok_cli.baselines import BASELINES, ZipInputs, choose
+
+
+def _zip(method, U):
+    """Random VisionZip inputs for the shape of U (no CLS slot, the projector the identity), for "visionzip"."""
+    if method != "visionzip":
+        return {}
+    g = torch.Generator().manual_seed(5)
+    attention = torch.rand(U.shape[:2], generator=g)
+    keys = torch.randn(*U.shape[:2], 3, generator=g)
+    return {"zip_inputs": ZipInputs(attention=attention, keys=keys, cls=None, project=lambda u: u)}
 
 
 def _unit(*angles_deg: float) -> torch.Tensor:
@@ -19,8 +29,8 @@ def test_uniform_spreads_over_the_allowed_tokens():
     assert choose("uniform", V, V, k=2, allowed=allowed).indices[0].tolist() == [3, 6]
 
 
-def test_divprune_starts_far_from_the_mean_then_maximises_the_nearest_distance():
-    # Angles 0, 10, 20, 90, 180: their mean points at ~38 deg, so token 4 (180 deg) is farthest from it.
+def test_divprune_starts_far_from_its_nearest_neighbour_then_maximises_the_nearest_distance():
+    # Angles 0, 10, 20, 90, 180: token 4 (180 deg) has the farthest nearest neighbour (90 deg away).
     U = _unit(0, 10, 20, 90, 180)[None]
     got = choose("divprune", U, U, k=2).indices[0].tolist()
     assert got == [0, 4]  # 180 first, then the token farthest from it: 0 deg
@@ -71,12 +81,13 @@ def test_edge_rules_are_those_of_mmtok(method):
     allowed[:, ::3] = False  # 8 allowed per image
     mask = torch.ones(2, 12, dtype=torch.bool)
     mask[1, 10:] = False
-    got = choose(method, V, U, T, k=[5, 5], vision_mask=mask, allowed=allowed & mask).indices
+    got = choose(method, V, U, T, k=[5, 5], vision_mask=mask, allowed=allowed & mask, **_zip(method, U)).indices
     for row, kept in enumerate(got):
         assert len(kept) == 5 and kept.tolist() == sorted(set(kept.tolist()))
         assert allowed[row, kept].all() and mask[row, kept].all()
-    assert choose(method, V, U, T, k=[12, 20], vision_mask=mask).indices[1].tolist() == list(range(10))  # k >= n: all
-    short = choose(method, V, U, T, k=10, allowed=allowed).indices[0].tolist()
+    kept_all = choose(method, V, U, T, k=[12, 20], vision_mask=mask, **_zip(method, U)).indices[1].tolist()
+    assert kept_all == list(range(10))  # k >= n: all
+    short = choose(method, V, U, T, k=10, allowed=allowed, **_zip(method, U)).indices[0].tolist()
     assert short == allowed[0].nonzero().flatten().tolist()
 
 
@@ -89,7 +100,7 @@ def test_order_is_a_permutation_of_the_kept_indices(method):
     mask[1, 11:] = False
     allowed = mask.clone()
     allowed[3, ::2] = False  # 8 allowed, k = 9
-    sel = choose(method, V, U, T, k=[6, 5, 20, 9], vision_mask=mask, allowed=allowed)
+    sel = choose(method, V, U, T, k=[6, 5, 20, 9], vision_mask=mask, allowed=allowed, **_zip(method, U))
     for row, (kept, order) in enumerate(zip(sel.indices, sel.order)):
         assert sorted(order.tolist()) == kept.tolist() and len(set(order.tolist())) == len(kept), row
     assert sel.order[2].tolist() == list(range(16)) and sel.order[3].tolist() == list(range(1, 16, 2))
@@ -115,6 +126,8 @@ def test_every_method_runs_through_the_engine(engine):
                              max_new_tokens=2)
         kept = [a.vision_kept for a in answers]
         assert kept == ([a.vision_total for a in answers] if method == "full" else [7, 5]), method
+        if method == "visionzip":  # the CLS slot stands for no token of V
+            assert [len(a.kept_indices[0]) for a in answers] == [6, 4]
         for a in answers:
             assert sorted(a.kept_order[0]) == a.kept_indices[0], method
         if method in ("full", "random", "uniform"):

@@ -22,13 +22,14 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..errors import MmtokError
 from ..selection import TAU_T_LLAVA
+from ..baselines import ZipInputs
 from .base import Adapter, Prepared, VisionTokens, drop_placeholders
-from .llava import projector_input
+from .llava import ClipVisionTokens, clip_zip_inputs, hidden_states_to_keep, projector_input, read_layer
 from .regions import Box, Placement, TokenRegions, cell_box, clip, resize_and_crop, size_value
 
 
 @dataclass
-class NextVisionTokens(VisionTokens):
+class NextVisionTokens(ClipVisionTokens):
     """`parts`: 0 = base view, 1.. = crops."""
 
     packed: list[torch.Tensor] | None = None
@@ -55,7 +56,8 @@ class LlavaNextAdapter(Adapter):
         config = self.model.config
         sizes = prepared.inputs["image_sizes"]
         out = self.model.get_image_features(
-            pixel_values=prepared.inputs["pixel_values"], image_sizes=sizes, return_dict=True
+            pixel_values=prepared.inputs["pixel_values"], image_sizes=sizes, return_dict=True,
+            **hidden_states_to_keep(config),
         )
         packed = list(out.pooler_output)
         side = config.vision_config.image_size
@@ -64,7 +66,7 @@ class LlavaNextAdapter(Adapter):
         per_view = features.shape[1]
         layouts = self._packed_sources(sizes, crops, per_view)
         flat = features.reshape(-1, features.shape[-1])
-        vision, feats, parts = [], [], []
+        vision, feats, parts, numbers = [], [], [], []
         first_view = 0
         for seq, source, n_views in zip(packed, layouts, crops):
             token = source >= 0
@@ -72,10 +74,15 @@ class LlavaNextAdapter(Adapter):
             vision.append(seq[token])
             feats.append(flat[number])
             parts.append(number // per_view - first_view)
+            numbers.append(number)
             first_view += n_views
         vision_t = pad_sequence(vision, batch_first=True)
         mask = pad_sequence([torch.ones(len(v), dtype=torch.bool, device=vision_t.device) for v in vision], True)
+        layer_input, layer_cls = read_layer(config, out.hidden_states) or (None, None)
         return NextVisionTokens(
+            layer_input=layer_input,
+            layer_cls=layer_cls,
+            sources=pad_sequence(numbers, batch_first=True, padding_value=-1),
             vision=vision_t,
             features=pad_sequence(feats, batch_first=True),
             mask=mask,
@@ -83,6 +90,10 @@ class LlavaNextAdapter(Adapter):
             parts=pad_sequence(parts, batch_first=True, padding_value=-1),
             packed=packed,
         )
+
+    def visionzip_inputs(self, prepared: Prepared, tokens: VisionTokens) -> ZipInputs:
+        assert isinstance(tokens, NextVisionTokens)
+        return clip_zip_inputs(self.model, tokens)
 
     def _packed_sources(self, sizes: torch.Tensor, views: list[int], per_view: int) -> list[torch.Tensor]:
         """Per image, where each position of its packed sequence comes from: view * per_view + position in
