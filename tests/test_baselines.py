@@ -134,3 +134,58 @@ def test_every_method_runs_through_the_engine(engine):
             assert all(a.kept_order == a.kept_indices for a in answers), method
         else:  # the greedy order reaches the answers
             assert any(a.kept_order != a.kept_indices for a in answers), method
+
+
+def _authors_divprune(x, k):
+    """DivPrune's selection loop as its authors wrote it (vbdi/divprune at 799e2d9, LLaVA/llava/model/llava_arch.py,
+    `DivPrune`), on one image's (n, d) features, in float64: the pick order."""
+    x = x.double()
+    norm_matrix = x / x.norm(dim=1, keepdim=True)
+    cosine_matrix = 1.0 - torch.mm(norm_matrix, norm_matrix.t())
+    s = torch.empty(k, dtype=torch.long)
+    for i in range(k):
+        if i == 0:
+            m2 = cosine_matrix
+        else:
+            m2 = torch.index_select(cosine_matrix, 0, torch.index_select(s, 0, torch.arange(0, i)))
+        if i == 0:
+            scores = torch.topk(m2, 2, dim=0, largest=False).values[1, :]
+        else:
+            scores = torch.min(m2, dim=0).values
+        s[i] = torch.argmax(scores)
+    return s.tolist()
+
+
+@pytest.mark.parametrize("k", [4, 16, 64])
+def test_divprune_keeps_what_the_authors_loop_keeps(k):
+    # LLaVA-1.5-7B sizes: 576 tokens of width 4096 (the projected tokens DivPrune's code selects from).
+    g = torch.Generator().manual_seed(k)
+    V = torch.randn(3, 576, 4096, generator=g)
+    V[1] += 2 * torch.randn(4096, generator=g)  # a shared direction: distances no longer all alike
+    sel = choose("divprune", V, torch.zeros(3, 576, 1), k=k)  # V, not U, is what it reads by default
+    for row in range(3):
+        expected = _authors_divprune(V[row], k)
+        assert sel.order[row].tolist() == expected
+        assert sel.indices[row].tolist() == sorted(expected)
+    on_u = choose("divprune", torch.zeros(1, 576, 1), V[:1], k=k, divprune_on="features")  # Qwen: U
+    assert on_u.order[0].tolist() == _authors_divprune(V[0], k)
+
+
+def test_divprune_end_to_end_on_the_projected_tokens(engine):
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from .conftest import noise_image
+
+    model = LlavaForConditionalGeneration.from_pretrained(engine.model_name).eval()
+    processor = AutoProcessor.from_pretrained(engine.model_name)
+    image = noise_image(6)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Is there a cat?"}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    pixels = processor(images=[image], text=[prompt], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        hidden = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states
+        V = model.model.multi_modal_projector(hidden[-2][0, 1:])  # the tokens the LLM would receive
+    for k in (4, 16):
+        answer = engine.ask(image, "Is there a cat?", method="divprune", tokens=k, max_new_tokens=1)
+        assert answer.kept_order == [_authors_divprune(V, k)]
+        assert answer.kept_indices == [sorted(_authors_divprune(V, k))]
