@@ -122,6 +122,22 @@ TauVOpt = Annotated[
     typer.Option("--tau-v", help="Softmax temperature of the vision-to-vision similarities (default 0.2).",
                  rich_help_panel=SELECTION_PANEL),
 ]
+CONVENTIONS_PANEL = "Conventions (the papers' code)"
+BudgetOpt = Annotated[
+    str | None,
+    typer.Option("--budget", metavar="total|per-view|global", help="What --tokens means for an image made of "
+                 "several views (LLaVA-NeXT crops, tiles): total (default: split evenly over the views), per-view "
+                 "(--tokens for every view, as the MMTok and DivPrune authors' LLaVA-NeXT code; the records say "
+                 "how many tokens that made), global (one selection over all the views).",
+                 rich_help_panel=CONVENTIONS_PANEL),
+]
+QuestionWordsOpt = Annotated[
+    str | None,
+    typer.Option("--question-words", metavar="content|all", help="The question's words the selection covers: "
+                 "content (default: stop words and answer-format instructions dropped) or all (\"Question: \" + "
+                 "the question, split on whitespace, no filter: the MMTok authors' Qwen code).",
+                 rich_help_panel=CONVENTIONS_PANEL),
+]
 
 
 def _load_config(ctx: typer.Context, param: typer.CallbackParam, value: Path | None) -> Path | None:
@@ -298,6 +314,8 @@ def ask(
     alpha: AlphaOpt = None,
     tau_t: TauTOpt = None,
     tau_v: TauVOpt = None,
+    budget: BudgetOpt = None,
+    question_words: QuestionWordsOpt = None,
     agent: AgentOpt = False,
     agent_model: AgentModelOpt = None,
     agent_tokens: AgentTokensOpt = None,
@@ -333,7 +351,8 @@ def ask(
     def work() -> None:
         check_options(tokens=tokens, method=method, max_new_tokens=max_new_tokens, dtype=dtype, device=device)
         check_agent(agent=agent, method=method, agent_model=agent_model, agent_tokens=agent_tokens)
-        selection = selection_params(alpha=alpha, tau_t=tau_t, tau_v=tau_v)
+        selection = selection_params(alpha=alpha, tau_t=tau_t, tau_v=tau_v, budget=budget,
+                                     question_words=question_words)
         if not question.strip():
             raise UsageError("the question is empty; pass the question as the second argument, in quotes")
         target = _show_target(show_path)
@@ -429,6 +448,8 @@ def batch(
     alpha: AlphaOpt = None,
     tau_t: TauTOpt = None,
     tau_v: TauVOpt = None,
+    budget: BudgetOpt = None,
+    question_words: QuestionWordsOpt = None,
     agent: AgentOpt = False,
     agent_model: AgentModelOpt = None,
     agent_tokens: AgentTokensOpt = None,
@@ -476,7 +497,8 @@ def batch(
     def work() -> int:
         check_options(tokens=tokens, method=method, max_new_tokens=max_new_tokens, dtype=dtype, device=device)
         check_agent(agent=agent, method=method, agent_model=agent_model, agent_tokens=agent_tokens)
-        selection = selection_params(alpha=alpha, tau_t=tau_t, tau_v=tau_v)
+        selection = selection_params(alpha=alpha, tau_t=tau_t, tau_v=tau_v, budget=budget,
+                                     question_words=question_words)
         if batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
         if workers < 1 or gpus_per_worker < 0:
@@ -748,6 +770,8 @@ def show_command(
     alpha: AlphaOpt = None,
     tau_t: TauTOpt = None,
     tau_v: TauVOpt = None,
+    budget: BudgetOpt = None,
+    question_words: QuestionWordsOpt = None,
     config: ConfigOpt = None,
     debug: DebugOpt = False,
 ) -> None:
@@ -773,7 +797,8 @@ def show_command(
         chosen = parse_methods(methods)
         for method in chosen:
             check_options(tokens=tokens, method=method, max_new_tokens=max_new_tokens, dtype=dtype, device=device)
-        selection = selection_params(alpha=alpha, tau_t=tau_t, tau_v=tau_v)
+        selection = selection_params(alpha=alpha, tau_t=tau_t, tau_v=tau_v, budget=budget,
+                                     question_words=question_words)
         if not question.strip():
             raise UsageError("the question is empty; pass the question as the second argument, in quotes")
         target = check_picture_path(out, "--out")
@@ -829,6 +854,8 @@ def profile(
     ] = None,
     question: Annotated[str | None, typer.Option("--question", help="Question to ask (default: POPE-style).")] = None,
     method: MethodOpt = "mmtok",
+    budget: BudgetOpt = None,
+    question_words: QuestionWordsOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     json_path: Annotated[Path | None, typer.Option("--json", help="Write every number to this JSON file.")] = None,
@@ -862,6 +889,8 @@ def profile(
             raise UsageError("give --model or --arch, not both")
         budgets, sizes = parse_budgets(tokens), parse_batch_sizes(batch_size)
         check_options(tokens=1, method=method, max_new_tokens=new_tokens, dtype=dtype, device=device)
+        conventions = selection_params(alpha=None, tau_t=None, tau_v=None, budget=budget,
+                                       question_words=question_words)
         if repeats < 1 or warmup < 0:
             raise UsageError("--repeats must be at least 1 and --warmup at least 0")
         _check_outputs(json_path, plot_path, plot=plot_path)
@@ -885,7 +914,7 @@ def profile(
             report = prof.profile(
                 engine, budgets=budgets, batch_sizes=sizes, new_tokens=new_tokens, warmup=warmup,
                 repeats=repeats, image=picture, question=question or DEFAULT_QUESTION,
-                progress=lambda text: status.update(f"profiling: {escape(text)}"), method=method,
+                progress=lambda text: status.update(f"profiling: {escape(text)}"), method=method, **conventions,
             )
         report["load_s"] = round(load_s, 2)
         report["wall_s"] = round(time.perf_counter() - start, 2)
@@ -993,6 +1022,8 @@ def eval_command(
     alpha: AlphaOpt = None,
     tau_t: TauTOpt = None,
     tau_v: TauVOpt = None,
+    budget: BudgetOpt = None,
+    question_words: QuestionWordsOpt = None,
     config: ConfigOpt = None,
     debug: DebugOpt = False,
 ) -> None:
@@ -1017,7 +1048,8 @@ def eval_command(
         budgets, chosen = parse_tokens(tokens), parse_methods(methods)
         check_options(tokens=min(budgets), method="mmtok", max_new_tokens=max_new_tokens, dtype=dtype, device=device)
         check_agent(agent=agent, method=None, agent_model=agent_model, agent_tokens=agent_tokens)
-        selection = selection_params(alpha=alpha, tau_t=tau_t, tau_v=tau_v)
+        selection = selection_params(alpha=alpha, tau_t=tau_t, tau_v=tau_v, budget=budget,
+                                     question_words=question_words)
         if agent and not set(chosen) & set(AGENT_METHODS):
             raise UsageError(f"--agent only changes {' and '.join(AGENT_METHODS)}; add one of them to --methods")
         if batch_size < 1:
@@ -1058,7 +1090,8 @@ def _print_eval(report: dict[str, Any]) -> None:
 
     table = Table(title=f"{report['model']} · {report['data']} · {report['items']} items",
                   caption=f"retention = {report['metric']} / full's {report['metric']} · "
-                  + " · ".join(f"{k} {v:g}" for k, v in report["selection"].items()))
+                  + " · ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                               for k, v in report["selection"].items()))
     for name in ("method", "tokens", "accuracy", "F1", "yes-ratio", "retention", "kept", "items/s", "failed"):
         table.add_column(name, justify="left" if name == "method" else "right", no_wrap=True)
     for r in report["results"]:
