@@ -198,6 +198,11 @@ def select(
 ) -> Selection:
     """Choose up to k vision tokens per image with MMTok (see module docstring).
 
+    Checked against the authors' selector (Ironieser/MMTok at d1522cd, mmtok/core/semantic_selector.py,
+    `mm_coverage_selection`): the same picks in the same order as a float32 transcription of it on random
+    576-token images, k = 4, 16, 64, tau_t 0.02 and 0.01 (tests/test_baselines.py), and against the plain float64
+    reference of DESIGN.md §2 (tests/reference.py).
+
     Args:
         vision, features, text, vision_mask, text_mask: as in `coverage_matrix`.
         k: vision tokens to keep, one int for all images or one per image. An image with

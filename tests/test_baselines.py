@@ -189,3 +189,40 @@ def test_divprune_end_to_end_on_the_projected_tokens(engine):
         answer = engine.ask(image, "Is there a cat?", method="divprune", tokens=k, max_new_tokens=1)
         assert answer.kept_order == [_authors_divprune(V, k)]
         assert answer.kept_indices == [sorted(_authors_divprune(V, k))]
+
+
+def _authors_mmtok(T, V, U, k, tv_temp, alpha=0.5, vv_temp=0.2):
+    """MMTok's selector as its authors wrote it (Ironieser/MMTok at d1522cd, mmtok/core/semantic_selector.py,
+    `mm_coverage_selection` and its greedy loop), float32 as theirs: the pick order."""
+    def l2(x):
+        return x / x.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+
+    P = l2(T).float() @ l2(V).float().T
+    Q = l2(U).float() @ l2(U).float().T
+    m, n = P.shape
+    P = torch.softmax(P * (1.0 / tv_temp), dim=1) / m
+    Q = torch.softmax(Q * (1.0 / vv_temp), dim=1) / n
+    combined = torch.cat([P, Q * alpha], dim=0)
+    best = torch.zeros(m + n)
+    mask = torch.zeros(n)
+    picks = []
+    for _ in range(min(k, n)):
+        delta = (combined - best.unsqueeze(1)).clamp_min_(0).sum(0)
+        delta.add_(mask)
+        j = int(torch.argmax(delta))
+        picks.append(j)
+        best = torch.maximum(best, combined[:, j])
+        mask[j] = float("-inf")
+    return picks
+
+
+@pytest.mark.parametrize("k", [4, 16, 64])
+def test_mmtok_keeps_what_the_authors_selector_keeps(k):
+    g = torch.Generator().manual_seed(100 + k)
+    V, U, T = torch.randn(2, 576, 4096, generator=g), torch.randn(2, 576, 1024, generator=g), torch.randn(2, 9, 4096,
+                                                                                                        generator=g)
+    U[1] += 3 * torch.randn(1024, generator=g)  # clustered features: Q far from uniform
+    for tau_t in (0.02, 0.01):
+        sel = choose("mmtok", V, U, T, k=k, tau_t=tau_t)
+        for row in range(2):
+            assert sel.order[row].tolist() == _authors_mmtok(T[row], V[row], U[row], k, tau_t)
