@@ -762,7 +762,7 @@ def show_command(
     numbers: Annotated[
         bool,
         typer.Option("--numbers", help="Write each kept token's pick rank in its region (1 = picked first). "
-                     "mmtok, vision, text and divprune pick in order; random, uniform and full are numbered in "
+                     "mmtok, vision, text, divprune and visionzip pick in order; random, uniform and full are numbered in "
                      "token order. A number larger than its region (small tokens, 3-digit ranks) is left out."),
     ] = False,
     device: DeviceOpt = "auto",
