@@ -22,7 +22,7 @@ from PIL import Image
 
 from .engine import Engine
 from .errors import MmtokError, first_line
-from .io import Item, answer_fields, open_source, record
+from .io import URL_TIMEOUT_S, Item, answer_fields, open_source, record
 from .models.base import Prepared
 
 LOAD_THREADS = 4
@@ -50,6 +50,8 @@ class BatchOptions:
     """The first pass's budget (None: the item's budget; all tokens when the engine has an `agent_engine`)."""
     selection: dict[str, float] = field(default_factory=dict)
     """alpha / tau_t / tau_v the user set (`options.selection_params`); the others keep their defaults."""
+    download_timeout: float = URL_TIMEOUT_S
+    """Deadline for one image download, whole: a slow or endless one fails its item alone."""
 
 
 @dataclass
@@ -225,7 +227,7 @@ class BatchRunner:
     def _open(self, item: Item) -> tuple[Image.Image | None, float, str | None]:
         start = time.perf_counter()
         try:
-            image = open_source(item.image, self.base)
+            image = open_source(item.image, self.base, timeout=self.options.download_timeout)
         except MmtokError as exc:
             return None, (time.perf_counter() - start) * 1e3, str(exc)
         return image, (time.perf_counter() - start) * 1e3, None

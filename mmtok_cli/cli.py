@@ -7,9 +7,11 @@ Exit status: 0 success, 1 the work failed (unreadable image, model that cannot b
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -17,6 +19,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
+
+try:  # current Typer ships its own copy of click
+    from typer._click.exceptions import ClickException
+except ImportError:  # older Typer uses click itself
+    from click import ClickException
 
 from . import __version__
 from .errors import MmtokError, UsageError, first_line
@@ -36,7 +44,30 @@ if TYPE_CHECKING:  # the ML stack loads lazily so bad input is rejected fast
     from .batch import Summary
     from .engine import Engine
 
+class _OneLineErrors(TyperGroup):
+    """Option-parser errors (unknown option, bad integer, bad config file) as one `error:` line, exit 2, like
+    every other mmtok error: a framed panel breaks the one-line-per-failure promise that log scrapers rely on."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except ClickException as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # `mmtok` alone: the help was printed; click exits 2
+                sys.exit(exc.exit_code)
+            where = getattr(exc, "ctx", None)
+            hint = f" (see {where.command_path} --help)" if where is not None else ""
+            err.print(f"[bold red]error:[/] {escape(exc.format_message())}{escape(hint)}", highlight=False)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            err.print("[red]aborted[/]")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     name="mmtok",
     help=(
         "Ask vision-language models about images while the language model reads only a few, "
@@ -46,7 +77,8 @@ app = typer.Typer(
         "Examples:  mmtok ask photo.jpg \"What is here?\" --tokens 32   ·   "
         "mmtok batch questions.jsonl --out answers.jsonl --batch-size 16   ·   "
         "cat questions.jsonl | mmtok batch - | jq .answer   ·   "
-        "exit status 0 ok, 1 failed (batch: some items failed), 2 bad options"
+        "exit status 0 ok, 1 failed (batch: some items failed), 2 bad options, 130 Ctrl-C, 141 broken pipe, "
+        "143 SIGTERM"
     ),
     no_args_is_help=True,
     rich_markup_mode="markdown",
@@ -135,9 +167,20 @@ def _load_config(ctx: typer.Context, param: typer.CallbackParam, value: Path | N
     import yaml
 
     try:
-        data = yaml.safe_load(value.read_text(encoding="utf-8"))
+        if value.stat().st_size > CONFIG_MAX_BYTES:
+            raise typer.BadParameter(f"{value} is over {CONFIG_MAX_BYTES // 1024} KB; a config file holds a few options")
+        text = value.read_bytes().decode("utf-8-sig")
     except OSError as exc:
         raise typer.BadParameter(f"cannot read {value}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise typer.BadParameter(f"{value} is not UTF-8 text (byte {exc.start})") from None
+    try:
+        # Aliases are refused before anything is built: a few hundred bytes of nested ones expand to gigabytes.
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                mark = event.start_mark
+                raise typer.BadParameter(f"{value} uses a YAML alias (line {mark.line + 1}); write the values out")
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" (line {where.line + 1})" if where else ""
@@ -156,8 +199,33 @@ def _load_config(ctx: typer.Context, param: typer.CallbackParam, value: Path | N
             f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} in {value}; "
             f"known: {', '.join(sorted(known))}"
         )
+    params = {p.name: p for p in ctx.command.params}
+    for key, given in options.items():
+        if key in mine:
+            _check_config_type(value, key, given, params[mine[key]])
     ctx.default_map = {**(ctx.default_map or {}), **{mine[k]: v for k, v in options.items() if k in mine}}
     return value
+
+
+CONFIG_MAX_BYTES = 64 * 1024
+
+
+def _check_config_type(path: Path, key: str, given: Any, param: Any) -> None:
+    """Strict types for config values: YAML's `true` is not the integer 1, nor is `[1]` a string."""
+    import typing
+
+    annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+    kinds = [a for a in typing.get_args(annotation) or (annotation,) if a is not type(None)]
+    kind = kinds[0] if len(kinds) == 1 else None
+    if kind is Path:
+        kind = str
+    allowed = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}.get(kind)
+    if given is None or allowed is None:
+        return
+    if isinstance(given, bool) and bool not in allowed or not isinstance(given, allowed):
+        shown = json.dumps(given) if isinstance(given, (bool, int, float, str)) else f"a {type(given).__name__}"
+        want = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[kind]
+        raise typer.BadParameter(f"'{key}' in {path} must be {want}, not {shown}")
 
 
 def _option_names(command: Any) -> dict[str, str]:
@@ -267,12 +335,12 @@ ShowOpt = Annotated[
 ]
 
 
-def _show_target(path: str | None) -> Path | None:
+def _show_target(path: str | None, image: str) -> Path | None:
     if path is None:
         return None
     from .show import check_picture_path
 
-    return check_picture_path(path, "--show")
+    return check_picture_path(path, "--show", inputs=[] if image == "-" else [image])
 
 
 def _save_show(engine: Engine, image: Any, question: str, results: list[tuple[str, Any]], target: Path) -> None:
@@ -336,7 +404,7 @@ def ask(
         selection = selection_params(alpha=alpha, tau_t=tau_t, tau_v=tau_v)
         if not question.strip():
             raise UsageError("the question is empty; pass the question as the second argument, in quotes")
-        target = _show_target(show_path)
+        target = _show_target(show_path, image)
         picture = load_image(image)
         engine, load_ms = _load_engine(model, device, dtype, agent_model)
         options = {"tokens": tokens, "max_new_tokens": max_new_tokens}
@@ -426,6 +494,10 @@ def batch(
         float, typer.Option("--gpus-per-worker", help="GPUs each Ray actor reserves (0: CPU only).",
                             rich_help_panel="Ray")
     ] = 0.0,
+    download_timeout: Annotated[
+        float, typer.Option("--download-timeout", help="Seconds one image URL may take in all (connect, redirects, "
+                            "body; at most 50 MB): a slower one fails its item alone.")
+    ] = 30.0,
     alpha: AlphaOpt = None,
     tau_t: TauTOpt = None,
     tau_v: TauVOpt = None,
@@ -485,6 +557,8 @@ def batch(
             raise UsageError("--ray-address, --workers and --gpus-per-worker need --ray")
         if retry_errors and not resume:
             raise UsageError("--retry-errors goes with --resume (it re-runs the failed items of an earlier run)")
+        if not (math.isfinite(download_timeout) and download_timeout > 0):
+            raise UsageError(f"--download-timeout must be a number of seconds above 0 (got {download_timeout})")
         plan = _plan_batch(source, out, question, resume=resume, overwrite=overwrite, retry_errors=retry_errors)
         pictures = None
         if show_dir is not None:
@@ -497,7 +571,7 @@ def batch(
         options = BatchOptions(tokens=tokens, method=method, max_new_tokens=max_new_tokens,
                                batch_size=batch_size, compare=compare, debug=debug, show_dir=pictures,
                                agent=agent, agent_tokens=agent_tokens,
-                               selection=selection)
+                               selection=selection, download_timeout=download_timeout)
         if ray:
             from .models.registry import check_model
             from .ray_batch import RayOptions, import_ray, run_on_ray
@@ -541,24 +615,25 @@ class _Plan:
     """What a batch run reads: items (after --resume), how many, and where relative images live."""
 
     def __init__(self, make_items: Callable[[], Any], total: int | None, base: Path, skipped: int,
-                 done: set[str], notes: list[str]) -> None:
+                 done: Counter[str], notes: list[str]) -> None:
         self._make_items, self.total, self.base, self.skipped, self.done, self.notes = (
             make_items, total, base, skipped, done, notes)
 
     def items(self) -> Any:
+        """The items still to answer: an id's first `done[id]` lines were answered by an earlier run."""
         from .io import id_key
 
-        seen: set[str] = set()
+        seen: Counter[str] = Counter()
         warned = False
         for item in self._make_items():
             key = id_key(item.id)
-            if key in self.done:
-                continue
-            if key in seen and not warned:
-                err.print(f"[yellow]warning:[/] id {escape(key)} appears more than once in the input; "
-                          "--resume cannot tell such items apart", highlight=False)
+            seen[key] += 1
+            if seen[key] == 2 and not warned:
+                err.print(f"[yellow]warning:[/] id {escape(key)} appears more than once in the input; each line "
+                          "still gets its record (--resume counts them in input order)", highlight=False)
                 warned = True
-            seen.add(key)
+            if seen[key] <= self.done[key]:
+                continue
             yield item
 
 
@@ -574,19 +649,17 @@ def _plan_batch(
         if resume:
             raise UsageError("--resume needs --out FILE (it reads the ids already written there)")
     else:
-        target = Path(out)
-        if target.is_dir():
-            raise UsageError(f"--out '{out}' is a folder; give a file name such as {out.rstrip('/')}/answers.jsonl")
+        from .io import check_output
+
+        target = check_output(out, "--out", inputs=[] if source == "-" else [source])
         if target.exists() and target.stat().st_size and not (resume or overwrite):
             raise UsageError(f"'{out}' already exists; pass --resume to continue it or --overwrite to replace it")
-        if not target.parent.exists():
-            raise UsageError(f"the folder of --out '{out}' does not exist")
-    done = done_ids(Path(out), retry_errors=retry_errors) if resume else set()
+    done = done_ids(Path(out), retry_errors=retry_errors) if resume else Counter()
     notes: list[str] = []
     if source == "-":
         if sys.stdin.isatty():
             raise UsageError("INPUT is '-' but nothing is piped in; pipe JSONL lines into mmtok batch -")
-        return _Plan(lambda: read_jsonl(sys.stdin, question), None, Path.cwd(), len(done), done, notes)
+        return _Plan(lambda: read_jsonl(sys.stdin, question), None, Path.cwd(), done.total(), done, notes)
     path = Path(source).expanduser()
     if path.is_dir():
         if question is None:
@@ -597,7 +670,7 @@ def _plan_batch(
         if skipped:
             notes.append(f"skipped {len(skipped)} file(s) that are not images: {', '.join(skipped[:5])}"
                          + (" …" if len(skipped) > 5 else ""))
-        left = sum(1 for it in items if id_key(it.id) not in done)
+        left = sum(1 for it in items if not done[id_key(it.id)])
         return _Plan(lambda: iter(items), len(items), path, len(items) - left, done, notes)
     if not path.is_file():
         raise UsageError(f"INPUT '{source}' not found (expected a JSONL file, a folder of images or '-')")
@@ -611,7 +684,7 @@ def _plan_batch(
         with path.open(encoding="utf-8", errors="replace") as fp:
             yield from read_jsonl(fp, question)
 
-    skipped = len(done) if resume else 0
+    skipped = done.total() if resume else 0
     return _Plan(lines, total, path.parent, min(skipped, total), done, notes)
 
 
@@ -776,7 +849,7 @@ def show_command(
         selection = selection_params(alpha=alpha, tau_t=tau_t, tau_v=tau_v)
         if not question.strip():
             raise UsageError("the question is empty; pass the question as the second argument, in quotes")
-        target = check_picture_path(out, "--out")
+        target = check_picture_path(out, "--out", inputs=[] if image == "-" else [image])
         picture = load_image(image)
         engine, _ = _load_engine(model, device, dtype)
         sheet, results = show(engine, picture, question, chosen, numbers=numbers, tokens=tokens,
@@ -790,11 +863,14 @@ def show_command(
     _guarded(debug, work)
 
 
-def _check_outputs(*paths: Path | None, plot: Path | None) -> None:
-    """Fail now, not after minutes of work: every output's folder exists, and --plot has matplotlib."""
-    for path in paths:
-        if path is not None and not path.parent.is_dir():
-            raise UsageError(f"cannot write {path}: no folder {path.parent}")
+def _check_outputs(*outputs: tuple[str, Path | None], plot: Path | None, inputs: tuple[Path, ...] = ()) -> None:
+    """Fail now, not after minutes of work: every (option, path) output can be written, none is an input, and
+    --plot has matplotlib."""
+    from .io import check_output
+
+    for option, path in outputs:
+        if path is not None:
+            check_output(path, option, inputs=inputs)
     if plot is not None:
         try:
             import matplotlib  # noqa: F401
@@ -864,7 +940,7 @@ def profile(
         check_options(tokens=1, method=method, max_new_tokens=new_tokens, dtype=dtype, device=device)
         if repeats < 1 or warmup < 0:
             raise UsageError("--repeats must be at least 1 and --warmup at least 0")
-        _check_outputs(json_path, plot_path, plot=plot_path)
+        _check_outputs(("--json", json_path), ("--plot", plot_path), plot=plot_path)
         picture = None
         if image is not None:
             from .io import load_image
@@ -933,6 +1009,7 @@ def synth(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write images/, questions.jsonl and scenes.json to.")],
     n: Annotated[int, typer.Option("--n", help="Number of images.")] = 50,
     seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed writes byte-identical files.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into an --out folder that is not empty.")] = False,
     debug: DebugOpt = False,
 ) -> None:
     """Write a small labelled data set of coloured shapes: PNG scenes and OUT/questions.jsonl.
@@ -949,6 +1026,10 @@ def synth(
     from .synth import generate
 
     def work() -> None:
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--out '{out}' is a file; give a folder")
+        if out.is_dir() and any(out.iterdir()) and not overwrite:
+            raise UsageError(f"--out '{out}' is not empty; pass --overwrite to write into it anyway")
         generate(out, n, seed)
         lines = sum(1 for _ in (out / "questions.jsonl").open(encoding="utf-8"))
         err.print(f"{n} images and {lines} questions written to {out / 'questions.jsonl'}", highlight=False,
@@ -1022,7 +1103,8 @@ def eval_command(
             raise UsageError(f"--agent only changes {' and '.join(AGENT_METHODS)}; add one of them to --methods")
         if batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
-        _check_outputs(json_path, plot_path, predictions_path, plot=plot_path)
+        _check_outputs(("--json", json_path), ("--plot", plot_path), ("--predictions", predictions_path),
+                       plot=plot_path, inputs=(data,))
         items = load_labelled(data)
         from . import evaluate as ev
 
