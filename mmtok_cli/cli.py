@@ -11,7 +11,6 @@ import math
 import os
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -559,13 +558,15 @@ def batch(
             raise UsageError("--retry-errors goes with --resume (it re-runs the failed items of an earlier run)")
         if not (math.isfinite(download_timeout) and download_timeout > 0):
             raise UsageError(f"--download-timeout must be a number of seconds above 0 (got {download_timeout})")
-        plan = _plan_batch(source, out, question, resume=resume, overwrite=overwrite, retry_errors=retry_errors)
+        from .io import plan_inputs
+
+        plan = plan_inputs(source, out, question, resume=resume, overwrite=overwrite, retry_errors=retry_errors)
         pictures = None
         if show_dir is not None:
             from .show import prepare_picture_dir
 
             pictures = prepare_picture_dir(show_dir)
-        from .batch import BatchOptions, BatchRunner
+        from .batch import BatchOptions, BatchProgress, BatchRunner, print_summary
         from .io import RecordWriter
 
         options = BatchOptions(tokens=tokens, method=method, max_new_tokens=max_new_tokens,
@@ -585,16 +586,19 @@ def batch(
             ray_options = RayOptions(address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker)
 
             def execute(emit: Callable, update: Callable) -> Summary:
-                return run_on_ray(plan.items(), emit, update, model=model, device=device, dtype=dtype,
+                return run_on_ray(plan.items(warn), emit, update, model=model, device=device, dtype=dtype,
                                   options=options, base=plan.base, ray_options=ray_options, agent_model=agent_model)
         else:
             runner = BatchRunner(_load_engine(model, device, dtype, agent_model)[0], options, base=plan.base)
 
             def execute(emit: Callable, update: Callable) -> Summary:
-                return runner.run(plan.items(), emit, update)
+                return runner.run(plan.items(warn), emit, update)
 
         writer = RecordWriter(out, append=resume)
-        with _BatchProgress(plan.total, plan.skipped) as progress:
+        def warn(message: str) -> None:
+            err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
+
+        with BatchProgress(err, plan.total, plan.skipped) as progress:
             try:
                 summary = execute(writer.write, progress.update)
             except KeyboardInterrupt:
@@ -604,162 +608,11 @@ def batch(
                 raise typer.Exit(130) from None
             finally:
                 writer.close()
-        _print_summary(summary, plan, out, batch_size)
+        print_summary(err, summary, plan, out, batch_size)
         return 1 if summary.failed else 0
 
     code = _guarded(debug, work)
     raise typer.Exit(code)
-
-
-class _Plan:
-    """What a batch run reads: items (after --resume), how many, and where relative images live."""
-
-    def __init__(self, make_items: Callable[[], Any], total: int | None, base: Path, skipped: int,
-                 done: Counter[str], notes: list[str]) -> None:
-        self._make_items, self.total, self.base, self.skipped, self.done, self.notes = (
-            make_items, total, base, skipped, done, notes)
-
-    def items(self) -> Any:
-        """The items still to answer: an id's first `done[id]` lines were answered by an earlier run."""
-        from .io import id_key
-
-        seen: Counter[str] = Counter()
-        warned = False
-        for item in self._make_items():
-            key = id_key(item.id)
-            seen[key] += 1
-            if seen[key] == 2 and not warned:
-                err.print(f"[yellow]warning:[/] id {escape(key)} appears more than once in the input; each line "
-                          "still gets its record (--resume counts them in input order)", highlight=False)
-                warned = True
-            if seen[key] <= self.done[key]:
-                continue
-            yield item
-
-
-def _plan_batch(
-    source: str, out: str, question: str | None, *, resume: bool, overwrite: bool, retry_errors: bool = False
-) -> _Plan:
-    """Check the input and output before the model loads, so mistakes cost milliseconds."""
-    from .io import IMAGE_SUFFIXES, done_ids, folder_items, id_key, read_jsonl
-
-    if question is not None and not question.strip():
-        raise UsageError("--question is empty")
-    if out == "-":
-        if resume:
-            raise UsageError("--resume needs --out FILE (it reads the ids already written there)")
-    else:
-        from .io import check_output
-
-        target = check_output(out, "--out", inputs=[] if source == "-" else [source])
-        if target.exists() and target.stat().st_size and not (resume or overwrite):
-            raise UsageError(f"'{out}' already exists; pass --resume to continue it or --overwrite to replace it")
-    done = done_ids(Path(out), retry_errors=retry_errors) if resume else Counter()
-    notes: list[str] = []
-    if source == "-":
-        if sys.stdin.isatty():
-            raise UsageError("INPUT is '-' but nothing is piped in; pipe JSONL lines into mmtok batch -")
-        return _Plan(lambda: read_jsonl(sys.stdin, question), None, Path.cwd(), done.total(), done, notes)
-    path = Path(source).expanduser()
-    if path.is_dir():
-        if question is None:
-            raise UsageError(f"'{source}' is a folder: give the question for its images with --question")
-        items, skipped = folder_items(path, question)
-        if not items:
-            raise UsageError(f"no images in '{source}' (looked for {', '.join(IMAGE_SUFFIXES)})")
-        if skipped:
-            notes.append(f"skipped {len(skipped)} file(s) that are not images: {', '.join(skipped[:5])}"
-                         + (" …" if len(skipped) > 5 else ""))
-        left = sum(1 for it in items if not done[id_key(it.id)])
-        return _Plan(lambda: iter(items), len(items), path, len(items) - left, done, notes)
-    if not path.is_file():
-        raise UsageError(f"INPUT '{source}' not found (expected a JSONL file, a folder of images or '-')")
-    try:
-        with path.open("rb") as fp:
-            total = sum(1 for _ in fp)
-    except OSError as exc:
-        raise UsageError(f"cannot read '{source}': {exc.strerror or exc}") from None
-
-    def lines() -> Any:
-        with path.open(encoding="utf-8", errors="replace") as fp:
-            yield from read_jsonl(fp, question)
-
-    skipped = done.total() if resume else 0
-    return _Plan(lines, total, path.parent, min(skipped, total), done, notes)
-
-
-class _BatchProgress:
-    """A Rich progress bar on a terminal; on a pipe or log file, a plain line every 30 s."""
-
-    LOG_EVERY_S = 30.0
-
-    def __init__(self, total: int | None, skipped: int) -> None:
-        self.total, self.skipped = total, skipped
-        self.bar = None
-        self.last_log = time.monotonic()
-
-    def __enter__(self) -> _BatchProgress:
-        if err.is_terminal:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                SpinnerColumn,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self.bar = Progress(
-                SpinnerColumn(), TextColumn("answering"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}"), TextColumn("·"), TextColumn("{task.fields[failed]}"),
-                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=err, transient=False,
-            )
-            self.bar.start()
-            self.task = self.bar.add_task("batch", total=self.total, completed=self.skipped, rate="", failed="")
-        return self
-
-    def update(self, n: int, summary: Summary) -> None:
-        rate = f"{summary.items_per_s:.2f} items/s"
-        if self.bar is not None:
-            self.bar.update(self.task, advance=n, rate=rate, failed=f"{summary.failed} failed")
-        elif time.monotonic() - self.last_log >= self.LOG_EVERY_S:
-            self.last_log = time.monotonic()
-            of = f"/{self.total}" if self.total is not None else ""
-            err.print(f"mmtok batch: {self.skipped + summary.items}{of} items · {summary.failed} failed · {rate}",
-                      highlight=False, markup=False)
-
-    def stop(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def _print_summary(summary: Summary, plan: _Plan, out: str, asked_batch: int) -> None:
-    for note in plan.notes:
-        err.print(f"note: {note}", highlight=False, markup=False)
-    d = summary.as_dict()
-    kept = (f"{d['mean_vision_tokens_kept']:g}/{d['mean_vision_tokens_total']:g} vision tokens kept on average · "
-            if summary.ok else "")
-    resumed = f" ({plan.skipped} already done)" if plan.skipped else ""
-    err.print(
-        f"{summary.items} items{resumed}: {summary.ok} ok, {summary.failed} failed · {kept}"
-        f"{d['items_per_s']:.1f} items/s · {d['wall_s']:.1f} s"
-        + (f" · the agent's first pass took {d['mean_agent_ms']:.1f} ms/item, {100 * d['agent_share']:.0f}% of the "
-           "model's time" if d["mean_agent_ms"] else "")
-        + (f" · model waited on image loading {100 * d['waiting_on_loader_share']:.0f}% of the time"
-           if summary.wait_s else ""),
-        highlight=False, markup=False,
-    )
-    if summary.batch_size < asked_batch:
-        err.print(f"out of GPU memory: the batch size was lowered to {summary.batch_size} (asked {asked_batch})",
-                  highlight=False, markup=False, style="yellow")
-    if summary.failed:
-        where = "the records" if out == "-" else out
-        err.print(f"items that failed have 'error' set in {where}", highlight=False, markup=False, style="yellow")
 
 
 @app.command()

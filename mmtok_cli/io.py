@@ -12,10 +12,10 @@ import os
 import socket
 import sys
 import time
-from collections import Counter
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -260,6 +260,78 @@ def folder_items(folder: Path, question: str) -> tuple[list[Item], list[str]]:
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     skipped = [p.name for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
     return [Item(line=i, id=p.name, image=p.name, question=question) for i, p in enumerate(images, 1)], skipped
+
+
+class InputPlan:
+    """What a batch run reads: items (after --resume), how many, and where relative images live."""
+
+    def __init__(self, make_items: Callable[[], Any], total: int | None, base: Path, skipped: int,
+                 done: Counter[str], notes: list[str]) -> None:
+        self._make_items, self.total, self.base, self.skipped, self.done, self.notes = (
+            make_items, total, base, skipped, done, notes)
+
+    def items(self, warn: Callable[[str], None] = lambda message: None) -> Iterator[Item]:
+        """The items still to answer: an id's first `done[id]` lines were answered by an earlier run.
+        `warn` hears once that the input repeats an id."""
+        seen: Counter[str] = Counter()
+        warned = False
+        for item in self._make_items():
+            key = id_key(item.id)
+            seen[key] += 1
+            if seen[key] == 2 and not warned:
+                warn(f"id {key} appears more than once in the input; each line still gets its record "
+                     "(--resume counts them in input order)")
+                warned = True
+            if seen[key] <= self.done[key]:
+                continue
+            yield item
+
+
+def plan_inputs(
+    source: str, out: str, question: str | None, *, resume: bool, overwrite: bool, retry_errors: bool = False
+) -> InputPlan:
+    """What a batch run reads and where it writes, checked before the model loads, so mistakes cost milliseconds."""
+    if question is not None and not question.strip():
+        raise UsageError("--question is empty")
+    if out == "-":
+        if resume:
+            raise UsageError("--resume needs --out FILE (it reads the ids already written there)")
+    else:
+        target = check_output(out, "--out", inputs=[] if source == "-" else [source])
+        if target.exists() and target.stat().st_size and not (resume or overwrite):
+            raise UsageError(f"'{out}' already exists; pass --resume to continue it or --overwrite to replace it")
+    done = done_ids(Path(out), retry_errors=retry_errors) if resume else Counter()
+    notes: list[str] = []
+    if source == "-":
+        if sys.stdin.isatty():
+            raise UsageError("INPUT is '-' but nothing is piped in; pipe JSONL lines into mmtok batch -")
+        return InputPlan(lambda: read_jsonl(sys.stdin, question), None, Path.cwd(), done.total(), done, notes)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if question is None:
+            raise UsageError(f"'{source}' is a folder: give the question for its images with --question")
+        items, skipped = folder_items(path, question)
+        if not items:
+            raise UsageError(f"no images in '{source}' (looked for {', '.join(IMAGE_SUFFIXES)})")
+        if skipped:
+            notes.append(f"skipped {len(skipped)} file(s) that are not images: {', '.join(skipped[:5])}"
+                         + (" …" if len(skipped) > 5 else ""))
+        left = sum(1 for it in items if not done[id_key(it.id)])
+        return InputPlan(lambda: iter(items), len(items), path, len(items) - left, done, notes)
+    if not path.is_file():
+        raise UsageError(f"INPUT '{source}' not found (expected a JSONL file, a folder of images or '-')")
+    try:
+        with path.open("rb") as fp:
+            total = sum(1 for _ in fp)
+    except OSError as exc:
+        raise UsageError(f"cannot read '{source}': {exc.strerror or exc}") from None
+
+    def lines() -> Any:
+        with path.open(encoding="utf-8", errors="replace") as fp:
+            yield from read_jsonl(fp, question)
+
+    skipped = done.total() if resume else 0
+    return InputPlan(lines, total, path.parent, min(skipped, total), done, notes)
 
 
 def id_key(value: Any) -> str:

@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from ..errors import MmtokError
 from ..selection import TAU_T_QWEN
 from .base import Adapter, Prepared, VisionTokens, compact
 from .regions import Placement, TokenRegions, cell_box, clip
+
 
 @dataclass
 class QwenVisionTokens(VisionTokens):
