@@ -924,7 +924,7 @@ def _print_profile(report: dict[str, Any]) -> None:
             "–" if r["speedup"] is None else f"{r['speedup']:.2f}x",
         )
     # Wide enough for every column: a narrow terminal wraps lines rather than cutting numbers short.
-    Console(width=max(Console().width, 100)).print(table)
+    Console(width=max(Console().width, 130)).print(table)
     err.print(f"{report['wall_s']:.1f} s in all ({report['load_s']:.1f} s to load)", style="dim", highlight=False)
 
 
