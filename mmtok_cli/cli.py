@@ -987,8 +987,8 @@ def eval_command(
                                   "per file under 'files').")
     ] = None,
     plot_path: Annotated[
-        Path | None, typer.Option("--plot", help="Draw the metric against the budget, one line per method and one panel "
-                                  "per DATA file, to this PNG (needs matplotlib: pip install 'mmtok-cli[plot]').")
+        Path | None, typer.Option("--plot", help="Draw the metric against the budget, one line per method and one "
+                                  "panel per DATA file, to this PNG (needs matplotlib: pip install 'mmtok-cli[plot]').")
     ] = None,
     predictions_path: Annotated[
         Path | None, typer.Option("--predictions", help="Write every prediction (data, method, tokens, id, answer, "
@@ -1068,7 +1068,8 @@ def eval_command(
             if sink:
                 sink.close()
         if json_path is not None:
-            ev.write_json(reports[0] if len(reports) == 1 else {"model": engine.model_name, "files": reports}, json_path)
+            several = {"model": engine.model_name, "files": reports}
+            ev.write_json(reports[0] if len(reports) == 1 else several, json_path)
         if plot_path is not None:
             ev.plot(reports, plot_path)
         for report in reports:

@@ -30,7 +30,8 @@ def test_entry_point_module_imports_no_ml_stack():
     # lmms-eval loads every plugin's entry point whenever it lists its models: ours must cost nothing.
     code = ("import importlib.util, sys, mmtok_cli.lmms as plugin\n"
             "manifest = plugin.manifest() if importlib.util.find_spec('lmms_eval') else None\n"
-            "print([m for m in ('torch', 'transformers') if m in sys.modules], manifest and manifest.simple_class_path)")
+            "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
+            "print(heavy, manifest and manifest.simple_class_path)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split()[0] == "[]", out
     if HAS_LMMS_EVAL:
@@ -56,8 +57,8 @@ def pope_set(tmp_path_factory):
 
 @needs_lmms_eval
 def test_lmms_eval_accuracy_equals_mmtok_eval(pope_set, tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MMTOK_POPE_IMAGES": str(pope_set / "images"),
-           "HF_DATASETS_CACHE": str(tmp_path / "datasets")}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "datasets"),
+           "MMTOK_POPE_IMAGES": str(pope_set / "images")}
     out = tmp_path / "lmms-out"
     run = subprocess.run([
         sys.executable, "-m", "lmms_eval", "--model", "mmtok",
@@ -73,7 +74,8 @@ def test_lmms_eval_accuracy_equals_mmtok_eval(pope_set, tmp_path):
 
     report, preds = tmp_path / "eval.json", tmp_path / "preds.jsonl"
     subprocess.run([
-        sys.executable, "-m", "mmtok_cli", "eval", str(pope_set / "pope_local.json"), "--images", str(pope_set / "images"),
+        sys.executable, "-m", "mmtok_cli", "eval", str(pope_set / "pope_local.json"),
+        "--images", str(pope_set / "images"),
         "--model", "demo", "--tokens", str(TOKENS), "--methods", "mmtok", "--device", "cpu", "--dtype", "float32",
         "--batch-size", str(BATCH), "--max-new-tokens", "10", "--json", str(report), "--predictions", str(preds),
     ], env=env, check=True, capture_output=True, text=True, timeout=600)

@@ -59,7 +59,8 @@ def test_several_pope_files_one_block_each(tiny_llava, synth, tmp_path):
         assert part["items"] == len(labels) and part["metric"] == "f1"
         assert [(r["method"], r["tokens"]) for r in part["results"]] == [("full", "full"), ("mmtok", 4)]
         for r in part["results"]:
-            mine = [p for p in rows if p["data"] == str(f) and p["method"] == r["method"] and p["tokens"] == r["tokens"]]
+            mine = [p for p in rows
+                    if p["data"] == str(f) and (p["method"], p["tokens"]) == (r["method"], r["tokens"])]
             # read as they are: question_id is the id, text the question, label the answer
             assert [(p["id"], p["question"], p["answer"]) for p in mine] == [
                 (x["question_id"], x["text"], x["label"]) for x in labels]
