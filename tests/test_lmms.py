@@ -57,8 +57,8 @@ def pope_set(tmp_path_factory):
 
 @needs_lmms_eval
 def test_lmms_eval_accuracy_equals_mmtok_eval(pope_set, tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "datasets"),
-           "MMTOK_POPE_IMAGES": str(pope_set / "images")}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "HF_DATASETS_CACHE": str(tmp_path / "datasets"), "MMTOK_POPE_IMAGES": str(pope_set / "images")}
     out = tmp_path / "lmms-out"
     run = subprocess.run([
         sys.executable, "-m", "lmms_eval", "--model", "mmtok",
