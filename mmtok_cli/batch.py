@@ -228,6 +228,8 @@ class BatchRunner:
                 continue
 
     def _open(self, item: Item) -> tuple[Image.Image | None, float, str | None]:
+        if item.picture is not None:
+            return item.picture, 0.0, None
         start = time.perf_counter()
         try:
             image = open_source(item.image, self.base, timeout=self.options.download_timeout)

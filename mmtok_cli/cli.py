@@ -871,10 +871,14 @@ def synth(
     negatives), "What colour is the square?" / "What shape is the blue object?" (only when
     unambiguous; one-word answers) and "How many circles are there?" (answered as a digit). Each line
     has image (relative to OUT), question, answer, type and id: ready for `mmtok eval` or `mmtok batch`.
+    The existence questions are also written in POPE's own format, one file per setting
+    (OUT/pope_random.json, pope_popular.json, pope_adversarial.json; images named as in OUT/images).
 
     Example:
 
       mmtok synth --out synth --n 100 && mmtok eval synth/questions.jsonl --tokens 64,16,4
+
+      mmtok eval synth/pope_random.json synth/pope_popular.json --images synth/images
     """
     from .synth import generate
 
@@ -893,7 +897,11 @@ def synth(
 
 @app.command("eval")
 def eval_command(
-    data: Annotated[Path, typer.Argument(metavar="DATA", help="Labelled JSONL: image, question and answer per line.")],
+    data: Annotated[
+        list[Path], typer.Argument(metavar="DATA...", help="Labelled JSONL files: image, question and answer per line, "
+                                   "or POPE's official files (question_id, image, text, label) with --images. "
+                                   "Each file is scored on its own.")
+    ],
     tokens: Annotated[str, typer.Option("--tokens", "-k", help="Comma-separated vision-token budgets.")] = "64,16,4",
     methods: Annotated[
         str, typer.Option("--methods", help=f"Comma-separated methods; full always runs once.\n\n{METHODS_HELP}")
@@ -903,14 +911,22 @@ def eval_command(
     max_new_tokens: MaxNewOpt = 10,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the results to this JSON file.")] = None,
+    images: Annotated[
+        Path | None, typer.Option("--images", metavar="DIR", help="Folder the image names in DATA are relative to "
+                                  "(default: each file's own folder). Needed for POPE's files, which name bare COCO "
+                                  "val2014 files.")
+    ] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the results to this JSON file (several DATA files: one report "
+                                  "per file under 'files').")
+    ] = None,
     plot_path: Annotated[
-        Path | None, typer.Option("--plot", help="Draw the metric against the budget, one line per method, to this "
-                                  "PNG (needs matplotlib: pip install 'mmtok-cli[plot]').")
+        Path | None, typer.Option("--plot", help="Draw the metric against the budget, one line per method and one "
+                                  "panel per DATA file, to this PNG (needs matplotlib: pip install 'mmtok-cli[plot]').")
     ] = None,
     predictions_path: Annotated[
-        Path | None, typer.Option("--predictions", help="Write every prediction (method, tokens, id, answer, "
-                                  "prediction, correct) to this JSONL file.")
+        Path | None, typer.Option("--predictions", help="Write every prediction (data, method, tokens, id, answer, "
+                                  "prediction, correct, error) to this JSONL file.")
     ] = None,
     agent: Annotated[
         bool, typer.Option("--agent", help="Also run each method that reads the question "
@@ -930,12 +946,13 @@ def eval_command(
     config: ConfigOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Score every method at every budget on DATA and report how much of the unpruned score each keeps.
+    """Score every method at every budget on each DATA file and report how much of the unpruned score each keeps.
 
-    Per method and budget: accuracy (normalised exact match; option letters for multiple choice;
-    yes/no by the first word), POPE F1 over the yes/no items, retention (the headline metric over
-    full's: F1 when every item is yes/no, else accuracy), mean vision tokens kept and items/s. Runs
-    through the same batch runner as `mmtok batch`; items that fail count as wrong.
+    Per file, method and budget: accuracy (normalised exact match; option letters for multiple choice;
+    yes/no by the first word), POPE's precision, recall, F1 and yes-ratio over the yes/no items,
+    retention (the headline metric over full's: F1 when every item is yes/no, else accuracy), mean
+    vision tokens kept and items/s. Runs through the same batch runner as `mmtok batch`, one model for
+    all files; items that fail (a missing image) count as wrong and carry their error in --predictions.
 
     Examples:
 
@@ -943,7 +960,9 @@ def eval_command(
 
       mmtok eval synth/questions.jsonl --tokens 64,16,4 --methods mmtok,random,divprune --json eval.json
 
-      mmtok eval synth/questions.jsonl --tokens 16,4 --methods mmtok --agent
+      mmtok eval synth/pope_random.json synth/pope_popular.json synth/pope_adversarial.json --images synth/images
+
+      mmtok eval coco_pope_random.json coco_pope_popular.json --images val2014 --tokens 64,4 --methods mmtok
     """
     from .evaluate import load_labelled, parse_methods, parse_tokens
 
@@ -956,31 +975,40 @@ def eval_command(
             raise UsageError(f"--agent only changes {' and '.join(AGENT_METHODS)}; add one of them to --methods")
         if batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
+        if images is not None and not images.is_dir():
+            raise UsageError(f"--images {images} is not a folder")
         _check_outputs(("--json", json_path), ("--plot", plot_path), ("--predictions", predictions_path),
-                       plot=plot_path, inputs=(data,))
-        items = load_labelled(data)
+                       plot=plot_path, inputs=tuple(data))
+        sets = [(path, *load_labelled(path, images)) for path in data]  # every file checked before the model loads
         from . import evaluate as ev
 
         engine, _ = _load_engine(model, device, dtype, agent_model)
         sink = predictions_path.open("w", encoding="utf-8") if predictions_path else None
+        reports = []
         try:
             with err.status("evaluating …") as status:
-                report = ev.evaluate(
-                    engine, items, methods=chosen, budgets=budgets, base=data.parent, batch_size=batch_size,
-                    max_new_tokens=max_new_tokens, progress=lambda text: status.update(f"evaluating: {escape(text)}"),
-                    predictions=(lambda rows: sink.writelines(json.dumps(r) + "\n" for r in rows)) if sink else None,
-                    agent=agent, agent_tokens=agent_tokens,
-                    selection=selection,
-                )
+                for path, items, base in sets:
+                    name = f"{path.name}: " if len(sets) > 1 else ""
+                    report = ev.evaluate(
+                        engine, items, methods=chosen, budgets=budgets, base=base, batch_size=batch_size,
+                        max_new_tokens=max_new_tokens,
+                        progress=lambda text: status.update(f"evaluating: {escape(name + text)}"),
+                        predictions=(lambda rows: sink.writelines(json.dumps({"data": str(path), **r}) + "\n"
+                                                                  for r in rows)) if sink else None,
+                        agent=agent, agent_tokens=agent_tokens,
+                        selection=selection,
+                    )
+                    reports.append({"model": engine.model_name, "data": str(path), **report})
         finally:
             if sink:
                 sink.close()
-        report = {"model": engine.model_name, "data": str(data), **report}
         if json_path is not None:
-            ev.write_json(report, json_path)
+            several = {"model": engine.model_name, "files": reports}
+            ev.write_json(reports[0] if len(reports) == 1 else several, json_path)
         if plot_path is not None:
-            ev.plot(report, plot_path)
-        _print_eval(report)
+            ev.plot(reports, plot_path)
+        for report in reports:
+            _print_eval(report)
 
     _guarded(debug, work)
 
@@ -994,11 +1022,14 @@ def _print_eval(report: dict[str, Any]) -> None:
     table = Table(title=f"{report['model']} · {report['data']} · {report['items']} items",
                   caption=f"retention = {report['metric']} / full's {report['metric']} · "
                   + " · ".join(f"{k} {v:g}" for k, v in report["selection"].items()))
-    for name in ("method", "tokens", "accuracy", "F1", "yes-ratio", "retention", "kept", "items/s", "failed"):
+    columns = ("method", "tokens", "accuracy", "precision", "recall", "F1", "yes-ratio", "retention", "kept",
+               "items/s", "failed")
+    for name in columns:
         table.add_column(name, justify="left" if name == "method" else "right", no_wrap=True)
     for r in report["results"]:
         pope = r["pope"] or {}
-        table.add_row(r["method"], str(r["tokens"]), num(r["accuracy"]), num(r["f1"]), num(pope.get("yes_ratio")),
+        table.add_row(r["method"], str(r["tokens"]), num(r["accuracy"]), num(pope.get("precision")),
+                      num(pope.get("recall")), num(r["f1"]), num(pope.get("yes_ratio")),
                       num(r["retention"]), "–" if r["mean_kept"] is None else f"{r['mean_kept']:g}",
                       f"{r['items_per_s']:.2f}", str(r["failed"]))
-    Console(width=max(Console().width, 100)).print(table)
+    Console(width=max(Console().width, 130)).print(table)

@@ -201,6 +201,8 @@ class Item:
     extra: dict[str, Any] = field(default_factory=dict)
     """Unknown input keys, carried through to the output record."""
     error: str | None = None
+    picture: Image.Image | None = None
+    """The image itself, already decoded (lmms-eval hands over PIL images); `image` then only names it."""
 
 
 def _positive_int(value: Any, name: str) -> int:
@@ -209,8 +211,12 @@ def _positive_int(value: Any, name: str) -> int:
     return value
 
 
-def parse_line(text: str, line: int, default_question: str | None = None) -> Item:
-    """One JSONL line -> Item; a line that cannot be used becomes an Item with `error` set."""
+def parse_line(
+    text: str, line: int, default_question: str | None = None, *, rename: dict[str, str] | None = None
+) -> Item:
+    """One JSONL line -> Item; a line that cannot be used becomes an Item with `error` set.
+
+    `rename` maps another format's keys onto ours (POPE's text/label/question_id), before anything is read."""
     item = Item(line=line, id=line)
     if line == 1:
         text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark, as Windows tools write
@@ -224,6 +230,8 @@ def parse_line(text: str, line: int, default_question: str | None = None) -> Ite
     if not isinstance(data, dict):
         item.error = f"line {line}: expected a JSON object, got {type(data).__name__}"
         return item
+    if rename:
+        data = {rename.get(k, k): v for k, v in data.items()}
     item.id = data.get("id", line)
     item.extra = {k: v for k, v in data.items() if k not in ("image", "question", *_OPTIONAL_KEYS)}
     image, question = data.get("image"), data.get("question", default_question)
