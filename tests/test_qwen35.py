@@ -1,0 +1,189 @@
+"""Qwen3.5 on tiny random checkpoints: Qwen3-VL's vision path without deepstack, and a language model
+that mixes Gated DeltaNet (linear-attention) layers with full-attention layers.
+
+The Qwen-VL tests of test_qwen_vl.py run here unchanged on a Qwen3.5 checkpoint (through this module's
+`qwen` fixture): plain `model.generate` for `--method full` and k >= n, the pruned run against a hand-written
+greedy loop over the language model with M-RoPE positions written out from the unpruned sequence, the
+hook that counts image tokens, and batches of mixed sizes against one image at a time. The tests below add
+what is particular to Qwen3.5: every decode step of a mixed batch on both layer kinds, the MoE variant,
+the shared commands, and a checkpoint built without mmtok's own builder.
+"""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mmtok_cli.cli import app
+
+from . import test_show
+from .conftest import noise_image
+from .test_batch import records, write_jsonl
+from .test_qwen_vl import (  # noqa: F401  (collected here, on the Qwen3.5 fixture below)
+    QUESTION,
+    _plain_inputs,
+    _rope_positions,
+    test_batch_of_mixed_sizes_equals_one_by_one,
+    test_language_model_sees_exactly_k_image_tokens,
+    test_processor_is_assembled_when_the_full_one_cannot_load,
+    test_pruned_run_equals_hand_built_reference,
+    test_u_is_the_merger_input_pooled_per_group,
+    test_unpruned_batch_equals_plain_generate,
+    test_videos_without_torchvision_get_a_clear_error,
+)
+
+runner = CliRunner()
+SIZES = [(160, 120), (90, 200), (300, 300)]
+
+
+@pytest.fixture(scope="module", params=["3.5"])
+def qwen(request, tmp_path_factory):
+    """(version, checkpoint folder, mmtok engine, the model loaded straight through transformers)."""
+    from mmtok_cli.engine import Engine
+    from mmtok_cli.tiny import build_tiny_qwen_vl
+
+    path = build_tiny_qwen_vl(tmp_path_factory.mktemp("qwen35") / "tiny-qwen3.5", version=request.param, seed=3)
+    engine = Engine(str(path), device="cpu", dtype="float32")
+    model = engine.adapter.model_class().from_pretrained(path).eval()
+    return request.param, path, engine, model
+
+
+def _teacher_forced_logits(model, embeds, positions, tokens):
+    """Logits of the language model at the end of the prompt and after each of `tokens`, one row alone,
+    unpadded, with its own cache: each fed token sits one past the largest position so far, on all axes."""
+    from transformers import DynamicCache
+
+    lm, cache = model.model.language_model, DynamicCache(config=model.config.text_config)
+    hidden = lm(inputs_embeds=embeds[None], position_ids=positions[:, None], cache=cache,
+                use_cache=True).last_hidden_state
+    logits, nxt = [model.lm_head(hidden[0, -1])], positions.max() + 1
+    for token in tokens[:-1]:
+        embeds = model.get_input_embeddings()(torch.tensor([[token]]))
+        hidden = lm(inputs_embeds=embeds, position_ids=nxt.view(1, 1, 1).expand(3, 1, 1), cache=cache,
+                    use_cache=True).last_hidden_state
+        logits.append(model.lm_head(hidden[0, -1]))
+        nxt = nxt + 1
+    return torch.stack(logits)
+
+
+def test_every_decode_step_of_a_mixed_batch_keeps_the_unpruned_positions_on_both_layer_kinds(qwen):
+    """A batch of three image sizes and budgets through `generate`: each row's logits at the prefill and at
+    every decode step equal that row alone, rebuilt by hand from its kept V rows at their unpruned positions.
+    Both layer kinds run at every step; the positions matter (naively renumbered ones give other logits)."""
+    _, path, engine, model = qwen
+    layer_types = model.config.text_config.layer_types
+    assert {"linear_attention", "full_attention"} <= set(layer_types)
+    adapter = engine.adapter
+    images = [noise_image(30 + i, size) for i, size in enumerate(SIZES)]
+    questions = [QUESTION, "Is there a red circle?", "Describe the photo in detail."]
+    budgets = [4, 9, 10_000]
+    runs = {kind: 0 for kind in layer_types}
+    hooks = [layer.register_forward_hook(lambda *_, kind=kind: runs.__setitem__(kind, runs[kind] + 1))
+             for layer, kind in zip(adapter.model.model.language_model.layers, layer_types)]
+    steps = 5
+    try:
+        with torch.no_grad():
+            prepared = adapter.preprocess(images, questions)
+            tokens = adapter.encode(prepared)
+            text, text_mask = adapter.text_tokens(questions)
+            kept = adapter.select(tokens, text, text_mask, budgets, tau_t=adapter.tau_t).indices
+            out = adapter.model.generate(**adapter.generation_inputs(prepared, tokens, kept), max_new_tokens=steps,
+                                         min_new_tokens=steps, do_sample=False, output_logits=True,
+                                         return_dict_in_generate=True)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert runs == {kind: (1 + steps - 1) * layer_types.count(kind) for kind in layer_types}  # prefill + steps
+    inputs, tok = _plain_inputs(path, images, questions)
+    image_id = tok.convert_tokens_to_ids("<|image_pad|>")
+    for row, idx in enumerate(kept):
+        ids = inputs["input_ids"][row][inputs["attention_mask"][row].bool()]
+        is_image = ids == image_id
+        assert len(idx) == min(budgets[row], int(is_image.sum()))
+        with torch.no_grad():
+            embeds = model.get_input_embeddings()(ids)
+            embeds[is_image] = tokens.per_image[row]
+            keep = ~is_image
+            keep[is_image.nonzero().flatten()[idx]] = True
+            positions = _rope_positions(ids.tolist(), image_id, inputs["image_grid_thw"][row])[:, keep]
+            generated = out.sequences[row, -steps:].tolist()
+            want = _teacher_forced_logits(model, embeds[keep], positions, generated)
+            renumbered = torch.arange(int(keep.sum())).expand(3, -1)
+            naive = _teacher_forced_logits(model, embeds[keep], renumbered, generated)
+        got = torch.stack([step[row] for step in out.logits])
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+        if len(idx) < int(is_image.sum()):  # pruned: the unpruned positions differ from a plain renumbering
+            assert (naive - want).abs().max() > 1e-2
+
+
+def test_token_regions_hold_the_pixels_the_processor_gave_them(qwen):
+    """The test every family passes in test_show.py: each token's box is where its pixels came from (1 px)."""
+    for size in [(200, 120), (90, 200), (170, 120)]:
+        test_show.test_every_token_region_holds_the_pixels_the_processor_gave_it({"qwen3.5": qwen[2]}, "qwen3.5", size)
+
+
+def test_moe_variant_equals_plain_generate_and_prunes(tmp_path):
+    """Qwen3.5 MoE has the same vision path and layer mix: the same adapter code, its own model class."""
+    from mmtok_cli.engine import Engine
+    from mmtok_cli.tiny import build_tiny_qwen_vl
+
+    path = build_tiny_qwen_vl(tmp_path / "moe", version="3.5-moe", seed=5)
+    engine = Engine(str(path), device="cpu", dtype="float32")
+    assert engine.adapter.family == "qwen3.5-moe"
+    model = engine.adapter.model_class().from_pretrained(path).eval()
+    images = [noise_image(40, SIZES[0]), noise_image(41, SIZES[1])]
+    questions = [QUESTION, "Is it red?"]
+    inputs, tok = _plain_inputs(path, images, questions)
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    full = engine.run(images, questions, method="full", max_new_tokens=4)
+    assert [a.output_ids[:4] for a in full] == out[:, -4:].tolist()
+    pruned = engine.run(images, questions, tokens=[3, 5], max_new_tokens=4)
+    assert [a.vision_kept for a in pruned] == [3, 5]
+    assert [a.output_ids for a in pruned] == [engine.ask(i, q, tokens=k, max_new_tokens=4).output_ids
+                                             for i, q, k in zip(images, questions, [3, 5])]
+
+
+def test_agent_and_baselines(qwen):
+    _, _, engine, _ = qwen
+    image = noise_image(50, SIZES[1])
+    n = engine.ask(image, QUESTION, method="full", max_new_tokens=1).vision_total
+    full = engine.ask(image, QUESTION, method="full", max_new_tokens=4)
+    assert engine.ask(image, QUESTION, tokens=n, max_new_tokens=4, agent=True).output_ids == full.output_ids
+    agent = engine.ask(image, QUESTION, tokens=5, max_new_tokens=4, agent=True)
+    assert agent.agent_answer is not None and agent.vision_kept == 5
+    for method in ("divprune", "vision", "random"):
+        answer = engine.ask(image, QUESTION, method=method, tokens=5, max_new_tokens=2)
+        assert answer.vision_kept == len(answer.kept_indices[0]) == 5
+        assert answer.prompt_pruned == answer.prompt_unpruned - (n - 5)
+
+
+def test_eval_and_batch_on_ray(qwen, tmp_path):
+    from mmtok_cli.synth import generate
+
+    _, path, _, _ = qwen
+    generate(tmp_path / "synth", 2, seed=0)
+    data = tmp_path / "synth" / "questions.jsonl"
+    out = tmp_path / "eval.json"
+    result = runner.invoke(app, ["eval", str(data), "--model", str(path), "--device", "cpu", "--tokens", "4",
+                                 "--methods", "mmtok,divprune", "--max-new-tokens", "2", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["method"], r["tokens"]) for r in rows] == [("full", "full"), ("mmtok", 4), ("divprune", 4)]
+    assert all(r["failed"] == 0 for r in rows) and rows[1]["mean_kept"] == 4
+
+    pytest.importorskip("ray.data")
+    for i, size in enumerate(SIZES):
+        noise_image(60 + i, size).save(tmp_path / f"img{i}.png")
+    lines = [{"id": f"q{i}", "image": f"img{i}.png", "question": QUESTION, "tokens": k}
+             for i, k in enumerate([3, 7, 10_000])]
+    batch = write_jsonl(tmp_path / "q.jsonl", lines)
+    common = [str(batch), "--model", str(path), "--max-new-tokens", "3", "--batch-size", "3", "--device", "cpu",
+              "--dtype", "float32"]
+    local = runner.invoke(app, ["batch", *common])
+    distributed = runner.invoke(app, ["batch", *common, "--out", str(tmp_path / "ray.jsonl"), "--ray", "--workers", "1"])
+    assert local.exit_code == distributed.exit_code == 0, distributed.stderr
+    drop = ("timings_ms", "speedup")
+    assert ([{k: v for k, v in r.items() if k not in drop} for r in records((tmp_path / "ray.jsonl").read_text())]
+            == [{k: v for k, v in r.items() if k not in drop} for r in records(local.stdout)])
