@@ -187,3 +187,102 @@ def test_eval_and_batch_on_ray(qwen, tmp_path):
     drop = ("timings_ms", "speedup")
     assert ([{k: v for k, v in r.items() if k not in drop} for r in records((tmp_path / "ray.jsonl").read_text())]
             == [{k: v for k, v in r.items() if k not in drop} for r in records(local.stdout)])
+
+
+def _independent_checkpoint(path):
+    """A Qwen3.5 checkpoint made with transformers' and tokenizers' classes only (nothing of mmtok's tiny.py),
+    on the small config of transformers' own Qwen3.5 tests (tests/models/qwen3_5/test_modeling_qwen3_5.py:
+    full-attention layer first, then Gated DeltaNet; merge size 1), its rotary made to span all (t, h, w) axes."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (
+        GenerationConfig,
+        PreTrainedTokenizerFast,
+        Qwen2VLImageProcessorPil,
+        Qwen3_5Config,
+        Qwen3_5ForConditionalGeneration,
+    )
+
+    specials = ["<|endoftext|>", "<|im_end|>", "<pad>", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>",
+                "<|vision_end|>", "<|im_start|>", "[UNK]"]
+    words = "user assistant what colour is the cat on sofa ? red circle describe photo in detail it".split()
+    words += [f"w{i}" for i in range(99 - len(specials) - len(words))]  # every id the model can emit decodes
+    raw = Tokenizer(models.WordLevel({w: i for i, w in enumerate(specials + words)}, unk_token="[UNK]"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    raw.add_special_tokens(specials)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<|im_end|>", pad_token="<pad>",
+                                        unk_token="[UNK]")
+    text = {"bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 2, "hidden_act": "silu", "head_dim": 8,
+            "hidden_size": 32, "vocab_size": 99, "intermediate_size": 37, "max_position_embeddings": 512,
+            "num_attention_heads": 4, "num_hidden_layers": 2, "layer_types": ["full_attention", "linear_attention"],
+            "num_key_value_heads": 2, "initializer_range": 0.2, "linear_conv_kernel_dim": 2,
+            "linear_key_head_dim": 16, "linear_value_head_dim": 16, "linear_num_key_heads": 4,
+            "linear_num_value_heads": 8,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1],
+                                "mrope_interleaved": True, "partial_rotary_factor": 1.0}}
+    vision = {"depth": 2, "hidden_act": "gelu_pytorch_tanh", "intermediate_size": 32, "out_hidden_size": 32,
+              "hidden_size": 32, "num_heads": 4, "patch_size": 16, "spatial_merge_size": 1, "temporal_patch_size": 2,
+              "num_position_embeddings": 16}
+    config = Qwen3_5Config(text_config=text, vision_config=vision, image_token_id=3, video_token_id=4,
+                           vision_start_token_id=5, vision_end_token_id=6, tie_word_embeddings=True)
+    torch.manual_seed(11)
+    Qwen3_5ForConditionalGeneration(config).save_pretrained(path)
+    GenerationConfig(eos_token_id=1, pad_token_id=2).save_pretrained(path)
+    Qwen2VLImageProcessorPil(patch_size=16, merge_size=1, temporal_patch_size=2,
+                             size={"shortest_edge": 16 * 16 * 4, "longest_edge": 16 * 16 * 40}).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    (path / "chat_template.jinja").write_text(
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% for p in m['content'] %}"
+        "{% if p['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ p['text'] }}{% endif %}"
+        "{% endfor %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    return path
+
+
+def test_ask_batch_and_show_on_a_checkpoint_built_without_mmtok(tmp_path):
+    from transformers import AutoImageProcessor, AutoTokenizer, Qwen3_5ForConditionalGeneration
+
+    path = _independent_checkpoint(tmp_path / "independent")
+    sizes = [(96, 64), (48, 112), (300, 300)]  # 24, 21 and (capped) 36 tokens
+    for i, size in enumerate(sizes):
+        noise_image(70 + i, size).save(tmp_path / f"img{i}.png")
+    common = ["--model", str(path), "--device", "cpu", "--dtype", "float32", "--max-new-tokens", "4"]
+
+    # ask, keeping every token: exactly plain `generate` on inputs made from the image processor and tokenizer
+    ip, tok = AutoImageProcessor.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    pixels = ip(images=[noise_image(70, sizes[0])], return_tensors="pt")
+    n = int(pixels["image_grid_thw"][0].prod())  # merge size 1: one token per patch
+    ids = tok(f"<|im_start|>user\n<|vision_start|>{'<|image_pad|>' * n}<|vision_end|>{QUESTION}<|im_end|>\n"
+              "<|im_start|>assistant\n", return_tensors="pt")["input_ids"]
+    model = Qwen3_5ForConditionalGeneration.from_pretrained(path).eval()
+    with torch.no_grad():
+        plain = model.generate(**pixels, input_ids=ids, attention_mask=torch.ones_like(ids),
+                               mm_token_type_ids=(ids == 3).int(), max_new_tokens=4, do_sample=False)
+    full = runner.invoke(app, ["ask", str(tmp_path / "img0.png"), QUESTION, "--tokens", str(n), "--json", *common])
+    assert full.exit_code == 0, full.stderr
+    record = json.loads(full.stdout)
+    assert record["family"] == "qwen3.5" and record["vision_tokens"] == {**record["vision_tokens"], "kept": n}
+    answer = tok.decode(plain[0, ids.shape[1]:], skip_special_tokens=True).strip()
+    assert record["answer"] == answer and answer.count("w") >= 2  # words w0, w1, ...: the answer is not empty
+    pruned = runner.invoke(app, ["ask", str(tmp_path / "img0.png"), QUESTION, "--tokens", "5", "--json", *common])
+    assert pruned.exit_code == 0 and json.loads(pruned.stdout)["vision_tokens"]["kept"] == 5
+
+    # batch: mixed sizes and per-line budgets in one batch, each line as asked alone
+    lines = [{"id": f"q{i}", "image": f"img{i}.png", "question": QUESTION, "tokens": k}
+             for i, k in enumerate([3, 8, 10_000])]
+    batch = runner.invoke(app, ["batch", str(write_jsonl(tmp_path / "q.jsonl", lines)), "--batch-size", "3", *common])
+    assert batch.exit_code == 0, batch.stderr
+    got = records(batch.stdout)
+    assert len({r["vision_tokens"]["total"] for r in got}) == 3
+    for line, row in zip(lines, got):
+        alone = runner.invoke(app, ["ask", str(tmp_path / line["image"]), QUESTION, "--tokens", str(line["tokens"]),
+                                    "--json", *common])
+        single = json.loads(alone.stdout)
+        assert (row["answer"], row["vision_tokens"]["kept"]) == (single["answer"], single["vision_tokens"]["kept"])
+        assert row["vision_tokens"]["kept"] == min(line["tokens"], row["vision_tokens"]["total"])
+
+    # show: a picture of the kept regions
+    out = tmp_path / "kept.png"
+    shown = runner.invoke(app, ["show", str(tmp_path / "img1.png"), QUESTION, "--tokens", "6", "--out", str(out),
+                                *common])
+    assert shown.exit_code == 0, shown.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
