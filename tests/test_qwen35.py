@@ -20,10 +20,12 @@ from mmtok_cli.cli import app
 from . import test_show
 from .conftest import noise_image
 from .test_batch import records, write_jsonl
+from .test_ray import comparable
 from .test_qwen_vl import (  # noqa: F401  (collected here, on the Qwen3.5 fixture below)
     QUESTION,
     _plain_inputs,
     _rope_positions,
+    _vision_by_hand,
     test_batch_of_mixed_sizes_equals_one_by_one,
     test_language_model_sees_exactly_k_image_tokens,
     test_processor_is_assembled_when_the_full_one_cannot_load,
@@ -94,16 +96,19 @@ def test_every_decode_step_of_a_mixed_batch_keeps_the_unpruned_positions_on_both
     finally:
         for hook in hooks:
             hook.remove()
-    assert runs == {kind: (1 + steps - 1) * layer_types.count(kind) for kind in layer_types}  # prefill + steps
+    # one prefill and steps - 1 decode forwards, each through every layer of both kinds
+    assert runs == {kind: steps * layer_types.count(kind) for kind in layer_types}
     inputs, tok = _plain_inputs(path, images, questions)
     image_id = tok.convert_tokens_to_ids("<|image_pad|>")
+    with torch.no_grad():
+        V = _vision_by_hand(model, inputs)[0].split((inputs["image_grid_thw"].prod(-1) // 4).tolist())
     for row, idx in enumerate(kept):
         ids = inputs["input_ids"][row][inputs["attention_mask"][row].bool()]
         is_image = ids == image_id
         assert len(idx) == min(budgets[row], int(is_image.sum()))
         with torch.no_grad():
             embeds = model.get_input_embeddings()(ids)
-            embeds[is_image] = tokens.per_image[row]
+            embeds[is_image] = V[row]
             keep = ~is_image
             keep[is_image.nonzero().flatten()[idx]] = True
             positions = _rope_positions(ids.tolist(), image_id, inputs["image_grid_thw"][row])[:, keep]
@@ -159,7 +164,7 @@ def test_agent_and_baselines(qwen):
         assert answer.prompt_pruned == answer.prompt_unpruned - (n - 5)
 
 
-def test_eval_and_batch_on_ray(qwen, tmp_path):
+def test_eval_runs_on_it(qwen, tmp_path):
     from mmtok_cli.synth import generate
 
     _, path, _, _ = qwen
@@ -173,7 +178,11 @@ def test_eval_and_batch_on_ray(qwen, tmp_path):
     assert [(r["method"], r["tokens"]) for r in rows] == [("full", "full"), ("mmtok", 4), ("divprune", 4)]
     assert all(r["failed"] == 0 for r in rows) and rows[1]["mean_kept"] == 4
 
+
+def test_batch_on_ray_equals_the_local_run(qwen, tmp_path):
+    """Mixed sizes and per-line budgets (one of them k >= n) through one Ray worker (most of the time: Ray's start)."""
     pytest.importorskip("ray.data")
+    _, path, _, _ = qwen
     for i, size in enumerate(SIZES):
         noise_image(60 + i, size).save(tmp_path / f"img{i}.png")
     lines = [{"id": f"q{i}", "image": f"img{i}.png", "question": QUESTION, "tokens": k}
@@ -182,11 +191,10 @@ def test_eval_and_batch_on_ray(qwen, tmp_path):
     common = [str(batch), "--model", str(path), "--max-new-tokens", "3", "--batch-size", "3", "--device", "cpu",
               "--dtype", "float32"]
     local = runner.invoke(app, ["batch", *common])
-    distributed = runner.invoke(app, ["batch", *common, "--out", str(tmp_path / "ray.jsonl"), "--ray", "--workers", "1"])
+    out = tmp_path / "ray.jsonl"
+    distributed = runner.invoke(app, ["batch", *common, "--out", str(out), "--ray", "--workers", "1"])
     assert local.exit_code == distributed.exit_code == 0, distributed.stderr
-    drop = ("timings_ms", "speedup")
-    assert ([{k: v for k, v in r.items() if k not in drop} for r in records((tmp_path / "ray.jsonl").read_text())]
-            == [{k: v for k, v in r.items() if k not in drop} for r in records(local.stdout)])
+    assert comparable(records(out.read_text())) == comparable(records(local.stdout))
 
 
 def _independent_checkpoint(path):
