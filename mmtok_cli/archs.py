@@ -82,6 +82,27 @@ ARCHS: dict[str, dict[str, Any]] = {
     },
 }
 
+# Qwen/Qwen3.5-9B (the published Qwen3.5 size nearest 8B): Qwen3-VL's ViT without deepstack, and 32 LLM layers
+# in 8 blocks of 3 Gated DeltaNet (linear-attention) layers + 1 gated full-attention layer. The checkpoint's
+# multi-token-prediction head (mtp.*, ~0.24B) is not built by transformers, so it is not counted.
+_QWEN35_IDS = {"image_token_id": 248056, "video_token_id": 248057, "vision_start_token_id": 248053,
+               "vision_end_token_id": 248054}
+ARCHS["qwen3.5-9b"] = {
+    "model_type": "qwen3_5", **_QWEN35_IDS, "tie_word_embeddings": False,
+    "vision_config": {"depth": 27, "hidden_size": 1152, "intermediate_size": 4304, "num_heads": 16,
+                      "hidden_act": "gelu_pytorch_tanh", "patch_size": 16, "spatial_merge_size": 2,
+                      "temporal_patch_size": 2, "out_hidden_size": 4096, "num_position_embeddings": 2304},
+    "text_config": {"hidden_size": 4096, "intermediate_size": 12288, "num_hidden_layers": 32,
+                    "num_attention_heads": 16, "num_key_value_heads": 4, "head_dim": 256, "vocab_size": 248320,
+                    "max_position_embeddings": 262144, "rms_norm_eps": 1e-6,
+                    "layer_types": ["linear_attention"] * 3 + ["full_attention"],
+                    "linear_conv_kernel_dim": 4, "linear_key_head_dim": 128, "linear_value_head_dim": 128,
+                    "linear_num_key_heads": 16, "linear_num_value_heads": 32,
+                    "rope_parameters": {"rope_type": "default", "rope_theta": 10000000.0, "mrope_section": [11, 11, 10],
+                                        "mrope_interleaved": True, "partial_rotary_factor": 0.25}},
+}
+ARCHS["qwen3.5-9b"]["text_config"]["layer_types"] *= 8
+
 # Not a published model: LLaVA-1.5-7B's widths (CLIP-L/336 vision, 7B LLM, full vocabulary) with 2 + 2
 # layers, so a profile runs in under a minute on 2 CPU cores. The vision tower then costs ~6% of the
 # full prefill FLOPs, a little more than in the real model (24 : 32 layers, ~4.5%), so the speedup
@@ -92,6 +113,14 @@ ARCHS["cpu-small"] = {
     "text_config": {**_VICUNA, **_LLAMA_7B, "num_hidden_layers": 2},
 }
 
+# Not a published model: Qwen3.5-9B's widths and vocabulary with 2 ViT blocks and 2 LLM layers, one Gated
+# DeltaNet and one full-attention (the real model's 3:1 mix cannot be kept at 2), for a CPU profile of the family.
+ARCHS["cpu-small-qwen3.5"] = {
+    **ARCHS["qwen3.5-9b"],
+    "vision_config": {**ARCHS["qwen3.5-9b"]["vision_config"], "depth": 2},
+    "text_config": {**ARCHS["qwen3.5-9b"]["text_config"], "num_hidden_layers": 2,
+                    "layer_types": ["linear_attention", "full_attention"]},
+}
 
 def build_config(name: str) -> Any:
     """The transformers config of a real-size architecture in `ARCHS` (random weights: build the model from it)."""

@@ -120,6 +120,7 @@ ARCH_PROCESSORS: dict[str, Callable[[Any, Path], Any]] = {
     "llava_next": _llava_processor,
     "qwen2_5_vl": _qwen_vl_processor,
     "qwen3_vl": _qwen_vl_processor,
+    "qwen3_5": _qwen_vl_processor,
 }
 """Per `model_type`: writes the family's real image processor at the real resolution, with the offline
 tokenizer from `tiny.py`, to a folder; points the config's special-token ids at that tokenizer; returns it."""

@@ -273,11 +273,14 @@ def build_tiny_qwen_vl(
     layers: int = 2,
     max_tokens: int = 64,
 ) -> Path:
-    """Save a random-weight Qwen2.5-VL (`version="2.5"`) or Qwen3-VL (`"3"`) checkpoint to `path`.
+    """Save a random-weight Qwen2.5-VL (`version="2.5"`), Qwen3-VL (`"3"`) or Qwen3.5 (`"3.5"`, `"3.5-moe"`)
+    checkpoint to `path`.
 
     Laid out like `Qwen/Qwen2.5-VL-7B-Instruct` / `Qwen/Qwen3-VL-8B-Instruct`: dynamic-resolution
     ViT (2.5: window attention with full-attention blocks; 3: learned position grid and deepstack
-    mergers feeding early LLM layers), 2x2 patch merger, M-RoPE language model. Tiny: images are
+    mergers feeding early LLM layers; 3.5: Qwen3-VL's ViT without deepstack, and an LLM of Gated DeltaNet
+    layers plus one full-attention layer at the end -- `layers` >= 2 gives both kinds), 2x2 patch merger,
+    M-RoPE language model. Tiny: images are
     resized to at most `max_tokens` merged tokens, so n differs per image size.
 
     The processor is saved as its parts (image processor, tokenizer, chat template), as many real
@@ -336,8 +339,34 @@ def build_tiny_qwen_vl(
             "rope_type": "default", "rope_theta": 10000.0, "mrope_section": section, "mrope_interleaved": True,
         }
         system = None
+    elif version in ("3.5", "3.5-moe"):
+        if version == "3.5":
+            from transformers import Qwen3_5Config as Config
+            from transformers import Qwen3_5ForConditionalGeneration as Model
+        else:
+            from transformers import Qwen3_5MoeConfig as Config
+            from transformers import Qwen3_5MoeForConditionalGeneration as Model
+
+            text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=text_hidden,
+                        shared_expert_intermediate_size=text_hidden)
+        patch = 16
+        vision = {
+            "depth": layers + 1, "hidden_size": vision_hidden, "intermediate_size": vision_hidden * 2, "num_heads": 4,
+            "out_hidden_size": text_hidden, "patch_size": patch, "spatial_merge_size": 2, "temporal_patch_size": 2,
+            "num_position_embeddings": 64,
+        }
+        # Hybrid LLM: Gated DeltaNet (linear attention) layers, then a full-attention one, as 3:1 in the real
+        # models; rotary on a quarter of each head (partial_rotary_factor 0.25), so heads are wider here.
+        text["layer_types"] = ["linear_attention"] * (layers - 1) + ["full_attention"]
+        text.update(head_dim=64, linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16,
+                    linear_value_head_dim=16, linear_conv_kernel_dim=4)
+        text["rope_parameters"] = {
+            "rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2], "mrope_interleaved": True,
+            "partial_rotary_factor": 0.25,
+        }
+        system = None
     else:
-        raise ValueError(f"unknown Qwen-VL version {version!r}; use '2.5' or '3'")
+        raise ValueError(f"unknown Qwen-VL version {version!r}; use '2.5', '3', '3.5' or '3.5-moe'")
     config = Config(vision_config=vision, text_config=text, tie_word_embeddings=False, **ids)
     model = random_model(Model, config, tokenizer, seed)
     unit = patch * 2  # one merged token covers (2 patches)^2
@@ -357,6 +386,7 @@ BUILDERS = {
     "llava-next": build_tiny_llava_next,
     "qwen2.5-vl": lambda path, **kw: build_tiny_qwen_vl(path, version="2.5", **kw),
     "qwen3-vl": lambda path, **kw: build_tiny_qwen_vl(path, version="3", **kw),
+    "qwen3.5": lambda path, **kw: build_tiny_qwen_vl(path, version="3.5", **kw),
 }
 
 

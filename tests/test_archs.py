@@ -16,6 +16,9 @@ PUBLISHED = {
     "qwen2.5-vl-7b": 8.29,
     "qwen3-vl-8b": 8.77,
 }
+# Qwen3.5-9B's safetensors hold 9.653B parameters, 0.243B of them the multi-token-prediction head (mtp.*: one
+# full-attention decoder layer, its 2h -> h input projection and norms) that transformers does not build.
+PUBLISHED["qwen3.5-9b"] = 9.41
 
 
 @pytest.mark.parametrize("name", list(PUBLISHED))
@@ -54,3 +57,13 @@ def test_cpu_small_has_real_widths_and_few_layers():
 def test_unknown_architecture():
     with pytest.raises(KeyError, match="known: llava-1.5-7b"):
         build_config("llava-v9")
+
+
+def test_cpu_small_qwen35_has_real_widths_and_both_layer_kinds():
+    small, real = build_config("cpu-small-qwen3.5"), build_config("qwen3.5-9b")
+    keys = ("hidden_size", "intermediate_size", "num_attention_heads", "head_dim", "vocab_size",
+            "linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim", "linear_value_head_dim")
+    assert all(getattr(small.text_config, k) == getattr(real.text_config, k) for k in keys)
+    assert small.vision_config.to_dict() == {**real.vision_config.to_dict(), "depth": 2}
+    assert small.text_config.layer_types == ["linear_attention", "full_attention"]
+    assert real.text_config.layer_types == (["linear_attention"] * 3 + ["full_attention"]) * 8

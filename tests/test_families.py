@@ -10,6 +10,7 @@ from mmtok_cli.errors import MmtokError
 from mmtok_cli.models import ADAPTERS, adapter_class
 
 FAMILIES = {"llava": 0.02, "llava-next": 0.02, "qwen2.5-vl": 0.01, "qwen3-vl": 0.01}
+FAMILIES |= {"qwen3.5": 0.01, "qwen3.5-moe": 0.01}
 
 
 @pytest.mark.parametrize(

@@ -102,6 +102,7 @@ PRESET_TOKENS = {
     "llava-v1.6-vicuna-7b": 576 + 4 * 576 + 48, "llava-v1.6-vicuna-13b": 576 + 4 * 576 + 48,
     "qwen2.5-vl-3b": 24 * 24, "qwen2.5-vl-7b": 24 * 24, "qwen3-vl-8b": 21 * 21,
 }
+PRESET_TOKENS |= {"qwen3.5-9b": 21 * 21, "cpu-small-qwen3.5": 21 * 21}  # patch 16, 2x2 merge, as Qwen3-VL
 
 
 @pytest.mark.parametrize("name", list(ARCHS))

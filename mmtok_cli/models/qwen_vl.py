@@ -1,4 +1,5 @@
-"""Qwen2.5-VL and Qwen3-VL (`Qwen2_5_VLForConditionalGeneration`, `Qwen3VLForConditionalGeneration`).
+"""Qwen2.5-VL, Qwen3-VL and Qwen3.5 (`Qwen2_5_VLForConditionalGeneration`, `Qwen3VLForConditionalGeneration`,
+`Qwen3_5ForConditionalGeneration`, `Qwen3_5MoeForConditionalGeneration`).
 
 Dynamic resolution: each image has its own (t, h, w) patch grid, so n (merged tokens) varies per
 image. V is the merger output, U the ViT output before the merger, mean-pooled over each merged 2x2
@@ -8,7 +9,9 @@ compute the unpruned positions with the model's own `get_rope_index`, drop the p
 the rest to `generate` as `position_ids`. `generate` continues every decode step from the last
 position (+1), so answers are placed exactly where they would be unpruned. Qwen3-VL also injects
 "deepstack" features from intermediate ViT layers into early LLM layers at the image positions; they
-are pruned with the same indices.
+are pruned with the same indices. Qwen3.5 has Qwen3-VL's ViT without deepstack; its language model mixes
+Gated DeltaNet (linear-attention) layers, which read no positions, with full-attention layers, which read
+the M-RoPE positions we pass, so the same shortened inputs and positions serve it unchanged.
 """
 
 from __future__ import annotations
@@ -188,3 +191,36 @@ class Qwen3VLAdapter(QwenVLAdapter):
             pooler_output=[v[idx] for v, idx in zip(tokens.per_image, kept)],
             deepstack_features=[[f[idx] for f, idx in zip(layer, kept)] for layer in tokens.deepstack or []],
         )
+
+
+class Qwen35Adapter(QwenVLAdapter):
+    """Qwen3.5: Qwen3-VL's vision path without deepstack (so V, U and the encoder outputs are Qwen2.5-VL's,
+    unwindowed) and a hybrid Gated DeltaNet / full-attention language model."""
+
+    family = "qwen3.5"
+    model_types = ("qwen3_5",)
+    example = "Qwen/Qwen3.5-9B"
+    fallback_prompt = Qwen3VLAdapter.fallback_prompt
+    windowed = False
+
+    @staticmethod
+    def model_class() -> type:
+        from transformers import Qwen3_5ForConditionalGeneration
+
+        return Qwen3_5ForConditionalGeneration
+
+    processor_class = staticmethod(Qwen3VLAdapter.processor_class)  # transformers maps qwen3_5 to Qwen3VLProcessor
+
+
+class Qwen35MoeAdapter(Qwen35Adapter):
+    """Qwen3.5 MoE (e.g. 35B-A3B): the same vision path and layer mix, with mixture-of-experts MLPs."""
+
+    family = "qwen3.5-moe"
+    model_types = ("qwen3_5_moe",)
+    example = "Qwen/Qwen3.5-35B-A3B"
+
+    @staticmethod
+    def model_class() -> type:
+        from transformers import Qwen3_5MoeForConditionalGeneration
+
+        return Qwen3_5MoeForConditionalGeneration

@@ -16,9 +16,10 @@ from ..errors import MmtokError, first_line
 from .base import Adapter
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter
-from .qwen_vl import Qwen3VLAdapter, QwenVLAdapter
+from .qwen_vl import Qwen3VLAdapter, Qwen35Adapter, Qwen35MoeAdapter, QwenVLAdapter
 
 ADAPTERS: tuple[type[Adapter], ...] = (LlavaAdapter, LlavaNextAdapter, QwenVLAdapter, Qwen3VLAdapter)
+ADAPTERS += (Qwen35Adapter, Qwen35MoeAdapter)
 
 
 def supported() -> str:
