@@ -434,6 +434,8 @@ def build_tiny_gemma3(
         tie_word_embeddings=False,
     )
     model = random_model(Gemma3ForConditionalGeneration, config, tokenizer, seed)
+    with torch.no_grad():  # transformers starts the projection at zero, which would make every soft token 0
+        model.model.multi_modal_projector.mm_input_projection_weight.normal_(std=config.initializer_range)
     # the instruction-tuned checkpoints stop at <end_of_turn> as well as <eos>
     model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<end_of_turn>")]
     image_processor = Gemma3ImageProcessorPil(
