@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 from torch.nn.utils.rnn import pad_sequence
@@ -56,7 +55,7 @@ class Gemma3Adapter(Adapter):
         # The template starts with BOS and the tokenizer adds one: drop the template's, as transformers'
         # `apply_chat_template(tokenize=True)` does, so the model sees one BOS.
         text = super().prompt(question)
-        bos = self.tokenizer.bos_token
+        bos = self.processor.tokenizer.bos_token
         return text[len(bos):] if bos and text.startswith(bos) else text
 
     def image_options(self) -> dict[str, Any]:
@@ -141,8 +140,10 @@ class Gemma3Adapter(Adapter):
         if not options.get("do_pan_and_scan"):
             return []
         ip = self.processor.image_processor
-        y, x = np.mgrid[:height, :width]
-        crops = ip.pan_and_scan(np.stack([x, y]), **{k: v for k, v in options.items() if k != "do_pan_and_scan"})
+        # the PIL backend's method; the torchvision one's takes a tensor batch but slices the same way
+        pan_and_scan = getattr(ip, "pan_and_scan", None) or ip.pan_and_scan_batched
+        y, x = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+        crops = pan_and_scan(torch.stack([x, y]), **{k: v for k, v in options.items() if k != "do_pan_and_scan"})
         return [(int(c[0].min()), int(c[1].min()), int(c[0].max()) + 1, int(c[1].max()) + 1) for c in crops]
 
     def token_regions(self, prepared: Prepared, row: int) -> TokenRegions:
