@@ -36,7 +36,7 @@ PAN_AND_SCAN = ("do_pan_and_scan", "pan_and_scan_min_crop_size", "pan_and_scan_m
 class Gemma3Adapter(Adapter):
     family = "gemma3"
     model_types = ("gemma3",)
-    tau_t = TAU_T_LLAVA  # the paper has no Gemma number; SigLIP + a single projection, like LLaVA's tower
+    tau_t = TAU_T_LLAVA  # the paper has no Gemma value; LLaVA's, not tuned (no real checkpoint here to tune on)
     example = "google/gemma-3-12b-it"
     budget = ("K of the image's soft tokens (256 = 16 x 16, pooled from SigLIP's 64 x 64 patches); with "
               "pan-and-scan, K in total split evenly over the image and its crops")
