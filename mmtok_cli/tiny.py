@@ -72,7 +72,7 @@ GEMMA3_IMAGE_TOKENS = {
     "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>",
 }
 # Gemma 3's conversation format for images (the real template also folds a system turn into the first user turn).
-# It starts with BOS, as the real one does; the tokenizer adds BOS too, so callers strip it (see models/gemma3.py).
+# It starts with BOS, as the real one does, so the prompt is tokenized without adding another (models/gemma3.py).
 GEMMA3_CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
     "{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\\n' }}"

@@ -325,8 +325,8 @@ def _independent_checkpoint(path):
         additional_special_tokens=words[4:9], extra_special_tokens={
             "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"})
     template = ("{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{% for c in m['content'] %}"
-                "{% if c['type'] == 'image' %}<start_of_image>{% else %}{{ c['text'] | trim }}{% endif %}"
-                "{% endfor %}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+                "{% if c['type'] == 'image' %}<start_of_image>{% else %}{{ c['text'] | trim }}{% endif %}{% endfor %}"
+                "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
     config = Gemma3Config(
         vision_config=SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                          num_attention_heads=2, image_size=96, patch_size=8),
@@ -355,7 +355,14 @@ def test_ask_batch_and_show_on_an_independently_built_checkpoint(tmp_path):
     assert record["family"] == "gemma3" and record["vision_tokens"] == {"total": 36, "kept": 5}
     assert len(record["kept_indices"][0]) == 5
     full = runner.invoke(app, ["ask", str(image), "what is in the image ?", "--method", "full", "--json", *common])
-    assert json.loads(full.stdout)["prompt_tokens"]["unpruned"] == record["prompt_tokens"]["unpruned"]
+    full = json.loads(full.stdout)
+    assert full["prompt_tokens"]["unpruned"] == record["prompt_tokens"]["unpruned"]
+    model, processor = Gemma3ForConditionalGeneration.from_pretrained(path), AutoProcessor.from_pretrained(path)
+    inputs = _inputs(processor, [Image.open(image).convert("RGB")], ["what is in the image ?"], scan=False)
+    assert inputs["input_ids"][0].tolist().count(2) == 1  # one BOS, the template's
+    plain = model.generate(**inputs, max_new_tokens=3, do_sample=False)[0, inputs["input_ids"].shape[1]:].tolist()
+    assert full["prompt_tokens"]["unpruned"] == inputs["input_ids"].shape[1]
+    assert full["answer"] == processor.tokenizer.decode(plain, skip_special_tokens=True).strip()
     assert record["prompt_tokens"]["unpruned"] - record["prompt_tokens"]["pruned"] == 31
 
     names = _write_images(tmp_path, [(150, 100), (60, 200), (96, 96)])

@@ -51,13 +51,6 @@ class Gemma3Adapter(Adapter):
 
         return Gemma3ForConditionalGeneration
 
-    def prompt(self, question: str) -> str:
-        # The template starts with BOS and the tokenizer adds one: drop the template's, as transformers'
-        # `apply_chat_template(tokenize=True)` does, so the model sees one BOS.
-        text = super().prompt(question)
-        bos = self.processor.tokenizer.bos_token
-        return text[len(bos):] if bos and text.startswith(bos) else text
-
     def image_options(self) -> dict[str, Any]:
         """Pan-and-scan settings for the processor call: the image processor's own, where it has them.
 
@@ -73,9 +66,13 @@ class Gemma3Adapter(Adapter):
 
     def preprocess(self, images: list[Image.Image], questions: list[str]) -> Prepared:
         prompts = [self.prompt(q) for q in questions]
+        # Gemma's chat template writes BOS itself: then the tokenizer must not add a second one (what transformers'
+        # `apply_chat_template(tokenize=True)` does too); the fallback prompt has none and gets the tokenizer's.
+        bos = self.tokenizer.bos_token
+        written = bool(bos) and prompts[0].startswith(bos)
         # Gemma3Processor wants each prompt's images as a list of their own.
         inputs = self.processor(images=[[im] for im in images], text=prompts, padding=True, return_tensors="pt",
-                                **self.image_options())
+                                add_special_tokens=not written, **self.image_options())
         return Prepared(inputs=inputs.to(self.device), image_sizes=[(im.height, im.width) for im in images],
                         images=list(images))
 
