@@ -240,6 +240,17 @@ def test_crops_are_the_halves_of_a_long_image(engines):
                                             for r in range(4) for c in range(4)])
 
 
+def test_pan_and_scan_can_be_turned_on_for_a_checkpoint_without_it(engines):
+    engine = engines[False]
+    long_image = noise_image(1, SIZES[0])
+    assert engine.adapter.encode(engine.prepare([long_image], ["?"])).counts == [16]
+    try:
+        engine.adapter.pan_and_scan = True
+        assert engine.adapter.encode(engine.prepare([long_image], ["?"])).counts == [48]
+    finally:
+        del engine.adapter.pan_and_scan  # back to the checkpoint's setting
+
+
 def test_agent_runs_on_its_own_tokens_and_batches_like_one_at_a_time(engines):
     engine = engines[True]
     images = [noise_image(7, SIZES[0]), noise_image(8, SIZES[2])]
