@@ -102,6 +102,25 @@ ARCHS["qwen3.5-9b"] = {
                                         "mrope_interleaved": True, "partial_rotary_factor": 0.25}},
 }
 ARCHS["qwen3.5-9b"]["text_config"]["layer_types"] *= 8
+# google/gemma-3-12b-it: SigLIP-So400m at 896 px (64 x 64 patches, pooled to 256 soft tokens), Gemma 3 12B LLM
+# (5 sliding-window layers to 1 global, linear RoPE scaling x8 on the global ones).
+_GEMMA3_VISION = {
+    "model_type": "siglip_vision_model", "hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
+    "num_attention_heads": 16, "image_size": 896, "patch_size": 14, "hidden_act": "gelu_pytorch_tanh",
+    "layer_norm_eps": 1e-6, "vision_use_head": False,
+}
+_GEMMA3_12B_TEXT = {
+    "hidden_size": 3840, "intermediate_size": 15360, "num_hidden_layers": 48, "num_attention_heads": 16,
+    "num_key_value_heads": 8, "head_dim": 256, "query_pre_attn_scalar": 256, "vocab_size": 262208,
+    "max_position_embeddings": 131072, "sliding_window": 1024, "rms_norm_eps": 1e-6,
+    "hidden_activation": "gelu_pytorch_tanh",
+    "rope_parameters": {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+                        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}},
+}
+ARCHS["gemma-3-12b"] = {
+    "model_type": "gemma3", "mm_tokens_per_image": 256, "boi_token_index": 255999, "eoi_token_index": 256000,
+    "image_token_index": 262144, "vision_config": _GEMMA3_VISION, "text_config": _GEMMA3_12B_TEXT,
+}
 
 # Not a published model: LLaVA-1.5-7B's widths (CLIP-L/336 vision, 7B LLM, full vocabulary) with 2 + 2
 # layers, so a profile runs in under a minute on 2 CPU cores. The vision tower then costs ~6% of the
@@ -111,6 +130,13 @@ ARCHS["cpu-small"] = {
     **_LLAVA_15,
     "vision_config": {**_LLAVA_15["vision_config"], "num_hidden_layers": 2},
     "text_config": {**_VICUNA, **_LLAMA_7B, "num_hidden_layers": 2},
+}
+# Not a published model: Gemma 3 12B's widths (896-px SigLIP, 12B LLM, full vocabulary) with 2 + 2 layers, one
+# sliding-window and one global, so a profile fits 24 GiB and a few minutes on 2 CPU cores.
+ARCHS["cpu-small-gemma3"] = {
+    **ARCHS["gemma-3-12b"],
+    "vision_config": {**_GEMMA3_VISION, "num_hidden_layers": 2},
+    "text_config": {**_GEMMA3_12B_TEXT, "num_hidden_layers": 2, "layer_types": ["sliding_attention", "full_attention"]},
 }
 
 # Not a published model: Qwen3.5-9B's widths and vocabulary with 2 ViT blocks and 2 LLM layers, one Gated

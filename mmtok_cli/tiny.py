@@ -67,20 +67,43 @@ def qwen_chat_template(system: str | None) -> str:
     )
 
 
-def build_tokenizer(vocab_size: int = 600, *, qwen: bool = False, corpus: str = _CORPUS):
+GEMMA3_TURN_TOKENS = ("<start_of_turn>", "<end_of_turn>")
+GEMMA3_IMAGE_TOKENS = {
+    "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>",
+}
+# Gemma 3's conversation format for images (the real template also folds a system turn into the first user turn).
+# It starts with BOS, as the real one does, so the prompt is tokenized without adding another (models/gemma3.py).
+GEMMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] | trim }}{% else %}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<start_of_image>' }}"
+    "{% elif part['type'] == 'text' %}{{ part['text'] | trim }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{{ '<end_of_turn>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
+)
+
+
+def build_tokenizer(vocab_size: int = 600, *, qwen: bool = False, gemma: bool = False, corpus: str = _CORPUS):
     """A metaspace BPE tokenizer trained on `corpus` (a small built-in one by default).
 
     Llama-style specials by default; `qwen=True` gives the Qwen-VL chat and vision specials
-    (`<|im_start|>`, `<|vision_start|>`, `<|image_pad|>`, ...) and no BOS token, as Qwen has none.
+    (`<|im_start|>`, `<|vision_start|>`, `<|image_pad|>`, ...) and no BOS token, as Qwen has none;
+    `gemma=True` gives Gemma 3's (`<bos>`, `<start_of_turn>`, `<start_of_image>`, `<image_soft_token>`, ...),
+    with the image specials named as `Gemma3Processor` reads them (`boi_token`, `eoi_token`, `image_token`).
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     if qwen:
         specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + list(QWEN_VISION_TOKENS)
+    elif gemma:  # Gemma's order: pad 0, eos 1, bos 2, unk 3
+        specials = ["<pad>", "<eos>", "<bos>", "<unk>", *GEMMA3_TURN_TOKENS, *GEMMA3_IMAGE_TOKENS.values()]
     else:
         specials = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
-    tok = Tokenizer(models.BPE(unk_token=specials[0]))
+    tok = Tokenizer(models.BPE(unk_token="<unk>" if gemma else specials[0]))
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
     trainer = trainers.BpeTrainer(
@@ -97,6 +120,11 @@ def build_tokenizer(vocab_size: int = 600, *, qwen: bool = False, corpus: str = 
             eos_token="<|im_end|>",
             pad_token="<|endoftext|>",
             extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
+        )
+    if gemma:
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok, unk_token="<unk>", bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+            extra_special_tokens=GEMMA3_IMAGE_TOKENS, add_bos_token=True,
         )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -381,12 +409,85 @@ def build_tiny_qwen_vl(
     return path
 
 
+def build_tiny_gemma3(
+    path: str | Path,
+    *,
+    seed: int = 0,
+    image_size: int = 112,
+    patch_size: int = 14,
+    tokens_per_image: int = 16,
+    vision_hidden: int = 32,
+    text_hidden: int = 64,
+    layers: int = 2,
+    pan_and_scan: bool = False,
+) -> Path:
+    """Save a random-weight `Gemma3ForConditionalGeneration` checkpoint with its `Gemma3Processor` to `path`.
+
+    Laid out like `google/gemma-3-12b-it` (SigLIP tower, average-pooled to a fixed number of soft tokens per
+    image, RMS norm and a linear projection; Gemma 3 LLM with sliding-window and global layers, the image
+    block attending bidirectionally), only tiny: `tokens_per_image` soft tokens (4 x 4 pooled from 8 x 8
+    patches). Pan-and-scan crops need only 32 px here; `pan_and_scan=True` writes `do_pan_and_scan` into
+    the image processor's config, which mmtok honours (transformers' processor itself needs it per call).
+    """
+    from transformers import (
+        Gemma3Config,
+        Gemma3ForConditionalGeneration,
+        Gemma3ImageProcessorPil,
+        Gemma3Processor,
+        Gemma3TextConfig,
+        SiglipVisionConfig,
+    )
+
+    path = Path(path)
+    tokenizer = build_tokenizer(gemma=True)
+    vision = SiglipVisionConfig(
+        hidden_size=vision_hidden, intermediate_size=vision_hidden * 2, num_hidden_layers=layers + 1,
+        num_attention_heads=4, image_size=image_size, patch_size=patch_size, vision_use_head=False,
+    )
+    heads = 4
+    text = Gemma3TextConfig(
+        hidden_size=text_hidden, intermediate_size=text_hidden * 2, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=2, head_dim=text_hidden // heads,
+        query_pre_attn_scalar=text_hidden // heads, vocab_size=len(tokenizer), max_position_embeddings=1024,
+        # a window shorter than a prompt, and both kinds of layer, so both attention masks matter
+        sliding_window=24, layer_types=[("sliding_attention", "full_attention")[i % 2] for i in range(layers)],
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        initializer_range=0.2,  # larger than usual so random outputs depend visibly on the input
+    )
+    ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in GEMMA3_IMAGE_TOKENS.items()}
+    config = Gemma3Config(
+        vision_config=vision, text_config=text, mm_tokens_per_image=tokens_per_image,
+        boi_token_index=ids["boi_token"], eoi_token_index=ids["eoi_token"], image_token_index=ids["image_token"],
+        initializer_range=0.2,
+        # untied (the real ones tie): a random tied head mostly repeats the last prompt token, whatever the image
+        tie_word_embeddings=False,
+    )
+    model = random_model(Gemma3ForConditionalGeneration, config, tokenizer, seed)
+    with torch.no_grad():  # transformers starts the projection at zero, which would make every soft token 0
+        model.model.multi_modal_projector.mm_input_projection_weight.normal_(std=config.initializer_range)
+    # the instruction-tuned checkpoints stop at <end_of_turn> as well as <eos>
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<end_of_turn>")]
+    image_processor = Gemma3ImageProcessorPil(
+        size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3, image_std=[0.5] * 3,
+        do_pan_and_scan=pan_and_scan or None, pan_and_scan_min_crop_size=32, pan_and_scan_max_num_crops=4,
+        pan_and_scan_min_ratio_to_activate=1.2,
+    )
+    processor = Gemma3Processor(
+        image_processor=image_processor, tokenizer=tokenizer, image_seq_length=tokens_per_image,
+        chat_template=GEMMA3_CHAT_TEMPLATE,
+    )
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
 BUILDERS = {
     "llava": build_tiny_llava,
     "llava-next": build_tiny_llava_next,
     "qwen2.5-vl": lambda path, **kw: build_tiny_qwen_vl(path, version="2.5", **kw),
     "qwen3-vl": lambda path, **kw: build_tiny_qwen_vl(path, version="3", **kw),
     "qwen3.5": lambda path, **kw: build_tiny_qwen_vl(path, version="3.5", **kw),
+    "gemma3": build_tiny_gemma3,
 }
 
 

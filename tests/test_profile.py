@@ -101,6 +101,7 @@ PRESET_TOKENS = {
     # LLaVA-NeXT: the base view, a 2x2 grid of crops, and one newline per row of the 48-token-wide grid
     "llava-v1.6-vicuna-7b": 576 + 4 * 576 + 48, "llava-v1.6-vicuna-13b": 576 + 4 * 576 + 48,
     "qwen2.5-vl-3b": 24 * 24, "qwen2.5-vl-7b": 24 * 24, "qwen3-vl-8b": 21 * 21,
+    "gemma-3-12b": 256, "cpu-small-gemma3": 256,  # 64 x 64 SigLIP patches pooled to 16 x 16, at any image size
 }
 PRESET_TOKENS |= {"qwen3.5-9b": 21 * 21, "cpu-small-qwen3.5": 21 * 21}  # patch 16, 2x2 merge, as Qwen3-VL
 

@@ -20,7 +20,6 @@ from mmtok_cli.cli import app
 from . import test_show
 from .conftest import noise_image
 from .test_batch import records, write_jsonl
-from .test_ray import comparable
 from .test_qwen_vl import (  # noqa: F401  (collected here, on the Qwen3.5 fixture below)
     QUESTION,
     _plain_inputs,
@@ -34,6 +33,7 @@ from .test_qwen_vl import (  # noqa: F401  (collected here, on the Qwen3.5 fixtu
     test_unpruned_batch_equals_plain_generate,
     test_videos_without_torchvision_get_a_clear_error,
 )
+from .test_ray import comparable
 
 runner = CliRunner()
 SIZES = [(160, 120), (90, 200), (300, 300)]

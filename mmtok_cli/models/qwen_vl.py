@@ -23,7 +23,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from ..selection import TAU_T_QWEN
-from .base import Adapter, Prepared, VisionTokens, compact
+from .base import Adapter, Prepared, VisionTokens, compact, placeholder_stays
 from .regions import Placement, TokenRegions, cell_box, clip
 
 
@@ -116,12 +116,7 @@ class QwenVLAdapter(Adapter):
         counts = tokens.counts
         if kept is None:
             kept = [torch.arange(n, device=input_ids.device) for n in counts]
-        chosen = torch.zeros(len(counts), max(counts), dtype=torch.bool, device=input_ids.device)
-        for row, idx in enumerate(kept):
-            chosen[row, idx.to(input_ids.device)] = True
-        is_image = input_ids == self.image_token_id
-        rank = (is_image.long().cumsum(1) - 1).clamp(min=0, max=chosen.shape[1] - 1)
-        stays = attention_mask.bool() & (~is_image | chosen.gather(1, rank))
+        stays = placeholder_stays(input_ids, attention_mask, self.image_token_id, kept, counts)
         new_mask, (new_ids, new_positions) = compact(stays, input_ids, positions, pad=self.tokenizer.pad_token_id)
         new_positions[:, new_mask == 0] = 0  # padding positions are never read; keep them as get_rope_index does
         # Row 0: plain text positions, which the language model uses only to build its attention mask,
