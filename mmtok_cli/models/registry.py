@@ -14,11 +14,12 @@ import torch
 from .. import demo
 from ..errors import MmtokError, first_line
 from .base import Adapter
+from .internvl import InternVLAdapter
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter
 from .qwen_vl import Qwen3VLAdapter, QwenVLAdapter
 
-ADAPTERS: tuple[type[Adapter], ...] = (LlavaAdapter, LlavaNextAdapter, QwenVLAdapter, Qwen3VLAdapter)
+ADAPTERS: tuple[type[Adapter], ...] = (LlavaAdapter, LlavaNextAdapter, QwenVLAdapter, Qwen3VLAdapter, InternVLAdapter)
 
 
 def supported() -> str:
