@@ -388,7 +388,7 @@ def build_tiny_internvl(
     `image_seq_length`), as the real checkpoints are; their video processor needs torchvision, and mmtok
     assembles an image-only processor where the full one cannot load (models/processors.py).
     """
-    from transformers import GotOcr2ImageProcessorPil, InternVLConfig, InternVLForConditionalGeneration
+    from transformers import InternVLConfig, InternVLForConditionalGeneration
 
     path = Path(path)
     tokenizer = build_tokenizer(qwen=True, extra_specials=INTERNVL_TOKENS)
@@ -411,19 +411,25 @@ def build_tiny_internvl(
         image_seq_length=per_tile, downsample_ratio=ratio, tie_word_embeddings=False,
     )
     model = random_model(InternVLForConditionalGeneration, config, tokenizer, seed)
-    # InternVL3's preprocessing: ImageNet mean/std; tiling itself is switched on by InternVLProcessor.
-    image_processor = GotOcr2ImageProcessorPil(
-        size={"height": image_size, "width": image_size}, max_patches=max_tiles,
-        image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
-    )
     model.save_pretrained(path)
-    image_processor.save_pretrained(path)
+    save_internvl_processor(path, tokenizer, tile=image_size, per_tile=per_tile, max_tiles=max_tiles)
+    return path
+
+
+def save_internvl_processor(path: Path, tokenizer, *, tile: int, per_tile: int, max_tiles: int = 12) -> None:
+    """InternVL's processor as the hf checkpoints ship it: GotOcr2 image processor (tiles of `tile` px, ImageNet
+    mean/std; InternVLProcessor switches tiling on), tokenizer, chat template, processor_config.json."""
+    from transformers import GotOcr2ImageProcessorPil
+
+    GotOcr2ImageProcessorPil(
+        size={"height": tile, "width": tile}, max_patches=max_tiles,
+        image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+    ).save_pretrained(path)
     tokenizer.save_pretrained(path)
     (path / "chat_template.jinja").write_text(qwen_chat_template(None, image="<IMG_CONTEXT>\\n"))
     (path / "processor_config.json").write_text(
         json.dumps({"image_seq_length": per_tile, "processor_class": "InternVLProcessor"}, indent=2) + "\n"
     )
-    return path
 
 
 BUILDERS = {

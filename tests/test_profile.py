@@ -102,6 +102,8 @@ PRESET_TOKENS = {
     "llava-v1.6-vicuna-7b": 576 + 4 * 576 + 48, "llava-v1.6-vicuna-13b": 576 + 4 * 576 + 48,
     "qwen2.5-vl-3b": 24 * 24, "qwen2.5-vl-7b": 24 * 24, "qwen3-vl-8b": 21 * 21,
 }
+# InternVL3: the square 672-px image is a 2x2 grid of 448-px tiles plus the thumbnail, 256 tokens each
+PRESET_TOKENS.update({"internvl3-8b": 5 * 256, "cpu-small-internvl": 5 * 256})
 
 
 @pytest.mark.parametrize("name", list(ARCHS))
