@@ -280,3 +280,108 @@ def test_batch_ray_equals_local_run(path, tmp_path):
     strip = lambda text: [{k: v for k, v in json.loads(x).items() if k not in drop} for x in text.splitlines()]  # noqa: E731
     assert strip(out.read_text()) == strip(local.stdout)
     assert [r["vision_tokens"]["kept"] for r in strip(local.stdout)] == [3, 10, 16, 3]
+
+
+# -- done when: the commands on a checkpoint built without mmtok's builders ---------------------------
+
+# The chat template transformers' InternVL converter writes into the hf checkpoints.
+HF_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n'}}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}{{ '<IMG_CONTEXT>\n' }}"
+    "{% elif content['type'] == 'video' %}{{ '<video>\n' }}"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}{{'<|im_end|>\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{'<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def independent(tmp_path_factory):
+    """An InternVL checkpoint laid out as OpenGVLab/InternVL3-*-hf, built with transformers / tokenizers classes
+    only: a word-level tokenizer with the template in tokenizer_config.json, the hub's preprocessor_config.json
+    written out, 56-px tiles of 14-px patches (4 tokens per view, up to 6 tiles) and a Llama LLM (as InternVL3-9B)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import InternVLConfig, PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("independent") / "internvl-hf"
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>", "[UNK]"]
+    words = sorted(set("user assistant what is in this image the a red cat sofa colour describe photo yes no ? .".split()))
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(specials + words)}, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    core.add_special_tokens(specials)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="[UNK]",
+        extra_special_tokens={"start_image_token": "<img>", "end_image_token": "</img>",
+                              "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"},
+    )
+    tokenizer.chat_template = HF_TEMPLATE
+    config = InternVLConfig(
+        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "image_size": 56, "patch_size": 14, "initializer_range": 0.5},
+        text_config={"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": len(tokenizer),
+                     "bos_token_id": None, "eos_token_id": tokenizer.eos_token_id,
+                     "pad_token_id": tokenizer.pad_token_id, "initializer_range": 0.5},
+        image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"), image_seq_length=4,
+    )
+    torch.manual_seed(0)
+    InternVLForConditionalGeneration(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        "crop_to_patches": False, "do_convert_rgb": True, "do_normalize": True, "do_rescale": True, "do_resize": True,
+        "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225], "max_patches": 6, "min_patches": 1,
+        "image_processor_type": "GotOcr2ImageProcessorFast", "processor_class": "InternVLProcessor", "resample": 3,
+        "rescale_factor": 1 / 255, "size": {"height": 56, "width": 56},
+    }))
+    (folder / "processor_config.json").write_text(json.dumps({"image_seq_length": 4,
+                                                              "processor_class": "InternVLProcessor"}))
+    return folder
+
+
+def test_ask_batch_and_show_on_an_independently_built_checkpoint(independent, tmp_path):
+    from PIL import Image
+
+    from mmtok_cli.engine import Engine
+    from mmtok_cli.io import load_image
+
+    sizes, budgets = [(160, 120), (300, 60), (50, 50), (90, 200)], [5, 7, 100, 3]
+    for i, size in enumerate(sizes):
+        noise_image(50 + i, size).save(tmp_path / f"img{i}.png")
+    asked = runner.invoke(app, ["ask", str(tmp_path / "img0.png"), "What is in this image?", "--model",
+                                str(independent), "--tokens", "5", "--json", "--max-new-tokens", "3"])
+    assert asked.exit_code == 0, asked.stderr
+    record = json.loads(asked.stdout)
+    assert record["family"] == "internvl" and record["vision_tokens"] == {"kept": 5, "total": 4 * 7}  # 3x2 tiles + 1
+
+    data = tmp_path / "q.jsonl"
+    data.write_text("".join(json.dumps({"id": i, "image": f"img{i}.png", "question": "what colour is the cat ?",
+                                        "tokens": k}) + "\n" for i, k in enumerate(budgets)))
+    batch = runner.invoke(app, ["batch", str(data), "--model", str(independent), "--max-new-tokens", "4",
+                                "--batch-size", "4"])
+    assert batch.exit_code == 0, batch.stderr
+    rows = [json.loads(line) for line in batch.stdout.splitlines()]
+    engine = Engine(str(independent), device="cpu")
+    totals = set()
+    for i, (row, k) in enumerate(zip(rows, budgets)):
+        alone = engine.ask(load_image(str(tmp_path / f"img{i}.png")), "what colour is the cat ?", tokens=k,
+                           max_new_tokens=4)
+        total = row["vision_tokens"]["total"]
+        totals.add(total)
+        assert row["vision_tokens"]["kept"] == min(k, total) == alone.vision_kept
+        assert row["answer"] == alone.answer
+    assert len(totals) == 4  # each size its own number of tiles
+    full = engine.ask(load_image(str(tmp_path / "img2.png")), "what colour is the cat ?", method="full",
+                      max_new_tokens=4)
+    assert rows[2]["answer"] == full.answer  # k >= n is the unpruned model
+
+    out = tmp_path / "kept.png"
+    shown = runner.invoke(app, ["show", str(tmp_path / "img0.png"), "what colour is the cat ?", "--model",
+                                str(independent), "--tokens", "6", "--methods", "mmtok,full", "--max-new-tokens", "2",
+                                "--out", str(out)])
+    assert shown.exit_code == 0, shown.stderr
+    with Image.open(out) as picture:
+        assert picture.format == "PNG"
+    regions = engine.adapter.token_regions(engine.prepare([load_image(str(tmp_path / "img0.png"))], ["q"]), 0)
+    assert regions.panels == ("tiles", "thumbnail") and len(regions.boxes) == 28
