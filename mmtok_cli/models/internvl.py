@@ -23,7 +23,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from ..errors import MmtokError
 from ..selection import TAU_T_LLAVA
 from .base import Adapter, Prepared, VisionTokens, drop_placeholders
-from .regions import Box, Placement, TokenRegions, cell_box, clip, size_value
+from .regions import Box, Placement, TokenRegions, clip, size_value
 
 
 class InternVLAdapter(Adapter):
@@ -125,8 +125,8 @@ class InternVLAdapter(Adapter):
         if (tile_h, tile_w) != tuple(prepared.inputs["pixel_values"].shape[-2:]):
             raise MmtokError(f"cannot map vision tokens to the image: tiles of {(tile_h, tile_w)} pixels expected, the "
                              f"processor made {tuple(prepared.inputs['pixel_values'].shape[-2:])}")
-        cells = self._token_cells(tile_h // patch_h, tile_w // patch_w)
-        per_view = len(cells)
+        in_view = self._token_boxes(tile_h // patch_h, tile_w // patch_w, patch_h, patch_w)
+        per_view = len(in_view)
         views = self._views_per_image(prepared.inputs["input_ids"][row : row + 1], per_view)[0]
         whole = Placement(tile_w / width, tile_h / height)  # the thumbnail, or the only tile
         if views == 1:
@@ -143,22 +143,18 @@ class InternVLAdapter(Adapter):
         boxes: list[Box] = []
         panel: list[int] = []
         for placement, view_panel in zip(placements, panels):
-            for (r0, c0, r1, c1) in cells:
-                top_left = cell_box(r0, c0, patch_h, patch_w)
-                bottom_right = cell_box(r1, c1, patch_h, patch_w)
-                box = (top_left[0], top_left[1], bottom_right[2], bottom_right[3])
-                boxes.append(clip(placement.to_original(box), height, width))
-                panel.append(view_panel)
+            boxes += [clip(placement.to_original(box), height, width) for box in in_view]
+            panel += [view_panel] * per_view
         return TokenRegions(boxes=boxes, panel=panel, panels=names)
 
-    def _token_cells(self, rows: int, cols: int) -> list[tuple[int, int, int, int]]:
-        """Per token of a view, in the model's order: the (first row, first col, last row, last col) of the patches
-        it holds, by pushing each patch's coordinates through the model's `pixel_shuffle`."""
-        config = self.model.config
+    def _token_boxes(self, rows: int, cols: int, patch_h: int, patch_w: int) -> list[Box]:
+        """Per token of a view, in the model's order: the box of the patches it holds, in the view's pixels.
+
+        The model's own `pixel_shuffle` on each patch's (row, col) says which patches those are."""
         r, c = torch.meshgrid(torch.arange(rows, dtype=torch.float64), torch.arange(cols, dtype=torch.float64),
                               indexing="ij")
-        grid = torch.stack([r, c], -1)[None]  # (1, rows, cols, 2)
-        shuffled = self.model.model.pixel_shuffle(grid, scale_factor=config.downsample_ratio)
-        coords = shuffled.reshape(-1, shuffled.shape[-1] // 2, 2).long()  # per token: its patches' (row, col)
-        low, high = coords.min(1).values, coords.max(1).values
-        return [(int(a), int(b), int(c_), int(d)) for (a, b), (c_, d) in zip(low.tolist(), high.tolist())]
+        shuffled = self.model.model.pixel_shuffle(torch.stack([r, c], -1)[None], self.model.config.downsample_ratio)
+        coords = shuffled.reshape(-1, shuffled.shape[-1] // 2, 2)  # per token: its patches' (row, col)
+        low, high = coords.min(1).values.tolist(), coords.max(1).values.tolist()
+        return [(c0 * patch_w, r0 * patch_h, (c1 + 1) * patch_w, (r1 + 1) * patch_h)
+                for (r0, c0), (r1, c1) in zip(low, high)]
