@@ -147,6 +147,32 @@ ARCHS["cpu-small-qwen3.5"] = {
     "text_config": {**ARCHS["qwen3.5-9b"]["text_config"], "num_hidden_layers": 2,
                     "layer_types": ["linear_attention", "full_attention"]},
 }
+# InternVL3-8B in the hf format (OpenGVLab/InternVL3-8B-hf): InternViT-300M-448px-V2.5 + Qwen2.5-7B (its
+# vocabulary trimmed to 151674 with InternVL's specials), pixel shuffle 0.5, LayerNorm + MLP projector.
+_INTERNVL3 = {
+    "model_type": "internvl", "image_token_id": 151667, "image_seq_length": 256, "downsample_ratio": 0.5,
+    "projector_hidden_act": "gelu", "vision_feature_layer": -1, "vision_feature_select_strategy": "default",
+    "tie_word_embeddings": False,
+    "vision_config": {"model_type": "internvl_vision", "hidden_size": 1024, "intermediate_size": 4096,
+                      "num_hidden_layers": 24, "num_attention_heads": 16, "image_size": 448, "patch_size": 14,
+                      "attention_bias": True, "use_qk_norm": False, "norm_type": "layer_norm",
+                      "layer_norm_eps": 1e-6, "use_mean_pooling": True, "layer_scale_init_value": 0.1,
+                      "hidden_act": "gelu"},
+}
+ARCHS["internvl3-8b"] = {
+    **_INTERNVL3,
+    "text_config": {"model_type": "qwen2", "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+                    "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 151674,
+                    "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "tie_word_embeddings": False,
+                    "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0}},
+}
+# Not a published model: InternVL3-8B's widths and vocabulary with 2 vision and 2 LLM layers (as cpu-small).
+ARCHS["cpu-small-internvl"] = {
+    **_INTERNVL3,
+    "vision_config": {**_INTERNVL3["vision_config"], "num_hidden_layers": 2},
+    "text_config": {**ARCHS["internvl3-8b"]["text_config"], "num_hidden_layers": 2},
+}
+
 
 def build_config(name: str) -> Any:
     """The transformers config of a real-size architecture in `ARCHS` (random weights: build the model from it)."""

@@ -131,6 +131,16 @@ def _gemma3_processor(config: Any, path: Path) -> Any:
     return tokenizer
 
 
+def _internvl_processor(config: Any, path: Path) -> Any:
+    from .tiny import INTERNVL_TOKENS, build_tokenizer, save_internvl_processor
+
+    tokenizer = build_tokenizer(qwen=True, extra_specials=INTERNVL_TOKENS)
+    config.image_token_id = tokenizer.context_image_token_id
+    save_internvl_processor(path, tokenizer, tile=config.vision_config.image_size[0],
+                            per_tile=config.image_seq_length)
+    return tokenizer
+
+
 ARCH_PROCESSORS: dict[str, Callable[[Any, Path], Any]] = {
     "llava": _llava_processor,
     "llava_next": _llava_processor,
@@ -138,6 +148,7 @@ ARCH_PROCESSORS: dict[str, Callable[[Any, Path], Any]] = {
     "qwen3_vl": _qwen_vl_processor,
     "qwen3_5": _qwen_vl_processor,
     "gemma3": _gemma3_processor,
+    "internvl": _internvl_processor,
 }
 """Per `model_type`: writes the family's real image processor at the real resolution, with the offline
 tokenizer from `tiny.py`, to a folder; points the config's special-token ids at that tokenizer; returns it."""

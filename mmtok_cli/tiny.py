@@ -8,6 +8,7 @@ trained here with the `tokenizers` library, the family's real processor class --
 
 from __future__ import annotations
 
+import json
 import string
 from pathlib import Path
 
@@ -44,10 +45,11 @@ CHAT_TEMPLATE = (
 QWEN_VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 
 
-def qwen_chat_template(system: str | None) -> str:
+def qwen_chat_template(system: str | None, image: str = "<|vision_start|><|image_pad|><|vision_end|>") -> str:
     """Qwen-VL's conversation format for images (the real templates also handle videos and tools).
 
     Qwen2.5-VL opens with a default system turn ("You are a helpful assistant."); Qwen3-VL has none.
+    `image` is what an image part becomes (InternVL3, whose LLM is a Qwen2.5, writes "<IMG_CONTEXT>\\n").
     """
     opening = (
         "{% if loop.first and message['role'] != 'system' %}"
@@ -59,7 +61,7 @@ def qwen_chat_template(system: str | None) -> str:
         "{% for message in messages %}" + opening + "{{ '<|im_start|>' + message['role'] + '\\n' }}"
         "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
         "{% for part in message['content'] %}"
-        "{% if part['type'] == 'image' %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+        "{% if part['type'] == 'image' %}{{ '" + image + "' }}"
         "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
         "{% endfor %}{% endif %}"
         "{{ '<|im_end|>\\n' }}{% endfor %}"
@@ -86,14 +88,18 @@ GEMMA3_CHAT_TEMPLATE = (
 )
 
 
-def build_tokenizer(vocab_size: int = 600, *, qwen: bool = False, gemma: bool = False, corpus: str = _CORPUS):
+def build_tokenizer(vocab_size: int = 600, *, qwen: bool = False, gemma: bool = False, corpus: str = _CORPUS,
+                    extra_specials: dict[str, str] | None = None):
     """A metaspace BPE tokenizer trained on `corpus` (a small built-in one by default).
 
     Llama-style specials by default; `qwen=True` gives the Qwen-VL chat and vision specials
     (`<|im_start|>`, `<|vision_start|>`, `<|image_pad|>`, ...) and no BOS token, as Qwen has none;
     `gemma=True` gives Gemma 3's (`<bos>`, `<start_of_turn>`, `<start_of_image>`, `<image_soft_token>`, ...),
     with the image specials named as `Gemma3Processor` reads them (`boi_token`, `eoi_token`, `image_token`).
+    `extra_specials` adds named special tokens (attribute name -> token, e.g. InternVL's
+    `context_image_token` -> `<IMG_CONTEXT>`), readable as `tokenizer.<name>` and `tokenizer.<name>_id`.
     """
+    extra = dict(extra_specials or {})
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -103,6 +109,7 @@ def build_tokenizer(vocab_size: int = 600, *, qwen: bool = False, gemma: bool = 
         specials = ["<pad>", "<eos>", "<bos>", "<unk>", *GEMMA3_TURN_TOKENS, *GEMMA3_IMAGE_TOKENS.values()]
     else:
         specials = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+    specials += [t for t in extra.values() if t not in specials]
     tok = Tokenizer(models.BPE(unk_token="<unk>" if gemma else specials[0]))
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
@@ -119,7 +126,7 @@ def build_tokenizer(vocab_size: int = 600, *, qwen: bool = False, gemma: bool = 
             unk_token="<|endoftext|>",
             eos_token="<|im_end|>",
             pad_token="<|endoftext|>",
-            extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
+            extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>", **extra},
         )
     if gemma:
         return PreTrainedTokenizerFast(
@@ -132,7 +139,7 @@ def build_tokenizer(vocab_size: int = 600, *, qwen: bool = False, gemma: bool = 
         bos_token="<s>",
         eos_token="</s>",
         pad_token="<pad>",
-        extra_special_tokens={"image_token": "<image>"},
+        extra_special_tokens={"image_token": "<image>", **extra},
         add_bos_token=True,
     )
 
@@ -481,6 +488,79 @@ def build_tiny_gemma3(
     return path
 
 
+INTERNVL_TOKENS = {
+    "start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
+    "video_token": "<video>",
+}
+"""InternVL's image specials, as its tokenizer names them (InternVLProcessor reads them by these names)."""
+
+
+def build_tiny_internvl(
+    path: str | Path,
+    *,
+    seed: int = 0,
+    image_size: int = 56,
+    patch_size: int = 7,
+    max_tiles: int = 4,
+    vision_hidden: int = 32,
+    text_hidden: int = 64,
+    layers: int = 2,
+) -> Path:
+    """Save a random-weight `InternVLForConditionalGeneration` checkpoint with its processor's parts to `path`.
+
+    Laid out like `OpenGVLab/InternVL3-8B-hf` (InternViT with a CLS token, last-layer features without
+    CLS, 0.5 pixel shuffle, LayerNorm + MLP projector, Qwen2 LLM, GotOcr2 tiles of `image_size` plus a
+    thumbnail), only tiny: each tile is (image_size / patch_size / 2)^2 tokens (16 by default) and an image
+    is cut into at most `max_tiles` tiles, so it has 1 view, or 2 to `max_tiles` tiles plus the thumbnail.
+
+    Saved as parts (image processor, tokenizer, chat template, processor_config.json with
+    `image_seq_length`), as the real checkpoints are; their video processor needs torchvision, and mmtok
+    assembles an image-only processor where the full one cannot load (models/processors.py).
+    """
+    from transformers import InternVLConfig, InternVLForConditionalGeneration
+
+    path = Path(path)
+    tokenizer = build_tokenizer(qwen=True, extra_specials=INTERNVL_TOKENS)
+    ratio = 0.5
+    per_tile = int((image_size // patch_size * ratio) ** 2)
+    vision = {
+        "hidden_size": vision_hidden, "intermediate_size": vision_hidden * 2, "num_hidden_layers": layers + 1,
+        "num_attention_heads": 4, "image_size": image_size, "patch_size": patch_size, "attention_bias": True,
+        "initializer_range": 0.2,  # the real init (1e-10) would leave random tiles nearly identical
+    }
+    text = {
+        "model_type": "qwen2", "hidden_size": text_hidden, "intermediate_size": text_hidden * 2,
+        "num_hidden_layers": layers, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "vocab_size": len(tokenizer), "max_position_embeddings": 1024, "bos_token_id": None,
+        "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
+        "initializer_range": 0.2,  # larger than usual so random outputs depend visibly on the input
+    }
+    config = InternVLConfig(
+        vision_config=vision, text_config=text, image_token_id=tokenizer.context_image_token_id,
+        image_seq_length=per_tile, downsample_ratio=ratio, tie_word_embeddings=False,
+    )
+    model = random_model(InternVLForConditionalGeneration, config, tokenizer, seed)
+    model.save_pretrained(path)
+    save_internvl_processor(path, tokenizer, tile=image_size, per_tile=per_tile, max_tiles=max_tiles)
+    return path
+
+
+def save_internvl_processor(path: Path, tokenizer, *, tile: int, per_tile: int, max_tiles: int = 12) -> None:
+    """InternVL's processor as the hf checkpoints ship it: GotOcr2 image processor (tiles of `tile` px, ImageNet
+    mean/std; InternVLProcessor switches tiling on), tokenizer, chat template, processor_config.json."""
+    from transformers import GotOcr2ImageProcessorPil
+
+    GotOcr2ImageProcessorPil(
+        size={"height": tile, "width": tile}, max_patches=max_tiles,
+        image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+    ).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    (path / "chat_template.jinja").write_text(qwen_chat_template(None, image="<IMG_CONTEXT>\\n"))
+    (path / "processor_config.json").write_text(
+        json.dumps({"image_seq_length": per_tile, "processor_class": "InternVLProcessor"}, indent=2) + "\n"
+    )
+
+
 BUILDERS = {
     "llava": build_tiny_llava,
     "llava-next": build_tiny_llava_next,
@@ -488,6 +568,7 @@ BUILDERS = {
     "qwen3-vl": lambda path, **kw: build_tiny_qwen_vl(path, version="3", **kw),
     "qwen3.5": lambda path, **kw: build_tiny_qwen_vl(path, version="3.5", **kw),
     "gemma3": build_tiny_gemma3,
+    "internvl": build_tiny_internvl,
 }
 
 

@@ -22,6 +22,7 @@ PUBLISHED = {
 # Qwen3.5-9B's safetensors hold 9.653B parameters, 0.243B of them the multi-token-prediction head (mtp.*: one
 # full-attention decoder layer, its 2h -> h input projection and norms) that transformers does not build.
 PUBLISHED["qwen3.5-9b"] = 9.41
+PUBLISHED["internvl3-8b"] = 7.94
 
 
 @pytest.mark.parametrize("name", list(PUBLISHED))

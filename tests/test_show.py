@@ -22,7 +22,7 @@ from mmtok_cli.models.regions import area
 def engines(tmp_path_factory, engine):
     """Tiny engines of each family and preprocessing, by name."""
     from mmtok_cli.engine import Engine
-    from mmtok_cli.tiny import build_tiny_llava, build_tiny_llava_next, build_tiny_qwen_vl
+    from mmtok_cli.tiny import build_tiny_internvl, build_tiny_llava, build_tiny_llava_next, build_tiny_qwen_vl
 
     root = tmp_path_factory.mktemp("show-models")
     paths = {
@@ -30,6 +30,7 @@ def engines(tmp_path_factory, engine):
         "llava-next": build_tiny_llava_next(root / "next"),
         "qwen2.5-vl": build_tiny_qwen_vl(root / "qwen25", version="2.5"),
         "qwen3-vl": build_tiny_qwen_vl(root / "qwen3", version="3"),
+        "internvl": build_tiny_internvl(root / "internvl"),
     }
     return {"llava": engine, **{name: Engine(str(p), device="cpu", dtype="float32") for name, p in paths.items()}}
 
@@ -57,12 +58,17 @@ def patch_centres(engine, prepared: Prepared) -> torch.Tensor:
         rows = inputs["pixel_values"].view(-1, merge * merge, 3, ip.temporal_patch_size, patch, patch)
         return _unnormalize(rows.transpose(2, 3), ip).mean((1, 2, 4, 5))[:, :2]
     vc = adapter.model.config.vision_config
-    side = vc.image_size // vc.patch_size
-    views = _unnormalize(inputs["pixel_values"].view(-1, 3, vc.image_size, vc.image_size), ip)
-    cells = views[:, :2].reshape(-1, 2, side, vc.patch_size, side, vc.patch_size).mean((3, 5))
+    # InternVL's config keeps (height, width) pairs; the tiny ones are square
+    size, patch = (v[0] if isinstance(v, (list, tuple)) else v for v in (vc.image_size, vc.patch_size))
+    side = size // patch
+    views = _unnormalize(inputs["pixel_values"].view(-1, 3, size, size), ip)
+    cells = views[:, :2].reshape(-1, 2, side, patch, side, patch).mean((3, 5))
     cells = cells.flatten(2).transpose(1, 2)  # (views, side * side, 2), row-major per view
     if adapter.family == "llava":
         return cells[0]
+    if adapter.family == "internvl":  # each token holds a 2x2 block of patches (the model's pixel shuffle)
+        blocks = adapter.model.model.pixel_shuffle(cells.reshape(len(cells), side, side, 2).contiguous(), 0.5)
+        return blocks.reshape(-1, 4, 2).mean(1)  # views in order: tiles, then the thumbnail
     # LLaVA-NeXT: the model's own packing of the views, newlines (NaN) dropped
     packed, _ = adapter.model.model.pack_image_features(
         [cells[: len(cells)]], inputs["image_sizes"], "default", image_newline=torch.full((2,), float("nan"))
@@ -70,7 +76,7 @@ def patch_centres(engine, prepared: Prepared) -> torch.Tensor:
     return packed[0][~packed[0].isnan().any(-1)]
 
 
-@pytest.mark.parametrize("family", ["llava", "llava-pad", "llava-next", "qwen2.5-vl", "qwen3-vl"])
+@pytest.mark.parametrize("family", ["llava", "llava-pad", "llava-next", "qwen2.5-vl", "qwen3-vl", "internvl"])
 @pytest.mark.parametrize("size", [(200, 120), (90, 200), (170, 120)])
 def test_every_token_region_holds_the_pixels_the_processor_gave_it(engines, family, size):
     engine = engines[family]

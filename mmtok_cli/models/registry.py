@@ -15,13 +15,15 @@ from .. import demo
 from ..errors import MmtokError, first_line
 from .base import Adapter
 from .gemma3 import Gemma3Adapter
+from .internvl import InternVLAdapter
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter
 from .qwen_vl import Qwen3VLAdapter, Qwen35Adapter, Qwen35MoeAdapter, QwenVLAdapter
 
-ADAPTERS: tuple[type[Adapter], ...] = (LlavaAdapter, LlavaNextAdapter, QwenVLAdapter, Qwen3VLAdapter)
-ADAPTERS += (Qwen35Adapter, Qwen35MoeAdapter)
-ADAPTERS += (Gemma3Adapter,)
+ADAPTERS: tuple[type[Adapter], ...] = (
+    LlavaAdapter, LlavaNextAdapter, QwenVLAdapter, Qwen3VLAdapter, Qwen35Adapter, Qwen35MoeAdapter, Gemma3Adapter,
+    InternVLAdapter,
+)
 
 
 def supported() -> str:
