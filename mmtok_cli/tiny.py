@@ -8,6 +8,7 @@ trained here with the `tokenizers` library, the family's real processor class --
 
 from __future__ import annotations
 
+import json
 import string
 from pathlib import Path
 
@@ -44,10 +45,11 @@ CHAT_TEMPLATE = (
 QWEN_VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 
 
-def qwen_chat_template(system: str | None) -> str:
+def qwen_chat_template(system: str | None, image: str = "<|vision_start|><|image_pad|><|vision_end|>") -> str:
     """Qwen-VL's conversation format for images (the real templates also handle videos and tools).
 
     Qwen2.5-VL opens with a default system turn ("You are a helpful assistant."); Qwen3-VL has none.
+    `image`: what an image part becomes (LLaVA-OneVision, also on Qwen2: "<image>\\n").
     """
     opening = (
         "{% if loop.first and message['role'] != 'system' %}"
@@ -59,7 +61,7 @@ def qwen_chat_template(system: str | None) -> str:
         "{% for message in messages %}" + opening + "{{ '<|im_start|>' + message['role'] + '\\n' }}"
         "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
         "{% for part in message['content'] %}"
-        "{% if part['type'] == 'image' %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+        "{% if part['type'] == 'image' %}{{ '" + image.replace("\n", "\\n") + "' }}"
         "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
         "{% endfor %}{% endif %}"
         "{{ '<|im_end|>\\n' }}{% endfor %}"
@@ -67,17 +69,22 @@ def qwen_chat_template(system: str | None) -> str:
     )
 
 
-def build_tokenizer(vocab_size: int = 600, *, qwen: bool = False, corpus: str = _CORPUS):
+def build_tokenizer(
+    vocab_size: int = 600, *, qwen: bool = False, corpus: str = _CORPUS, placeholders: tuple[str, str] | None = None
+):
     """A metaspace BPE tokenizer trained on `corpus` (a small built-in one by default).
 
     Llama-style specials by default; `qwen=True` gives the Qwen-VL chat and vision specials
     (`<|im_start|>`, `<|vision_start|>`, `<|image_pad|>`, ...) and no BOS token, as Qwen has none.
+    `placeholders` (with `qwen=True`): the (image, video) placeholder tokens instead of Qwen-VL's vision
+    specials, e.g. LLaVA-OneVision's ("<image>", "<video>") on its Qwen2 tokenizer.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
+    image, video = placeholders or QWEN_VISION_TOKENS[2:]
     if qwen:
-        specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + list(QWEN_VISION_TOKENS)
+        specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + list(placeholders or QWEN_VISION_TOKENS)
     else:
         specials = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
     tok = Tokenizer(models.BPE(unk_token=specials[0]))
@@ -96,7 +103,7 @@ def build_tokenizer(vocab_size: int = 600, *, qwen: bool = False, corpus: str = 
             unk_token="<|endoftext|>",
             eos_token="<|im_end|>",
             pad_token="<|endoftext|>",
-            extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
+            extra_special_tokens={"image_token": image, "video_token": video},
         )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -352,11 +359,82 @@ def build_tiny_qwen_vl(
     return path
 
 
+def build_tiny_llava_onevision(
+    path: str | Path,
+    *,
+    seed: int = 0,
+    image_size: int = 56,
+    patch_size: int = 14,
+    vision_hidden: int = 32,
+    text_hidden: int = 64,
+    layers: int = 2,
+    vision_aspect_ratio: str = "anyres_max_9",
+) -> Path:
+    """Save a random-weight `LlavaOnevisionForConditionalGeneration` checkpoint with its processor to `path`.
+
+    Laid out like `llava-hf/llava-onevision-qwen2-7b-ov-hf` (SigLIP tower without head, last-layer features
+    of every patch, MLP projector, Qwen2 LLM, any-resolution crops with learned row newlines, Qwen chat
+    format with an `<image>` placeholder), only tiny: (image_size/patch_size)^2 tokens per view and 1x2, 2x1
+    or 2x2 crops, so an image has a base view plus 2 or 4 crops. The model shrinks crop grids of more than
+    N views' worth of tokens (`vision_aspect_ratio` "anyres_max_N"); with N = 1 every multi-crop image is shrunk.
+
+    The processor is saved as its parts and settings (the full `LlavaOnevisionProcessor` also wants a video
+    processor, which needs torchvision); mmtok assembles an image-only one where the full one cannot load.
+    """
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionImageProcessorPil,
+        Qwen2Config,
+        SiglipVisionConfig,
+    )
+
+    path = Path(path)
+    tokenizer = build_tokenizer(qwen=True, placeholders=("<image>", "<video>"))
+    pinpoints = [[image_size, 2 * image_size], [2 * image_size, image_size], [2 * image_size, 2 * image_size]]
+    vision = SiglipVisionConfig(
+        hidden_size=vision_hidden, intermediate_size=vision_hidden * 2, num_hidden_layers=layers + 1,
+        num_attention_heads=4, image_size=image_size, patch_size=patch_size, vision_use_head=False,
+    )
+    text = Qwen2Config(
+        hidden_size=text_hidden, intermediate_size=text_hidden * 2, num_hidden_layers=layers, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=1024, bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+        initializer_range=0.2,  # larger than usual so random outputs depend visibly on the input
+    )
+    config = LlavaOnevisionConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
+        image_grid_pinpoints=pinpoints,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        vision_aspect_ratio=vision_aspect_ratio,
+    )
+    model = random_model(LlavaOnevisionForConditionalGeneration, config, tokenizer, seed)
+    model.save_pretrained(path)
+    LlavaOnevisionImageProcessorPil(
+        size={"height": image_size, "width": image_size}, image_grid_pinpoints=pinpoints
+    ).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    (path / "chat_template.jinja").write_text(qwen_chat_template(None, image="<image>\n"))
+    # The processor's own settings, as the real checkpoints' processor_config.json has them.
+    settings = {
+        "processor_class": "LlavaOnevisionProcessor", "image_token": "<image>", "video_token": "<video>",
+        "num_image_tokens": (image_size // patch_size) ** 2, "vision_feature_select_strategy": "full",
+        "vision_aspect_ratio": vision_aspect_ratio,
+    }
+    (path / "processor_config.json").write_text(json.dumps(settings, indent=2))
+    return path
+
+
 BUILDERS = {
     "llava": build_tiny_llava,
     "llava-next": build_tiny_llava_next,
     "qwen2.5-vl": lambda path, **kw: build_tiny_qwen_vl(path, version="2.5", **kw),
     "qwen3-vl": lambda path, **kw: build_tiny_qwen_vl(path, version="3", **kw),
+    "llava-onevision": build_tiny_llava_onevision,
 }
 
 

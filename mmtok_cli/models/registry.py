@@ -16,9 +16,11 @@ from ..errors import MmtokError, first_line
 from .base import Adapter
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter
+from .llava_onevision import LlavaOnevisionAdapter
 from .qwen_vl import Qwen3VLAdapter, QwenVLAdapter
 
-ADAPTERS: tuple[type[Adapter], ...] = (LlavaAdapter, LlavaNextAdapter, QwenVLAdapter, Qwen3VLAdapter)
+ADAPTERS: tuple[type[Adapter], ...] = (LlavaAdapter, LlavaNextAdapter, QwenVLAdapter, Qwen3VLAdapter,
+                                       LlavaOnevisionAdapter)
 
 
 def supported() -> str:
