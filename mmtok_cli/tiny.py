@@ -414,19 +414,26 @@ def build_tiny_llava_onevision(
     )
     model = random_model(LlavaOnevisionForConditionalGeneration, config, tokenizer, seed)
     model.save_pretrained(path)
-    LlavaOnevisionImageProcessorPil(
+    image_processor = LlavaOnevisionImageProcessorPil(
         size={"height": image_size, "width": image_size}, image_grid_pinpoints=pinpoints
-    ).save_pretrained(path)
+    )
+    save_onevision_processor(path, image_processor, tokenizer, config)
+    return path
+
+
+def save_onevision_processor(path: Path, image_processor, tokenizer, config) -> None:
+    """Save a LLaVA-OneVision processor as its parts and settings, as the real checkpoints' files have them."""
+    image_processor.save_pretrained(path)
     tokenizer.save_pretrained(path)
     (path / "chat_template.jinja").write_text(qwen_chat_template(None, image="<image>\n"))
-    # The processor's own settings, as the real checkpoints' processor_config.json has them.
+    vision = config.vision_config
     settings = {
         "processor_class": "LlavaOnevisionProcessor", "image_token": "<image>", "video_token": "<video>",
-        "num_image_tokens": (image_size // patch_size) ** 2, "vision_feature_select_strategy": "full",
-        "vision_aspect_ratio": vision_aspect_ratio,
+        "num_image_tokens": (vision.image_size // vision.patch_size) ** 2,
+        "vision_feature_select_strategy": config.vision_feature_select_strategy,
+        "vision_aspect_ratio": config.vision_aspect_ratio,
     }
     (path / "processor_config.json").write_text(json.dumps(settings, indent=2))
-    return path
 
 
 BUILDERS = {

@@ -15,6 +15,7 @@ PUBLISHED = {
     "qwen2.5-vl-3b": 3.75,
     "qwen2.5-vl-7b": 8.29,
     "qwen3-vl-8b": 8.77,
+    "llava-onevision-qwen2-7b": 8.03,
 }
 
 
@@ -54,3 +55,13 @@ def test_cpu_small_has_real_widths_and_few_layers():
 def test_unknown_architecture():
     with pytest.raises(KeyError, match="known: llava-1.5-7b"):
         build_config("llava-v9")
+
+
+def test_cpu_small_onevision_has_real_widths_and_few_layers():
+    small, real = build_config("cpu-small-onevision"), build_config("llava-onevision-qwen2-7b")
+    for part in ("vision_config", "text_config"):
+        a, b = getattr(small, part), getattr(real, part)
+        assert (a.hidden_size, a.intermediate_size, a.num_attention_heads) == (
+            b.hidden_size, b.intermediate_size, b.num_attention_heads)
+    assert small.image_grid_pinpoints == real.image_grid_pinpoints and small.text_config.vocab_size == 152128
+    assert (small.vision_config.num_hidden_layers, small.text_config.num_hidden_layers) == (2, 2)

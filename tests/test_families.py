@@ -10,11 +10,13 @@ from mmtok_cli.errors import MmtokError
 from mmtok_cli.models import ADAPTERS, adapter_class
 
 FAMILIES = {"llava": 0.02, "llava-next": 0.02, "qwen2.5-vl": 0.01, "qwen3-vl": 0.01}
+FAMILIES["llava-onevision"] = 0.02
 
 
 @pytest.mark.parametrize(
     "model_type,family",
-    [("llava", "llava"), ("llava_next", "llava-next"), ("qwen2_5_vl", "qwen2.5-vl"), ("qwen3_vl", "qwen3-vl")],
+    [("llava", "llava"), ("llava_next", "llava-next"), ("qwen2_5_vl", "qwen2.5-vl"), ("qwen3_vl", "qwen3-vl"),
+     ("llava_onevision", "llava-onevision")],
 )
 def test_family_from_config_model_type(model_type, family):
     assert adapter_class(model_type).family == family

@@ -22,7 +22,7 @@ from mmtok_cli.models.regions import area
 def engines(tmp_path_factory, engine):
     """Tiny engines of each family and preprocessing, by name."""
     from mmtok_cli.engine import Engine
-    from mmtok_cli.tiny import build_tiny_llava, build_tiny_llava_next, build_tiny_qwen_vl
+    from mmtok_cli.tiny import build_tiny_llava, build_tiny_llava_next, build_tiny_llava_onevision, build_tiny_qwen_vl
 
     root = tmp_path_factory.mktemp("show-models")
     paths = {
@@ -30,6 +30,9 @@ def engines(tmp_path_factory, engine):
         "llava-next": build_tiny_llava_next(root / "next"),
         "qwen2.5-vl": build_tiny_qwen_vl(root / "qwen25", version="2.5"),
         "qwen3-vl": build_tiny_qwen_vl(root / "qwen3", version="3"),
+        "llava-onevision": build_tiny_llava_onevision(root / "onevision"),
+        # every multi-crop grid shrunk: crop tokens blend neighbouring patches
+        "llava-onevision-shrunk": build_tiny_llava_onevision(root / "shrunk", vision_aspect_ratio="anyres_max_1"),
     }
     return {"llava": engine, **{name: Engine(str(p), device="cpu", dtype="float32") for name, p in paths.items()}}
 
@@ -63,14 +66,23 @@ def patch_centres(engine, prepared: Prepared) -> torch.Tensor:
     cells = cells.flatten(2).transpose(1, 2)  # (views, side * side, 2), row-major per view
     if adapter.family == "llava":
         return cells[0]
-    # LLaVA-NeXT: the model's own packing of the views, newlines (NaN) dropped
-    packed, _ = adapter.model.model.pack_image_features(
-        [cells[: len(cells)]], inputs["image_sizes"], "default", image_newline=torch.full((2,), float("nan"))
-    )
+    # LLaVA-NeXT / -OneVision: the model's own packing of the views (OneVision's shrink blends the patches' mean
+    # colours as it blends their features), newlines (NaN) dropped
+    newline = torch.full((2,), float("nan"))
+    if adapter.family == "llava-onevision":
+        packed, _ = adapter.model.model.pack_image_features(
+            [cells], inputs["image_sizes"], image_newline=newline,
+            vision_aspect_ratio=adapter.model.config.vision_aspect_ratio,
+        )
+    else:
+        packed, _ = adapter.model.model.pack_image_features(
+            [cells[: len(cells)]], inputs["image_sizes"], "default", image_newline=newline
+        )
     return packed[0][~packed[0].isnan().any(-1)]
 
 
-@pytest.mark.parametrize("family", ["llava", "llava-pad", "llava-next", "qwen2.5-vl", "qwen3-vl"])
+@pytest.mark.parametrize("family", ["llava", "llava-pad", "llava-next", "qwen2.5-vl", "qwen3-vl", "llava-onevision",
+                                    "llava-onevision-shrunk"])
 @pytest.mark.parametrize("size", [(200, 120), (90, 200), (170, 120)])
 def test_every_token_region_holds_the_pixels_the_processor_gave_it(engines, family, size):
     engine = engines[family]
