@@ -162,6 +162,54 @@ def test_llava_next_unpadding_drops_padding_columns(engines):
     assert regions.boxes == base + crops
 
 
+def test_llava_onevision_shrunk_crop_grid_tokens_cover_their_cells(engines):
+    """anyres_max_1: a 112x112 image's 8x8 crop grid is shrunk to 4x4, so each crop token covers 2x2 patches."""
+    adapter = engines["llava-onevision-shrunk"].adapter
+    regions = adapter.token_regions(engines["llava-onevision-shrunk"].prepare([Image.new("RGB", (112, 112))], ["q"]), 0)
+    cells = [pytest.approx((28 * c, 28 * r, 28 * c + 28, 28 * r + 28)) for r in range(4) for c in range(4)]
+    assert regions.boxes == cells + cells  # the base view squashed to 56 px: also 28-px cells
+    assert regions.panel == [0] * 16 + [1] * 16
+
+
+@pytest.fixture(scope="module")
+def onevision_7b(engines):
+    """The real LLaVA-OneVision-7B geometry (meta-device model: config only) with its real image processor."""
+    from transformers import LlavaOnevisionImageProcessorPil
+
+    from mmtok_cli.archs import build_config
+    from mmtok_cli.models.llava_onevision import LlavaOnevisionAdapter
+
+    with torch.device("meta"):
+        model = LlavaOnevisionAdapter.model_class()(build_config("llava-onevision-qwen2-7b"))
+    ip = LlavaOnevisionImageProcessorPil()  # 384-px views, grids of 1x1 to 6x6 views
+    adapter = _swap_image_processor(engines["llava-onevision"], ip)
+    return LlavaOnevisionAdapter(model, adapter.processor), ip
+
+
+def test_llava_onevision_7b_crops_skip_the_pixels_siglip_leaves_unused(onevision_7b):
+    """768x768: base view at half scale; 2x2 crops of 384 px, of which SigLIP's 27 patches of 14 px use 378."""
+    adapter, ip = onevision_7b
+    boxes = adapter.token_regions(_prepared(ip, 768, 768), 0).boxes
+    base = [(28 * c, 28 * r, 28 * c + 28, 28 * r + 28) for r in range(27) for c in range(27)]
+    edge = [384 * (t // 27) + 14 * (t % 27) for t in range(54)]
+    crops = [(edge[c], edge[r], edge[c] + 14, edge[r] + 14) for r in range(54) for c in range(54)]
+    assert boxes == base + crops
+
+
+def test_llava_onevision_7b_shrunk_tokens_span_crop_borders(onevision_7b):
+    """2304x2304: a 6x6 grid of crops is 162x162 patches, shrunk to 81x81 (anyres_max_9): a token covers 2x2
+    patches, and one straddling a crop border covers the last patch of one crop and the first of the next."""
+    adapter, ip = onevision_7b
+    boxes = adapter.token_regions(_prepared(ip, 2304, 2304), 0).boxes
+    assert len(boxes) == 27 * 27 + 81 * 81
+    crops = boxes[27 * 27 :]
+    assert crops[0] == (0, 0, 28, 28)
+    assert crops[81 * 12 + 12] == (336, 336, 364, 364)
+    assert crops[81 * 13 + 13] == (364, 364, 398, 398)  # patch 26 of crop 0 to patch 0 of crop 1 (378-384 unused)
+    assert crops[81 * 14 + 14] == (398, 398, 426, 426)
+    assert crops[-1] == (2270, 2270, 2298, 2298)
+
+
 @pytest.mark.parametrize("family,size,cell", [("qwen2.5-vl", (112, 56), 28), ("qwen2.5-vl", (100, 50), 25),
                                               ("qwen3-vl", (128, 64), 32)])
 def test_qwen_merged_tokens_cover_blocks_of_the_resized_grid(engines, family, size, cell):
