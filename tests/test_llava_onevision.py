@@ -220,3 +220,87 @@ def test_batch_ray_equals_the_local_run(onevision, tmp_path):
     assert local.exit_code == distributed.exit_code == 0, distributed.stderr
     assert comparable(records(out.read_text())) == comparable(records(local.stdout))
     assert [r["vision_tokens"]["kept"] for r in records(local.stdout)][::2] == [3, 8]
+
+
+def _independent_checkpoint(folder):
+    """A tiny LLaVA-OneVision built with transformers' and tokenizers' classes only (not mmtok's tiny.py): its own
+    sizes (3x3 tokens per view, grids up to 3x3 views), a word-level tokenizer, the real checkpoints' chat format,
+    penultimate-layer features and anyres_max_4, so the 3x3 grid is shrunk."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
+                              LlavaOnevisionImageProcessorPil, PreTrainedTokenizerFast, Qwen2Config, SiglipVisionConfig)
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
+    words = "user assistant what is in the image where are colour red cat dog sofa yes no".split()
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(specials + words)}, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens(specials)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                        eos_token="<|im_end|>")
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% for c in m['content'] %}{% if c['type'] == 'image' %}"
+        "<image>\n{% endif %}{% endfor %}{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}"
+        "{% endif %}{% endfor %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    pinpoints = [[42, 84], [84, 42], [84, 84], [126, 126]]
+    config = LlavaOnevisionConfig(
+        vision_config=SiglipVisionConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                                         num_attention_heads=2, image_size=42, patch_size=14),
+        text_config=Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                num_key_value_heads=1, vocab_size=len(tokenizer), initializer_range=0.5),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
+        image_grid_pinpoints=pinpoints, vision_feature_layer=-2, vision_aspect_ratio="anyres_max_4",
+    )
+    torch.manual_seed(11)
+    model = LlavaOnevisionForConditionalGeneration(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    LlavaOnevisionImageProcessorPil(size={"height": 42, "width": 42}, image_grid_pinpoints=pinpoints).save_pretrained(
+        folder)
+    (folder / "processor_config.json").write_text(json.dumps({
+        "processor_class": "LlavaOnevisionProcessor", "num_image_tokens": 9, "vision_feature_select_strategy": "full",
+        "vision_aspect_ratio": "anyres_max_4",
+    }))
+    return folder
+
+
+def test_ask_batch_and_show_on_an_independently_built_checkpoint(tmp_path):
+    from mmtok_cli.engine import Engine
+
+    from .test_batch import records, write_jsonl
+
+    folder = _independent_checkpoint(tmp_path / "independent")
+    sizes = [(150, 100), (60, 200), (126, 126)]  # a 2x2, a 2x1 and a shrunk 3x3 grid of views
+    for i, size in enumerate(sizes):
+        noise_image(40 + i, size).save(tmp_path / f"img{i}.png")
+    common = ["--model", str(folder), "--max-new-tokens", "4", "--device", "cpu", "--dtype", "float32"]
+
+    asked = runner.invoke(app, ["ask", str(tmp_path / "img2.png"), "What is in the image?", "--tokens", "5", "--json",
+                                *common])
+    assert asked.exit_code == 0, asked.output
+    record = json.loads(asked.stdout)
+    assert record["family"] == "llava-onevision" and record["vision_tokens"]["kept"] == 5
+    assert record["vision_tokens"]["total"] == 9 + 6 * 6  # base view + the 9x9 crop grid shrunk to 6x6
+
+    budgets = [4, 10_000, 7]
+    lines = [{"id": f"q{i}", "image": f"img{i}.png", "question": "Where is the red cat?", "tokens": k}
+             for i, k in enumerate(budgets)]
+    batch = runner.invoke(app, ["batch", str(write_jsonl(tmp_path / "q.jsonl", lines)), "--batch-size", "3", *common])
+    assert batch.exit_code == 0, batch.output
+    engine = Engine(str(folder), device="cpu", dtype="float32")
+    for i, (k, got) in enumerate(zip(budgets, records(batch.stdout))):
+        image = noise_image(40 + i, sizes[i])
+        alone = engine.ask(image, "Where is the red cat?", tokens=k, max_new_tokens=4)
+        assert got["answer"] == alone.answer and got["prompt_tokens"]["pruned"] == alone.prompt_pruned
+        assert got["vision_tokens"]["kept"] == alone.vision_kept == min(k, alone.vision_total)
+    full = engine.ask(noise_image(41, sizes[1]), "Where is the red cat?", method="full", max_new_tokens=4)
+    assert records(batch.stdout)[1]["answer"] == full.answer  # k >= n is the unpruned model
+
+    picture = tmp_path / "show.png"
+    shown = runner.invoke(app, ["show", str(tmp_path / "img2.png"), "Where is the red cat?", "--tokens", "6",
+                                "--out", str(picture), *common])
+    assert shown.exit_code == 0, shown.output
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shown.stdout.startswith("mmtok:")
