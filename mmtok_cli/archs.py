@@ -121,6 +121,26 @@ ARCHS["gemma-3-12b"] = {
     "model_type": "gemma3", "mm_tokens_per_image": 256, "boi_token_index": 255999, "eoi_token_index": 256000,
     "image_token_index": 262144, "vision_config": _GEMMA3_VISION, "text_config": _GEMMA3_12B_TEXT,
 }
+# llava-hf/llava-onevision-qwen2-7b-ov-hf, as transformers' conversion script builds it: SigLIP-so400m/384
+# without its last layer and head, Qwen2-7B-Instruct with the vocabulary grown by <image> and <video> and
+# padded to a multiple of 64, and the image processor's 36 any-resolution grids (384 to 2304 px a side).
+_ONEVISION_VISION = {
+    "model_type": "siglip_vision_model", "hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 26,
+    "num_attention_heads": 16, "image_size": 384, "patch_size": 14, "vision_use_head": False,
+}
+_ONEVISION = {
+    "model_type": "llava_onevision", "image_token_index": 151646, "video_token_index": 151647,
+    "vision_feature_layer": -1, "vision_feature_select_strategy": "full", "vision_aspect_ratio": "anyres_max_9",
+    "image_grid_pinpoints": [[h, w] for h in range(384, 2305, 384) for w in range(384, 2305, 384)],
+    "projector_hidden_act": "gelu", "tie_word_embeddings": False, "vision_config": _ONEVISION_VISION,
+}
+_QWEN2_7B = {
+    "model_type": "qwen2", "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+    "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152128, "max_position_embeddings": 32768,
+    "rms_norm_eps": 1e-6, "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0},
+    "tie_word_embeddings": False,
+}
+ARCHS["llava-onevision-qwen2-7b"] = {**_ONEVISION, "text_config": _QWEN2_7B}
 
 # Not a published model: LLaVA-1.5-7B's widths (CLIP-L/336 vision, 7B LLM, full vocabulary) with 2 + 2
 # layers, so a profile runs in under a minute on 2 CPU cores. The vision tower then costs ~6% of the
@@ -171,6 +191,15 @@ ARCHS["cpu-small-internvl"] = {
     **_INTERNVL3,
     "vision_config": {**_INTERNVL3["vision_config"], "num_hidden_layers": 2},
     "text_config": {**ARCHS["internvl3-8b"]["text_config"], "num_hidden_layers": 2},
+}
+
+
+# Not a published model: LLaVA-OneVision-7B's widths (SigLIP vision, Qwen2-7B LLM, full vocabulary) with 2 + 2
+# layers, for `mmtok profile` on a CPU (as cpu-small is for LLaVA-1.5).
+ARCHS["cpu-small-onevision"] = {
+    **_ONEVISION,
+    "vision_config": {**_ONEVISION_VISION, "num_hidden_layers": 2},
+    "text_config": {**_QWEN2_7B, "num_hidden_layers": 2},
 }
 
 

@@ -141,6 +141,22 @@ def _internvl_processor(config: Any, path: Path) -> Any:
     return tokenizer
 
 
+def _onevision_processor(config: Any, path: Path) -> Any:
+    from transformers import LlavaOnevisionImageProcessorPil
+
+    from .tiny import ONEVISION_PLACEHOLDERS, build_tokenizer, save_onevision_processor
+
+    tokenizer = build_tokenizer(qwen=True, extra_specials=ONEVISION_PLACEHOLDERS)
+    config.image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    config.video_token_id = tokenizer.convert_tokens_to_ids("<video>")
+    side = config.vision_config.image_size
+    image_processor = LlavaOnevisionImageProcessorPil(
+        size={"height": side, "width": side}, image_grid_pinpoints=config.image_grid_pinpoints
+    )
+    save_onevision_processor(path, image_processor, tokenizer, config)
+    return tokenizer
+
+
 ARCH_PROCESSORS: dict[str, Callable[[Any, Path], Any]] = {
     "llava": _llava_processor,
     "llava_next": _llava_processor,
@@ -149,6 +165,7 @@ ARCH_PROCESSORS: dict[str, Callable[[Any, Path], Any]] = {
     "qwen3_5": _qwen_vl_processor,
     "gemma3": _gemma3_processor,
     "internvl": _internvl_processor,
+    "llava_onevision": _onevision_processor,
 }
 """Per `model_type`: writes the family's real image processor at the real resolution, with the offline
 tokenizer from `tiny.py`, to a folder; points the config's special-token ids at that tokenizer; returns it."""

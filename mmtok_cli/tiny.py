@@ -561,6 +561,87 @@ def save_internvl_processor(path: Path, tokenizer, *, tile: int, per_tile: int, 
     )
 
 
+ONEVISION_PLACEHOLDERS = {"image_token": "<image>", "video_token": "<video>"}
+"""LLaVA-OneVision's image and video placeholders on its Qwen2 tokenizer, in place of Qwen-VL's."""
+
+
+def build_tiny_llava_onevision(
+    path: str | Path,
+    *,
+    seed: int = 0,
+    image_size: int = 56,
+    patch_size: int = 14,
+    vision_hidden: int = 32,
+    text_hidden: int = 64,
+    layers: int = 2,
+    vision_aspect_ratio: str = "anyres_max_9",
+) -> Path:
+    """Save a random-weight `LlavaOnevisionForConditionalGeneration` checkpoint with its processor to `path`.
+
+    Laid out like `llava-hf/llava-onevision-qwen2-7b-ov-hf` (SigLIP tower without head, last-layer features
+    of every patch, MLP projector, Qwen2 LLM, any-resolution crops with learned row newlines, Qwen chat
+    format with an `<image>` placeholder), only tiny: (image_size/patch_size)^2 tokens per view and 1x2, 2x1
+    or 2x2 crops, so an image has a base view plus 2 or 4 crops. The model shrinks crop grids of more than
+    N views' worth of tokens (`vision_aspect_ratio` "anyres_max_N"); with N = 1 every multi-crop image is shrunk.
+
+    The processor is saved as its parts and settings (the full `LlavaOnevisionProcessor` also wants a video
+    processor, which needs torchvision); mmtok assembles an image-only one where the full one cannot load.
+    """
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionImageProcessorPil,
+        Qwen2Config,
+        SiglipVisionConfig,
+    )
+
+    path = Path(path)
+    tokenizer = build_tokenizer(qwen=True, extra_specials=ONEVISION_PLACEHOLDERS)
+    pinpoints = [[image_size, 2 * image_size], [2 * image_size, image_size], [2 * image_size, 2 * image_size]]
+    vision = SiglipVisionConfig(
+        hidden_size=vision_hidden, intermediate_size=vision_hidden * 2, num_hidden_layers=layers + 1,
+        num_attention_heads=4, image_size=image_size, patch_size=patch_size, vision_use_head=False,
+    )
+    text = Qwen2Config(
+        hidden_size=text_hidden, intermediate_size=text_hidden * 2, num_hidden_layers=layers, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=1024, bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+        initializer_range=0.2,  # larger than usual so random outputs depend visibly on the input
+    )
+    config = LlavaOnevisionConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
+        image_grid_pinpoints=pinpoints,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        vision_aspect_ratio=vision_aspect_ratio,
+    )
+    model = random_model(LlavaOnevisionForConditionalGeneration, config, tokenizer, seed)
+    model.save_pretrained(path)
+    image_processor = LlavaOnevisionImageProcessorPil(
+        size={"height": image_size, "width": image_size}, image_grid_pinpoints=pinpoints
+    )
+    save_onevision_processor(path, image_processor, tokenizer, config)
+    return path
+
+
+def save_onevision_processor(path: Path, image_processor, tokenizer, config) -> None:
+    """Save a LLaVA-OneVision processor as its parts and settings, as the real checkpoints' files have them."""
+    image_processor.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    (path / "chat_template.jinja").write_text(qwen_chat_template(None, image="<image>\\n"))
+    vision = config.vision_config
+    settings = {
+        "processor_class": "LlavaOnevisionProcessor", "image_token": "<image>", "video_token": "<video>",
+        "num_image_tokens": (vision.image_size // vision.patch_size) ** 2,
+        "vision_feature_select_strategy": config.vision_feature_select_strategy,
+        "vision_aspect_ratio": config.vision_aspect_ratio,
+    }
+    (path / "processor_config.json").write_text(json.dumps(settings, indent=2))
+
+
 BUILDERS = {
     "llava": build_tiny_llava,
     "llava-next": build_tiny_llava_next,
@@ -569,6 +650,7 @@ BUILDERS = {
     "qwen3.5": lambda path, **kw: build_tiny_qwen_vl(path, version="3.5", **kw),
     "gemma3": build_tiny_gemma3,
     "internvl": build_tiny_internvl,
+    "llava-onevision": build_tiny_llava_onevision,
 }
 
 

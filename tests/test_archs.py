@@ -18,6 +18,7 @@ PUBLISHED = {
     # 12,187,325,040 on meta; its LLM part differs from Keras-Hub's gemma3_12b_text preset (11,765,788,416)
     # by exactly the 64 extra rows of the vision checkpoint's 262,208-token vocabulary (64 x 3840)
     "gemma-3-12b": 12.19,
+    "llava-onevision-qwen2-7b": 8.03,
 }
 # Qwen3.5-9B's safetensors hold 9.653B parameters, 0.243B of them the multi-token-prediction head (mtp.*: one
 # full-attention decoder layer, its 2h -> h input projection and norms) that transformers does not build.
@@ -82,3 +83,13 @@ def test_cpu_small_qwen35_has_real_widths_and_both_layer_kinds():
     assert small.vision_config.to_dict() == {**real.vision_config.to_dict(), "depth": 2}
     assert small.text_config.layer_types == ["linear_attention", "full_attention"]
     assert real.text_config.layer_types == (["linear_attention"] * 3 + ["full_attention"]) * 8
+
+
+def test_cpu_small_onevision_has_real_widths_and_few_layers():
+    small, real = build_config("cpu-small-onevision"), build_config("llava-onevision-qwen2-7b")
+    for part in ("vision_config", "text_config"):
+        a, b = getattr(small, part), getattr(real, part)
+        assert (a.hidden_size, a.intermediate_size, a.num_attention_heads) == (
+            b.hidden_size, b.intermediate_size, b.num_attention_heads)
+    assert small.image_grid_pinpoints == real.image_grid_pinpoints and small.text_config.vocab_size == 152128
+    assert (small.vision_config.num_hidden_layers, small.text_config.num_hidden_layers) == (2, 2)

@@ -18,11 +18,12 @@ from .gemma3 import Gemma3Adapter
 from .internvl import InternVLAdapter
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter
+from .llava_onevision import LlavaOnevisionAdapter
 from .qwen_vl import Qwen3VLAdapter, Qwen35Adapter, Qwen35MoeAdapter, QwenVLAdapter
 
 ADAPTERS: tuple[type[Adapter], ...] = (
     LlavaAdapter, LlavaNextAdapter, QwenVLAdapter, Qwen3VLAdapter, Qwen35Adapter, Qwen35MoeAdapter, Gemma3Adapter,
-    InternVLAdapter,
+    InternVLAdapter, LlavaOnevisionAdapter,
 )
 
 
