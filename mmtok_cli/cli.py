@@ -26,6 +26,7 @@ except ImportError:  # older Typer uses click itself
     from click import ClickException
 
 from . import __version__
+from .archs import ARCHS
 from .errors import MmtokError, UsageError, first_line
 from .options import (
     AGENT_MAX_NEW_TOKENS,
@@ -740,8 +741,9 @@ def profile(
     arch: Annotated[
         str | None,
         typer.Option("--arch", help="A real architecture with random weights, nothing downloaded: "
-                     "llava-1.5-7b, llava-1.5-13b, llava-v1.6-vicuna-7b/13b, qwen2.5-vl-3b/7b, qwen3-vl-8b, "
-                     "or cpu-small (LLaVA-1.5-7B widths, few layers; about a minute on 2 CPU cores)."),
+                     f"{', '.join(n for n in ARCHS if not n.startswith('cpu-small'))}; or cpu-small (LLaVA-1.5-7B "
+                     "widths, 2 + 2 layers; about a minute on 2 CPU cores) and the other families' reduced-depth "
+                     f"presets for CPU runs: {', '.join(n for n in ARCHS if n.startswith('cpu-small-'))}."),
     ] = None,
     tokens: Annotated[
         str, typer.Option("--tokens", "-k", help="Comma-separated vision-token budgets; 'full' is always included.")
