@@ -18,15 +18,37 @@ All of them run batched over padded tensors (no Python loop over images). The ru
 * text     -- greedy coverage of the question's tokens only: P alone; an image whose question has no
               content tokens falls back to `vision`. P saturates once each content token's best match
               is picked; later picks gain nothing and take the lowest allowed indices.
-* divprune -- max-min diversity of U (DivPrune, Alvar et al. 2025): greedy farthest-point selection
-              under cosine distance. The first pick is the token farthest from the mean of the
-              allowed features (deterministic, and not biased towards index 0); each next pick is the
-              token whose nearest already-picked token is farthest (ties: lowest index).
+* divprune -- DivPrune (Alvar et al., CVPR 2025): max-min diversity under cosine distance. The first
+              pick is the token whose nearest other token is farthest; each next pick is the token whose
+              nearest already-picked token is farthest (ties: lowest index). It runs on the features the
+              authors' code uses, which the adapter chooses (`divprune_on`): the projected tokens V for
+              LLaVA / LLaVA-NeXT (vbdi/divprune's llava_arch.py selects from the LLM's input embeddings),
+              U for Qwen-VL (Ironieser/MMTok's Qwen DivPrune runs on the pooled pre-merger features).
+              Checked against vbdi/divprune at 799e2d9 (`DivPrune` in LLaVA/llava/model/llava_arch.py) and
+              Ironieser/MMTok at d1522cd (mmtok/qwen/qwen2_5_VLmodel_mmtok.py): the same kept indices as a
+              float64 transcription of their loop on random 576-token images, k = 4, 16, 64
+              (tests/test_baselines.py). Over allowed tokens only (the authors have no mask).
+* visionzip -- VisionZip (Yang et al., CVPR 2025), as dvlab-research/VisionZip at 3151f6d
+              (visionzip/clip_encoder.py, utils.py, main.py) does it on LLaVA. Of k tokens, round(k * 10 / 64)
+              are contextual and the rest dominant (the authors' 54 + 10 of 64, 108 + 20 of 128, 162 + 30 of
+              192). Dominant: the view's CLS token itself, then the tokens the CLS pays most attention to,
+              summed over heads, in the vision layer the model reads. Contextual: the other tokens, every
+              step-th of them (step = max(1, rest // contextual), in token order) a target, each remaining
+              token merged into the target whose attention key (averaged over heads) is most cosine-similar;
+              a contextual token is its target's U row plus the mean of the U rows merged into it. The
+              language model receives, per view, projector([CLS, dominant in token order, contextual in target
+              order]) -- new rows, carried by `Selection.rows`; `indices` are the dominant tokens and the
+              targets (so one fewer than k: the CLS is no vision token of V). Checked on a tiny LLaVA against
+              a hand computation of the CLS attention from the layer's own weights and of the merge
+              (tests/test_visionzip.py). Differences: allowed masks are honoured; on LLaVA-NeXT every view
+              (base and each crop) is compressed on its own tokens after the model's unpadding and fed view
+              after view, where the authors' code skips unpadding and reorders the crops' tokens.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -43,8 +65,32 @@ from .selection import (
     select,
 )
 
-BASELINES = ("random", "uniform", "vision", "text", "divprune")
+BASELINES = ("random", "uniform", "vision", "text", "divprune", "visionzip")
 RANDOM_SEED = 0
+
+
+@dataclass
+class ZipInputs:
+    """What `visionzip` reads besides V and U, per token, from the vision layer the model reads."""
+
+    attention: torch.Tensor
+    """(B, n) the attention the CLS token of the token's view pays it, summed over heads."""
+    keys: torch.Tensor
+    """(B, n, h) the token's attention keys averaged over heads (VisionZip's merge metric)."""
+    cls: torch.Tensor | None
+    """(B, n, e) the U-space features of the CLS token of the token's view (fed first); None: no CLS."""
+    project: Callable[[torch.Tensor], torch.Tensor]
+    """U rows -> V rows: the model's projector."""
+
+    def take(self, at: tuple[torch.Tensor, ...] | torch.Tensor | slice) -> ZipInputs:
+        """The same inputs for the tokens at `at` (an index into the first two dims)."""
+        return ZipInputs(self.attention[at], self.keys[at], None if self.cls is None else self.cls[at], self.project)
+
+
+def visionzip_split(k: int) -> tuple[int, int]:
+    """(dominant, contextual) of a budget k, the CLS counted among the dominant: the authors' 54 + 10 of 64."""
+    contextual = round(k * 10 / 64)
+    return k - contextual, contextual
 
 
 def choose(
@@ -61,10 +107,14 @@ def choose(
     tau_t: float = TAU_T_LLAVA,
     tau_v: float = TAU_V,
     seed: int | Sequence[int] = RANDOM_SEED,
+    divprune_on: str = "vision",
+    zip_inputs: ZipInputs | None = None,
 ) -> Selection:
     """Kept token indices per image (ascending, and in pick order) for `method` ("mmtok" or one of `BASELINES`).
 
-    Arguments as in `selection.select`; `seed` (one for all images, or one per image) is used by "random" only.
+    Arguments as in `selection.select`; `seed` (one for all images, or one per image) is used by "random" only;
+    `divprune_on` ("vision" or "features") says which tensor "divprune" reads; "visionzip" needs `zip_inputs`
+    and returns the rows the language model receives (`Selection.rows`).
     """
     if method == "mmtok":
         return select(
@@ -73,6 +123,12 @@ def choose(
         )
     if method not in BASELINES:
         raise ValueError(f"unknown selection method {method!r}")
+    if method == "visionzip":
+        if zip_inputs is None:
+            raise ValueError("visionzip needs zip_inputs (the adapter's visionzip_inputs)")
+        return _visionzip(vision, features, zip_inputs, k, vision_mask, allowed)
+    if divprune_on not in ("vision", "features"):
+        raise ValueError(f"divprune_on must be 'vision' or 'features', not {divprune_on!r}")
     if method == "random":
         seeds = torch.tensor([seed] * vision.shape[0] if isinstance(seed, int) else list(seed), dtype=torch.long)
         if len(seeds) != vision.shape[0]:
@@ -86,7 +142,7 @@ def choose(
         if method == "uniform":
             return _uniform(k_rows, allowed_rows)
         if method == "divprune":
-            return _divprune(features[rows], k_rows, allowed_rows)
+            return _divprune((vision if divprune_on == "vision" else features)[rows], k_rows, allowed_rows)
         t = None if text is None else text[rows]
         tm = None if t is None or text_mask is None else text_mask[rows]
         vm = None if vision_mask is None else vision_mask[rows]
@@ -137,14 +193,18 @@ def _uniform(k: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
 
 
 def _divprune(features: torch.Tensor, k: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    # float64: near-ties between candidates' distances are common at n = 576, and the authors' own
+    # loop is what we are checked against; n x n is small.
     bsz, n, _ = features.shape
     steps = int(k.max()) if k.numel() else 0
-    u = F.normalize(features.float(), dim=-1)
+    u = F.normalize(features.double(), dim=-1)
     dist = 1 - u @ u.transpose(1, 2)  # cosine distance, (B, n, n)
-    weights = allowed.float()[:, :, None]
-    mean = F.normalize((u * weights).sum(1) / weights.sum(1).clamp_min(1), dim=-1)
-    nearest = 1 - (u @ mean[:, :, None]).squeeze(-1)  # step 0: distance to the mean
-    blocked = torch.zeros(bsz, n, device=features.device).masked_fill_(~allowed, float("-inf"))
+    # Step 0: each token's distance to its nearest other allowed token (the authors' second-smallest of
+    # its column, the smallest being itself).
+    others = allowed[:, :, None] & ~torch.eye(n, dtype=torch.bool, device=features.device)
+    nearest = dist.masked_fill(~others, float("inf")).amin(1)
+    nearest = torch.where(torch.isinf(nearest), torch.zeros((), dtype=dist.dtype, device=dist.device), nearest)
+    blocked = torch.zeros(bsz, n, dtype=dist.dtype, device=features.device).masked_fill_(~allowed, float("-inf"))
     picks = torch.full((bsz, steps), -1, dtype=torch.long, device=features.device)
     for step in range(steps):
         score = nearest + blocked
@@ -154,3 +214,51 @@ def _divprune(features: torch.Tensor, k: torch.Tensor, allowed: torch.Tensor) ->
         nearest = column if step == 0 else torch.minimum(nearest, column)
         blocked.scatter_(1, picks[:, step].clamp_min(0).view(bsz, 1), float("-inf"))
     return picks
+
+
+def _visionzip(
+    vision: torch.Tensor, features: torch.Tensor, zi: ZipInputs, k: int | Sequence[int] | torch.Tensor,
+    vision_mask: torch.Tensor | None, allowed: torch.Tensor | None,
+) -> Selection:
+    bsz = vision.shape[0]
+    rows: list[torch.Tensor | None] = [None] * bsz
+
+    def pick(sel: torch.Tensor | slice, k: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        u, z = features[sel], zi.take(sel)
+        r, n, e = u.shape
+        contextual = (k.double() * 10 / 64).round().long()  # torch.round halves to even, like visionzip_split
+        patches = (k - contextual - int(z.cls is not None)).clamp_min(0)
+        dominant_picks = _top_k(z.attention.float(), patches, allowed)
+        spare = torch.where(dominant_picks < 0, n, dominant_picks)
+        dominant = torch.zeros(r, n + 1, dtype=torch.bool, device=u.device).scatter_(1, spare, True)[:, :n]
+        rest = allowed & ~dominant
+        rank = rest.long().cumsum(1) - 1
+        step = (rest.sum(1) // contextual.clamp_min(1)).clamp_min(1)[:, None]
+        target = rest & (rank % step == 0) & (rank // step < contextual[:, None])
+        merge = rest & ~target & target.any(1, keepdim=True)
+        metric = F.normalize(z.keys.float(), dim=-1)
+        similarity = (metric @ metric.transpose(1, 2)).masked_fill_(~target[:, None, :], float("-inf"))
+        into = similarity.argmax(-1)  # the first most similar target: the authors' argmax over targets in order
+        weights = merge.float()
+        merged = torch.zeros(r, n, e, device=u.device).scatter_add_(
+            1, into[:, :, None].expand(r, n, e), u.float() * weights[:, :, None]
+        )
+        counts = torch.zeros(r, n, device=u.device).scatter_add_(1, into, weights).clamp_min(1)
+        contextual_u = (u.float() + merged / counts[:, :, None]).to(u.dtype)
+        # The feed per image: [CLS, dominant in token order, contextual in target order], projected at once.
+        parts, lengths = [], []
+        for row in range(r):
+            own = ([z.cls[row, :1]] if z.cls is not None else []) + [u[row, dominant[row]], contextual_u[row, target[row]]]
+            parts.append(torch.cat(own))
+            lengths.append(len(parts[-1]))
+        fed = zi.project(torch.cat(parts)).split(lengths)
+        images = range(bsz)[sel] if isinstance(sel, slice) else sel.tolist()
+        for image, feed in zip(images, fed):
+            rows[image] = feed
+        targets = torch.sort((~target).to(torch.uint8), dim=-1, stable=True).indices[:, : int(contextual.max())]
+        targets = targets.masked_fill(torch.arange(targets.shape[1], device=u.device) >= target.sum(1, keepdim=True), -1)
+        return torch.cat([dominant_picks, targets], 1)
+
+    selection = resolve(vision, k, vision_mask, allowed, pick)
+    selection.rows = rows
+    return selection

@@ -51,8 +51,9 @@ class BatchOptions:
     """A cheap first pass per batch; its preliminary answers join the questions' words in T (`Engine.run_prepared`)."""
     agent_tokens: int | None = None
     """The first pass's budget (None: the item's budget; all tokens when the engine has an `agent_engine`)."""
-    selection: dict[str, float] = field(default_factory=dict)
-    """alpha / tau_t / tau_v the user set (`options.selection_params`); the others keep their defaults."""
+    selection: dict[str, float | str] = field(default_factory=dict)
+    """alpha / tau_t / tau_v / budget / question_words the user set (`options.selection_params`); the others keep
+    their defaults."""
     download_timeout: float = URL_TIMEOUT_S
     """Deadline for one image download, whole: a slow or endless one fails its item alone."""
 

@@ -154,6 +154,22 @@ TauVOpt = Annotated[
     typer.Option("--tau-v", help="Softmax temperature of the vision-to-vision similarities (default 0.2).",
                  rich_help_panel=SELECTION_PANEL),
 ]
+CONVENTIONS_PANEL = "Conventions (the papers' code)"
+BudgetOpt = Annotated[
+    str | None,
+    typer.Option("--budget", metavar="total|per-view|global", help="What --tokens means for an image made of "
+                 "several views (LLaVA-NeXT crops, tiles): total (default: split evenly over the views), per-view "
+                 "(--tokens for every view, as the MMTok and DivPrune authors' LLaVA-NeXT code; the records say "
+                 "how many tokens that made), global (one selection over all the views).",
+                 rich_help_panel=CONVENTIONS_PANEL),
+]
+QuestionWordsOpt = Annotated[
+    str | None,
+    typer.Option("--question-words", metavar="content|all", help="The question's words the selection covers: "
+                 "content (default: stop words and answer-format instructions dropped) or all (\"Question: \" + "
+                 "the question, split on whitespace, no filter: the MMTok authors' Qwen code).",
+                 rich_help_panel=CONVENTIONS_PANEL),
+]
 
 
 def _load_config(ctx: typer.Context, param: typer.CallbackParam, value: Path | None) -> Path | None:
@@ -366,6 +382,8 @@ def ask(
     alpha: AlphaOpt = None,
     tau_t: TauTOpt = None,
     tau_v: TauVOpt = None,
+    budget: BudgetOpt = None,
+    question_words: QuestionWordsOpt = None,
     agent: AgentOpt = False,
     agent_model: AgentModelOpt = None,
     agent_tokens: AgentTokensOpt = None,
@@ -401,7 +419,8 @@ def ask(
     def work() -> None:
         check_options(tokens=tokens, method=method, max_new_tokens=max_new_tokens, dtype=dtype, device=device)
         check_agent(agent=agent, method=method, agent_model=agent_model, agent_tokens=agent_tokens)
-        selection = selection_params(alpha=alpha, tau_t=tau_t, tau_v=tau_v)
+        selection = selection_params(alpha=alpha, tau_t=tau_t, tau_v=tau_v, budget=budget,
+                                     question_words=question_words)
         if not question.strip():
             raise UsageError("the question is empty; pass the question as the second argument, in quotes")
         target = _show_target(show_path, image)
@@ -501,6 +520,8 @@ def batch(
     alpha: AlphaOpt = None,
     tau_t: TauTOpt = None,
     tau_v: TauVOpt = None,
+    budget: BudgetOpt = None,
+    question_words: QuestionWordsOpt = None,
     agent: AgentOpt = False,
     agent_model: AgentModelOpt = None,
     agent_tokens: AgentTokensOpt = None,
@@ -548,7 +569,8 @@ def batch(
     def work() -> int:
         check_options(tokens=tokens, method=method, max_new_tokens=max_new_tokens, dtype=dtype, device=device)
         check_agent(agent=agent, method=method, agent_model=agent_model, agent_tokens=agent_tokens)
-        selection = selection_params(alpha=alpha, tau_t=tau_t, tau_v=tau_v)
+        selection = selection_params(alpha=alpha, tau_t=tau_t, tau_v=tau_v, budget=budget,
+                                     question_words=question_words)
         if batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
         if workers < 1 or gpus_per_worker < 0:
@@ -667,7 +689,7 @@ def show_command(
     numbers: Annotated[
         bool,
         typer.Option("--numbers", help="Write each kept token's pick rank in its region (1 = picked first). "
-                     "mmtok, vision, text and divprune pick in order; random, uniform and full are numbered in "
+                     "mmtok, vision, text, divprune and visionzip pick in order; random, uniform and full are numbered in "
                      "token order. A number larger than its region (small tokens, 3-digit ranks) is left out."),
     ] = False,
     device: DeviceOpt = "auto",
@@ -675,6 +697,8 @@ def show_command(
     alpha: AlphaOpt = None,
     tau_t: TauTOpt = None,
     tau_v: TauVOpt = None,
+    budget: BudgetOpt = None,
+    question_words: QuestionWordsOpt = None,
     config: ConfigOpt = None,
     debug: DebugOpt = False,
 ) -> None:
@@ -700,7 +724,8 @@ def show_command(
         chosen = parse_methods(methods)
         for method in chosen:
             check_options(tokens=tokens, method=method, max_new_tokens=max_new_tokens, dtype=dtype, device=device)
-        selection = selection_params(alpha=alpha, tau_t=tau_t, tau_v=tau_v)
+        selection = selection_params(alpha=alpha, tau_t=tau_t, tau_v=tau_v, budget=budget,
+                                     question_words=question_words)
         if not question.strip():
             raise UsageError("the question is empty; pass the question as the second argument, in quotes")
         target = check_picture_path(out, "--out", inputs=[] if image == "-" else [image])
@@ -760,6 +785,8 @@ def profile(
     ] = None,
     question: Annotated[str | None, typer.Option("--question", help="Question to ask (default: POPE-style).")] = None,
     method: MethodOpt = "mmtok",
+    budget: BudgetOpt = None,
+    question_words: QuestionWordsOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     json_path: Annotated[Path | None, typer.Option("--json", help="Write every number to this JSON file.")] = None,
@@ -793,6 +820,8 @@ def profile(
             raise UsageError("give --model or --arch, not both")
         budgets, sizes = parse_budgets(tokens), parse_batch_sizes(batch_size)
         check_options(tokens=1, method=method, max_new_tokens=new_tokens, dtype=dtype, device=device)
+        conventions = selection_params(alpha=None, tau_t=None, tau_v=None, budget=budget,
+                                       question_words=question_words)
         if repeats < 1 or warmup < 0:
             raise UsageError("--repeats must be at least 1 and --warmup at least 0")
         _check_outputs(("--json", json_path), ("--plot", plot_path), plot=plot_path)
@@ -816,7 +845,7 @@ def profile(
             report = prof.profile(
                 engine, budgets=budgets, batch_sizes=sizes, new_tokens=new_tokens, warmup=warmup,
                 repeats=repeats, image=picture, question=question or DEFAULT_QUESTION,
-                progress=lambda text: status.update(f"profiling: {escape(text)}"), method=method,
+                progress=lambda text: status.update(f"profiling: {escape(text)}"), method=method, **conventions,
             )
         report["load_s"] = round(load_s, 2)
         report["wall_s"] = round(time.perf_counter() - start, 2)
@@ -945,6 +974,8 @@ def eval_command(
     alpha: AlphaOpt = None,
     tau_t: TauTOpt = None,
     tau_v: TauVOpt = None,
+    budget: BudgetOpt = None,
+    question_words: QuestionWordsOpt = None,
     config: ConfigOpt = None,
     debug: DebugOpt = False,
 ) -> None:
@@ -972,7 +1003,8 @@ def eval_command(
         budgets, chosen = parse_tokens(tokens), parse_methods(methods)
         check_options(tokens=min(budgets), method="mmtok", max_new_tokens=max_new_tokens, dtype=dtype, device=device)
         check_agent(agent=agent, method=None, agent_model=agent_model, agent_tokens=agent_tokens)
-        selection = selection_params(alpha=alpha, tau_t=tau_t, tau_v=tau_v)
+        selection = selection_params(alpha=alpha, tau_t=tau_t, tau_v=tau_v, budget=budget,
+                                     question_words=question_words)
         if agent and not set(chosen) & set(AGENT_METHODS):
             raise UsageError(f"--agent only changes {' and '.join(AGENT_METHODS)}; add one of them to --methods")
         if batch_size < 1:
@@ -1023,7 +1055,8 @@ def _print_eval(report: dict[str, Any]) -> None:
 
     table = Table(title=f"{report['model']} · {report['data']} · {report['items']} items",
                   caption=f"retention = {report['metric']} / full's {report['metric']} · "
-                  + " · ".join(f"{k} {v:g}" for k, v in report["selection"].items()))
+                  + " · ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                               for k, v in report["selection"].items()))
     columns = ("method", "tokens", "accuracy", "precision", "recall", "F1", "yes-ratio", "retention", "kept",
                "items/s", "failed")
     for name in columns:

@@ -20,8 +20,16 @@ from .baselines import RANDOM_SEED
 from .errors import MmtokError, UsageError
 from .flops import estimated_speedup
 from .models import Adapter, load_adapter
-from .models.base import Prepared, VisionTokens
-from .options import AGENT_MAX_NEW_TOKENS, DEFAULT_MODEL, DTYPES, check_agent, check_options
+from .models.base import Prepared, VisionTokens, merged_feed
+from .options import (
+    AGENT_MAX_NEW_TOKENS,
+    AGENT_METHODS,
+    DEFAULT_MODEL,
+    DTYPES,
+    check_agent,
+    check_conventions,
+    check_options,
+)
 from .selection import ALPHA, TAU_V, Selection
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -46,6 +54,9 @@ class Answer:
     timings_ms: dict[str, float] = field(default_factory=dict)
     agent_answer: str | None = None
     """The agent's preliminary answer, whose words joined the question's in T; None without the agent."""
+    conventions: dict[str, str] = field(default_factory=dict)
+    """The conventions that applied to this item: `budget` for an image of several views, `question_words` for
+    the methods that read the question."""
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -138,7 +149,8 @@ class Engine:
 
     def run(self, images: list[Image.Image], questions: list[str], **options: Any) -> list[Answer]:
         """Answer one question per image as a single batch: `prepare`, then `run_prepared` with `options`
-        (tokens, method, max_new_tokens, alpha, tau_t, tau_v, ignore_eos, agent, agent_tokens; see there)."""
+        (tokens, method, max_new_tokens, alpha, tau_t, tau_v, budget, question_words, ignore_eos, agent,
+        agent_tokens; see there)."""
         t0 = self._sync()
         prepared = self.prepare(images, questions)
         return self.run_prepared(prepared, questions, preprocess_ms=(self._sync() - t0) * 1e3, **options)
@@ -155,6 +167,8 @@ class Engine:
         alpha: float = ALPHA,
         tau_t: float | None = None,
         tau_v: float = TAU_V,
+        budget: str = "total",
+        question_words: str = "content",
         preprocess_ms: float = 0.0,
         ignore_eos: bool = False,
         agent: bool = False,
@@ -163,7 +177,9 @@ class Engine:
     ) -> list[Answer]:
         """Answer the questions of a batch made by `prepare`.
 
-        `tokens` and `max_new_tokens` are one value for all or one per image. `ignore_eos=True`
+        `tokens` and `max_new_tokens` are one value for all or one per image. `budget` ("total", "per-view",
+        "global"): what `tokens` means for an image of several views (see models/views.py); `question_words`
+        ("content", "all"): which of the question's words make T (see text.question_words). `ignore_eos=True`
         generates exactly `max_new_tokens` (the largest) for every image, for fixed-work timing.
         `preprocess_ms` is what `prepare` took, for the timings.
 
@@ -177,6 +193,8 @@ class Engine:
         budgets = _per_item(tokens, len(questions), "token budget")
         limits = _per_item(max_new_tokens, len(questions), "max_new_tokens")
         check_options(tokens=min(budgets), method=method, max_new_tokens=min(limits))
+        check_conventions(budget=budget, question_words=question_words)
+        conventions = {"budget": budget, "question_words": question_words}
         if agent:
             check_agent(agent=True, method=method, agent_tokens=agent_tokens)
             if agent_max_new_tokens < 1:
@@ -191,15 +209,19 @@ class Engine:
             agent_answers = self._agent_answers(
                 prepared, vt, questions, budgets if agent_tokens is None else [agent_tokens] * len(questions),
                 method=method, explicit_budget=agent_tokens is not None, max_new_tokens=agent_max_new_tokens,
-                alpha=alpha, tau_t=tau_t, tau_v=tau_v,
+                alpha=alpha, tau_t=tau_t, tau_v=tau_v, **conventions,
             )
         t_agent = self._sync() if agent else t_vis
-        kept = order = None
+        kept = order = fed = None
         if method != "full":
             selection = self._select(vt, questions, budgets, method=method, alpha=alpha, tau_t=tau_t, tau_v=tau_v,
-                                     agent_answers=agent_answers, images=prepared.images)
+                                     agent_answers=agent_answers, prepared=prepared, **conventions)
             kept, order = selection.indices, selection.order
-        gen_inputs = adapter.generation_inputs(prepared, vt, kept)
+            feed_tokens, feed_kept = merged_feed(vt, selection)
+            fed = [len(f) for f in feed_kept]
+            gen_inputs = adapter.generation_inputs(prepared, feed_tokens, feed_kept)
+        else:
+            gen_inputs = adapter.generation_inputs(prepared, vt, None)
         t_sel = self._sync()
 
         clock = _Clock()
@@ -227,6 +249,10 @@ class Engine:
         unpruned = prepared.inputs["attention_mask"].sum(1).tolist()
         pruned = gen_inputs["attention_mask"].sum(1).tolist()
         finished = self._finish([ids[: limits[row]] for row, ids in enumerate(new_tokens)])
+        applied = {
+            **({"budget": budget} if vt.parts is not None and method != "full" else {}),
+            **({"question_words": question_words} if method in AGENT_METHODS else {}),
+        }
         answers = []
         for row, (ids, text) in enumerate(finished):
             kept_row = list(range(counts[row])) if kept is None else kept[row].tolist()
@@ -236,7 +262,7 @@ class Engine:
                     answer=text,
                     output_ids=ids,
                     vision_total=counts[row],
-                    vision_kept=len(kept_row),
+                    vision_kept=len(kept_row) if fed is None else fed[row],
                     kept_indices=[kept_row],
                     kept_order=[order_row],
                     prompt_unpruned=unpruned[row],
@@ -244,6 +270,7 @@ class Engine:
                     speedup_estimated=round(estimated_speedup(adapter.model.config, unpruned[row], pruned[row]), 3),
                     timings_ms=dict(share),
                     agent_answer=None if agent_answers is None else agent_answers[row],
+                    conventions=applied,
                 )
             )
         return answers
@@ -261,6 +288,8 @@ class Engine:
         alpha: float,
         tau_t: float | None,
         tau_v: float,
+        budget: str,
+        question_words: str,
     ) -> list[str]:
         """The agent's first pass for the whole batch at once: one preliminary answer per question."""
         if self.agent_engine is not None:
@@ -268,26 +297,34 @@ class Engine:
             # unless the caller gave it a budget.
             answers = self.agent_engine.run(
                 list(prepared.images), questions, method=method if explicit_budget else "full", tokens=budgets,
-                max_new_tokens=max_new_tokens, alpha=alpha, tau_v=tau_v,
+                max_new_tokens=max_new_tokens, alpha=alpha, tau_v=tau_v, budget=budget, question_words=question_words,
             )
             return [a.answer for a in answers]
-        kept = self._select(vt, questions, budgets, method=method, alpha=alpha, tau_t=tau_t, tau_v=tau_v).indices
+        kept = self._select(vt, questions, budgets, method=method, alpha=alpha, tau_t=tau_t, tau_v=tau_v,
+                            budget=budget, question_words=question_words).indices
         new_tokens = self._generate(self.adapter.generation_inputs(prepared, vt, kept), max_new_tokens)
         return [text for _, text in self._finish(new_tokens)]
 
     def _select(
         self, vt: VisionTokens, questions: list[str], budgets: list[int], *, method: str, alpha: float,
         tau_t: float | None, tau_v: float, agent_answers: list[str] | None = None,
-        images: Sequence[Image.Image] = (),
+        prepared: Prepared | None = None, budget: str = "total", question_words: str = "content",
     ) -> Selection:
         """T from the questions (and the agent's words), then the adapter's selection; tau_t None: the family's.
 
-        `random` draws with a seed per image from its pixels (`image_seed`), when `images` are given."""
+        `random` draws with a seed per image from its pixels (`image_seed`), when `prepared` has the images;
+        `visionzip` reads the adapter's `visionzip_inputs` (`prepared` needed)."""
         adapter = self.adapter
-        text, text_mask = adapter.text_tokens(questions, agent_answers)
+        text, text_mask = adapter.text_tokens(questions, agent_answers, words=question_words)
+        images = prepared.images if prepared is not None else []
         seeds = [image_seed(im) for im in images] if method == "random" and images else None
+        zip_inputs = None
+        if method == "visionzip":
+            if prepared is None:
+                raise ValueError("visionzip needs the prepared batch")
+            zip_inputs = adapter.visionzip_inputs(prepared, vt)
         return adapter.select(
-            vt, text, text_mask, budgets, method=method, seeds=seeds,
+            vt, text, text_mask, budgets, method=method, seeds=seeds, budget=budget, zip_inputs=zip_inputs,
             alpha=alpha, tau_t=adapter.tau_t if tau_t is None else tau_t, tau_v=tau_v,
         )
 

@@ -91,7 +91,7 @@ def evaluate(
     predictions: Callable[[list[dict[str, Any]]], None] | None = None,
     agent: bool = False,
     agent_tokens: int | None = None,
-    selection: dict[str, float] | None = None,
+    selection: dict[str, float | str] | None = None,
 ) -> dict[str, Any]:
     """Run and score every configuration; returns the `--json` document (without `model`/`data`).
 
@@ -100,7 +100,8 @@ def evaluate(
 
     `agent`: methods in `AGENT_METHODS` also run with the agent (its first pass at `agent_tokens`, default
     each row's budget; a second model when `engine` has an `agent_engine`), labelled METHOD+agent.
-    `selection`: alpha / tau_t / tau_v for every run (the defaults where absent); the report lists the values used.
+    `selection`: alpha / tau_t / tau_v / budget / question_words for every run (the defaults where absent); the
+    report lists the values used.
     """
     from .batch import BatchOptions, BatchRunner
 
@@ -152,7 +153,8 @@ def evaluate(
         row["metric"] = round(row["metric"], 4)
     from .selection import ALPHA, TAU_V
 
-    used = {"alpha": ALPHA, "tau_t": engine.adapter.tau_t, "tau_v": TAU_V, **(selection or {})}
+    used = {"alpha": ALPHA, "tau_t": engine.adapter.tau_t, "tau_v": TAU_V, "budget": "total",
+            "question_words": "content", **(selection or {})}
     return {"metric": "f1" if binary_only else "accuracy", "items": len(items), "selection": used, "results": results}
 
 

@@ -11,7 +11,7 @@ import math
 from .errors import UsageError
 
 DEFAULT_MODEL = "llava-hf/llava-1.5-7b-hf"
-METHODS = ("mmtok", "full", "random", "uniform", "vision", "text", "divprune")
+METHODS = ("mmtok", "full", "random", "uniform", "vision", "text", "divprune", "visionzip")
 METHOD_HELP = {
     "mmtok": "coverage of the question's tokens and of all vision tokens (the default)",
     "full": "no pruning: every vision token",
@@ -19,10 +19,18 @@ METHOD_HELP = {
     "uniform": "k tokens evenly spaced over the image's tokens (row-major grid for LLaVA, token order otherwise)",
     "vision": "coverage of the vision tokens only (MMTok's alpha*Q term)",
     "text": "coverage of the question's tokens only (MMTok's P term; vision if the question has none)",
-    "divprune": "max-min diversity of the vision features, cosine distance (DivPrune)",
+    "divprune": "max-min diversity of the tokens, cosine distance (DivPrune, as its authors' code: V on LLaVA, U on Qwen)",
+    "visionzip": "the tokens the CLS attends to most, plus the rest merged into a few (VisionZip; LLaVA, LLaVA-NeXT)",
 }
 """One line per method, for --help and the README."""
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+BUDGETS = ("total", "per-view", "global")
+"""What --tokens K means for an image made of several views (crops, tiles; see models/views.py): K in total,
+split evenly over the views (the default); K for every view (the MMTok and DivPrune authors' LLaVA-NeXT code);
+or one selection of K over all the views at once."""
+QUESTION_WORDS = ("content", "all")
+"""The question's words that make T: its content words (stop words and answer-format instructions dropped, the
+default), or all of `"Question: " + question` split on whitespace (the MMTok authors' Qwen code, exactly)."""
 AGENT_METHODS = ("mmtok", "text")
 """The methods that read the question's tokens T, so the only ones the agent can change."""
 AGENT_MAX_NEW_TOKENS = 16
@@ -45,17 +53,30 @@ def check_options(
         raise UsageError(f"--max-new-tokens must be at least 1 (got {max_new_tokens})")
 
 
-def selection_params(*, alpha: float | None, tau_t: float | None, tau_v: float | None) -> dict[str, float]:
+def check_conventions(*, budget: str | None = None, question_words: str | None = None) -> None:
+    """The one check of --budget and --question-words (None: not given), for the CLI and `Adapter.select`."""
+    if budget is not None and budget not in BUDGETS:
+        raise UsageError(f"unknown --budget '{budget}'; use {', '.join(BUDGETS)}")
+    if question_words is not None and question_words not in QUESTION_WORDS:
+        raise UsageError(f"unknown --question-words '{question_words}'; use {', '.join(QUESTION_WORDS)}")
+
+
+def selection_params(
+    *, alpha: float | None, tau_t: float | None, tau_v: float | None, budget: str | None = None,
+    question_words: str | None = None,
+) -> dict[str, float | str]:
     """The selection parameters a user set, checked, as `Engine.run_prepared` keywords (None: the default).
 
-    --alpha must be a finite number >= 0, the temperatures finite and > 0.
+    --alpha must be a finite number >= 0, the temperatures finite and > 0; --budget one of `BUDGETS`,
+    --question-words one of `QUESTION_WORDS`.
     """
+    check_conventions(budget=budget, question_words=question_words)
     if alpha is not None and not (math.isfinite(alpha) and alpha >= 0):
         raise UsageError(f"--alpha must be a number of at least 0 (got {alpha})")
     for flag, tau in (("--tau-t", tau_t), ("--tau-v", tau_v)):
         if tau is not None and not (math.isfinite(tau) and tau > 0):
             raise UsageError(f"{flag} must be a number above 0 (got {tau})")
-    given = {"alpha": alpha, "tau_t": tau_t, "tau_v": tau_v}
+    given = {"alpha": alpha, "tau_t": tau_t, "tau_v": tau_v, "budget": budget, "question_words": question_words}
     return {name: value for name, value in given.items() if value is not None}
 
 

@@ -219,7 +219,8 @@ def _median_spread(values: list[float]) -> tuple[float, list[float]]:
 
 
 def _measure_once(
-    engine: Engine, cfg: _Config, image: Image.Image, question: str, new_tokens: int, method: str = "mmtok"
+    engine: Engine, cfg: _Config, image: Image.Image, question: str, new_tokens: int, method: str = "mmtok",
+    **conventions: str,
 ) -> dict[str, float]:
     n = cfg.batch_size
     method = "full" if cfg.tokens == "full" else method
@@ -229,7 +230,7 @@ def _measure_once(
         torch.cuda.reset_peak_memory_stats(engine.device)
     start = engine._sync()  # the engine's clock: waits for the GPU, like its stage timings
     answers = engine.run([image] * n, [question] * n, tokens=tokens, method=method,
-                         max_new_tokens=new_tokens, ignore_eos=True)
+                         max_new_tokens=new_tokens, ignore_eos=True, **conventions)
     wall_ms = (engine._sync() - start) * 1e3
     if cuda:
         cfg.peak_bytes = max(cfg.peak_bytes, torch.cuda.max_memory_allocated(engine.device))
@@ -258,10 +259,13 @@ def profile(
     question: str = DEFAULT_QUESTION,
     progress: Callable[[str], None] | None = None,
     method: str = "mmtok",
+    budget: str = "total",
+    question_words: str = "content",
 ) -> dict[str, Any]:
     """Measure every configuration and return the report (the `--json` document, see the module doc).
 
-    `method` selects the tokens of every budget but 'full' (MMTok or a baseline)."""
+    `method` selects the tokens of every budget but 'full' (MMTok or a baseline); `budget` and `question_words`
+    as in `Engine.run_prepared` (the report's `selection`)."""
     if new_tokens < 1 or repeats < 1 or warmup < 0:
         raise UsageError("need --new-tokens >= 1, --repeats >= 1 and --warmup >= 0")
     budgets = list(budgets) if "full" in budgets else ["full", *budgets]
@@ -276,15 +280,18 @@ def profile(
                 what = "warm-up" if r < warmup else f"repeat {r - warmup + 1}/{repeats}"
                 progress(f"{what} · tokens {cfg.tokens} · batch {cfg.batch_size} ({i + 1}/{len(configs)})")
             try:
-                run = _measure_once(engine, cfg, image, question, new_tokens, method)
+                run = _measure_once(engine, cfg, image, question, new_tokens, method, budget=budget,
+                                    question_words=question_words)
             except torch.cuda.OutOfMemoryError:
                 cfg.error = "out of memory"
                 torch.cuda.empty_cache()
                 continue
             if r >= warmup:
                 cfg.runs.append(run)
-    return _report(engine, configs, new_tokens=new_tokens, warmup=warmup, repeats=repeats, image=image,
-                   question=question, method=method)
+    report = _report(engine, configs, new_tokens=new_tokens, warmup=warmup, repeats=repeats, image=image,
+                     question=question, method=method)
+    report["selection"] = {"budget": budget, "question_words": question_words}
+    return report
 
 
 def _report(

@@ -43,6 +43,10 @@ class Selection:
     nothing was picked (keep-all, fewer allowed than k) and for the non-greedy baselines."""
     gains: torch.Tensor
     """(B, steps) marginal gain of each greedy pick; NaN where no pick was made (padding, keep-all)."""
+    rows: list[torch.Tensor | None] | None = None
+    """Per image, for methods that make new features (`visionzip`): the exact (k, d) rows the language model
+    receives, in order, or None where the image keeps V's rows at `indices`; None: no image has any.
+    `models.base.merged_feed` hands them to any adapter."""
 
     @property
     def counts(self) -> list[int]:
@@ -193,6 +197,11 @@ def select(
     tau_v: float = TAU_V,
 ) -> Selection:
     """Choose up to k vision tokens per image with MMTok (see module docstring).
+
+    Checked against the authors' selector (Ironieser/MMTok at d1522cd, mmtok/core/semantic_selector.py,
+    `mm_coverage_selection`): the same picks in the same order as a float32 transcription of it on random
+    576-token images, k = 4, 16, 64, tau_t 0.02 and 0.01 (tests/test_baselines.py), and against the plain float64
+    reference of DESIGN.md §2 (tests/reference.py).
 
     Args:
         vision, features, text, vision_mask, text_mask: as in `coverage_matrix`.

@@ -40,6 +40,24 @@ def content_words(
     return content or words
 
 
+def all_words(question: str, *, image_token: str | None = "<image>") -> list[str]:
+    """Every word of `"Question: " + question`, split on whitespace: no stop-word filter, punctuation kept.
+
+    The MMTok authors' Qwen rule (Ironieser/MMTok at d1522cd, mmtok_core.py: `f"Question: {question_text}"`,
+    then `text.split()` into the tokenizer). The image placeholder, which their question text never contains,
+    is removed first.
+    """
+    text = question.replace(image_token, " ") if image_token else question
+    return ("Question: " + text).split()
+
+
+def question_words(question: str, mode: str = "content", *, image_token: str | None = "<image>") -> list[str]:
+    """The question's words that make T: `content_words` ("content") or `all_words` ("all")."""
+    if mode == "all":
+        return all_words(question, image_token=image_token)
+    return content_words(question, image_token=image_token)
+
+
 def answer_words(answer: str) -> list[str]:
     """The content words of a preliminary answer (the agent's): punctuation and stop words dropped.
 
@@ -49,16 +67,18 @@ def answer_words(answer: str) -> list[str]:
 
 
 def content_token_ids(
-    question: str, tokenizer: Any, *, image_token: str | None = "<image>", agent_answer: str | None = None
+    question: str, tokenizer: Any, *, image_token: str | None = "<image>", agent_answer: str | None = None,
+    words: str = "content",
 ) -> list[int]:
-    """Token ids of the content words, each word tokenized on its own, without special tokens.
+    """Token ids of the question's words (`question_words` with mode `words`), each word tokenized on its own,
+    without special tokens.
 
     `agent_answer`: a preliminary answer whose words (`answer_words`) follow the question's (the agent).
     """
-    words = content_words(question, image_token=image_token)
+    chosen = question_words(question, words, image_token=image_token)
     if agent_answer:
-        words = words + answer_words(agent_answer)
-    if not words:
+        chosen = chosen + answer_words(agent_answer)
+    if not chosen:
         return []
-    ids = tokenizer(words, is_split_into_words=True, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(chosen, is_split_into_words=True, add_special_tokens=False)["input_ids"]
     return list(ids)

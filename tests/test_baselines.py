@@ -3,7 +3,17 @@
 import pytest
 import torch
 
-from mmtok_cli.baselines import BASELINES, choose
+from mmtok_cli.baselines import BASELINES, ZipInputs, choose
+
+
+def _zip(method, U):
+    """Random VisionZip inputs for the shape of U (no CLS slot, the projector the identity), for "visionzip"."""
+    if method != "visionzip":
+        return {}
+    g = torch.Generator().manual_seed(5)
+    attention = torch.rand(U.shape[:2], generator=g)
+    keys = torch.randn(*U.shape[:2], 3, generator=g)
+    return {"zip_inputs": ZipInputs(attention=attention, keys=keys, cls=None, project=lambda u: u)}
 
 
 def _unit(*angles_deg: float) -> torch.Tensor:
@@ -19,8 +29,8 @@ def test_uniform_spreads_over_the_allowed_tokens():
     assert choose("uniform", V, V, k=2, allowed=allowed).indices[0].tolist() == [3, 6]
 
 
-def test_divprune_starts_far_from_the_mean_then_maximises_the_nearest_distance():
-    # Angles 0, 10, 20, 90, 180: their mean points at ~38 deg, so token 4 (180 deg) is farthest from it.
+def test_divprune_starts_far_from_its_nearest_neighbour_then_maximises_the_nearest_distance():
+    # Angles 0, 10, 20, 90, 180: token 4 (180 deg) has the farthest nearest neighbour (90 deg away).
     U = _unit(0, 10, 20, 90, 180)[None]
     got = choose("divprune", U, U, k=2).indices[0].tolist()
     assert got == [0, 4]  # 180 first, then the token farthest from it: 0 deg
@@ -71,12 +81,13 @@ def test_edge_rules_are_those_of_mmtok(method):
     allowed[:, ::3] = False  # 8 allowed per image
     mask = torch.ones(2, 12, dtype=torch.bool)
     mask[1, 10:] = False
-    got = choose(method, V, U, T, k=[5, 5], vision_mask=mask, allowed=allowed & mask).indices
+    got = choose(method, V, U, T, k=[5, 5], vision_mask=mask, allowed=allowed & mask, **_zip(method, U)).indices
     for row, kept in enumerate(got):
         assert len(kept) == 5 and kept.tolist() == sorted(set(kept.tolist()))
         assert allowed[row, kept].all() and mask[row, kept].all()
-    assert choose(method, V, U, T, k=[12, 20], vision_mask=mask).indices[1].tolist() == list(range(10))  # k >= n: all
-    short = choose(method, V, U, T, k=10, allowed=allowed).indices[0].tolist()
+    kept_all = choose(method, V, U, T, k=[12, 20], vision_mask=mask, **_zip(method, U)).indices[1].tolist()
+    assert kept_all == list(range(10))  # k >= n: all
+    short = choose(method, V, U, T, k=10, allowed=allowed, **_zip(method, U)).indices[0].tolist()
     assert short == allowed[0].nonzero().flatten().tolist()
 
 
@@ -89,7 +100,7 @@ def test_order_is_a_permutation_of_the_kept_indices(method):
     mask[1, 11:] = False
     allowed = mask.clone()
     allowed[3, ::2] = False  # 8 allowed, k = 9
-    sel = choose(method, V, U, T, k=[6, 5, 20, 9], vision_mask=mask, allowed=allowed)
+    sel = choose(method, V, U, T, k=[6, 5, 20, 9], vision_mask=mask, allowed=allowed, **_zip(method, U))
     for row, (kept, order) in enumerate(zip(sel.indices, sel.order)):
         assert sorted(order.tolist()) == kept.tolist() and len(set(order.tolist())) == len(kept), row
     assert sel.order[2].tolist() == list(range(16)) and sel.order[3].tolist() == list(range(1, 16, 2))
@@ -115,9 +126,103 @@ def test_every_method_runs_through_the_engine(engine):
                              max_new_tokens=2)
         kept = [a.vision_kept for a in answers]
         assert kept == ([a.vision_total for a in answers] if method == "full" else [7, 5]), method
+        if method == "visionzip":  # the CLS slot stands for no token of V
+            assert [len(a.kept_indices[0]) for a in answers] == [6, 4]
         for a in answers:
             assert sorted(a.kept_order[0]) == a.kept_indices[0], method
         if method in ("full", "random", "uniform"):
             assert all(a.kept_order == a.kept_indices for a in answers), method
         else:  # the greedy order reaches the answers
             assert any(a.kept_order != a.kept_indices for a in answers), method
+
+
+def _authors_divprune(x, k):
+    """DivPrune's selection loop as its authors wrote it (vbdi/divprune at 799e2d9, LLaVA/llava/model/llava_arch.py,
+    `DivPrune`), on one image's (n, d) features, in float64: the pick order."""
+    x = x.double()
+    norm_matrix = x / x.norm(dim=1, keepdim=True)
+    cosine_matrix = 1.0 - torch.mm(norm_matrix, norm_matrix.t())
+    s = torch.empty(k, dtype=torch.long)
+    for i in range(k):
+        if i == 0:
+            m2 = cosine_matrix
+        else:
+            m2 = torch.index_select(cosine_matrix, 0, torch.index_select(s, 0, torch.arange(0, i)))
+        if i == 0:
+            scores = torch.topk(m2, 2, dim=0, largest=False).values[1, :]
+        else:
+            scores = torch.min(m2, dim=0).values
+        s[i] = torch.argmax(scores)
+    return s.tolist()
+
+
+@pytest.mark.parametrize("k", [4, 16, 64])
+def test_divprune_keeps_what_the_authors_loop_keeps(k):
+    # LLaVA-1.5-7B sizes: 576 tokens of width 4096 (the projected tokens DivPrune's code selects from).
+    g = torch.Generator().manual_seed(k)
+    V = torch.randn(3, 576, 4096, generator=g)
+    V[1] += 2 * torch.randn(4096, generator=g)  # a shared direction: distances no longer all alike
+    sel = choose("divprune", V, torch.zeros(3, 576, 1), k=k)  # V, not U, is what it reads by default
+    for row in range(3):
+        expected = _authors_divprune(V[row], k)
+        assert sel.order[row].tolist() == expected
+        assert sel.indices[row].tolist() == sorted(expected)
+    on_u = choose("divprune", torch.zeros(1, 576, 1), V[:1], k=k, divprune_on="features")  # Qwen: U
+    assert on_u.order[0].tolist() == _authors_divprune(V[0], k)
+
+
+def test_divprune_end_to_end_on_the_projected_tokens(engine):
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from .conftest import noise_image
+
+    model = LlavaForConditionalGeneration.from_pretrained(engine.model_name).eval()
+    processor = AutoProcessor.from_pretrained(engine.model_name)
+    image = noise_image(6)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Is there a cat?"}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    pixels = processor(images=[image], text=[prompt], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        hidden = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states
+        V = model.model.multi_modal_projector(hidden[-2][0, 1:])  # the tokens the LLM would receive
+    for k in (4, 16):
+        answer = engine.ask(image, "Is there a cat?", method="divprune", tokens=k, max_new_tokens=1)
+        assert answer.kept_order == [_authors_divprune(V, k)]
+        assert answer.kept_indices == [sorted(_authors_divprune(V, k))]
+
+
+def _authors_mmtok(T, V, U, k, tv_temp, alpha=0.5, vv_temp=0.2):
+    """MMTok's selector as its authors wrote it (Ironieser/MMTok at d1522cd, mmtok/core/semantic_selector.py,
+    `mm_coverage_selection` and its greedy loop), float32 as theirs: the pick order."""
+    def l2(x):
+        return x / x.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+
+    P = l2(T).float() @ l2(V).float().T
+    Q = l2(U).float() @ l2(U).float().T
+    m, n = P.shape
+    P = torch.softmax(P * (1.0 / tv_temp), dim=1) / m
+    Q = torch.softmax(Q * (1.0 / vv_temp), dim=1) / n
+    combined = torch.cat([P, Q * alpha], dim=0)
+    best = torch.zeros(m + n)
+    mask = torch.zeros(n)
+    picks = []
+    for _ in range(min(k, n)):
+        delta = (combined - best.unsqueeze(1)).clamp_min_(0).sum(0)
+        delta.add_(mask)
+        j = int(torch.argmax(delta))
+        picks.append(j)
+        best = torch.maximum(best, combined[:, j])
+        mask[j] = float("-inf")
+    return picks
+
+
+@pytest.mark.parametrize("k", [4, 16, 64])
+def test_mmtok_keeps_what_the_authors_selector_keeps(k):
+    g = torch.Generator().manual_seed(100 + k)
+    V, U, T = torch.randn(2, 576, 4096, generator=g), torch.randn(2, 576, 1024, generator=g), torch.randn(2, 9, 4096,
+                                                                                                        generator=g)
+    U[1] += 3 * torch.randn(1024, generator=g)  # clustered features: Q far from uniform
+    for tau_t in (0.02, 0.01):
+        sel = choose("mmtok", V, U, T, k=k, tau_t=tau_t)
+        for row in range(2):
+            assert sel.order[row].tolist() == _authors_mmtok(T[row], V[row], U[row], k, tau_t)

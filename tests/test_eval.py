@@ -59,10 +59,13 @@ def test_selection_parameters_are_used_and_reported(tiny_llava, synth_set, tmp_p
         return json.loads(out.read_text())["selection"], {
             m: [r["prediction"] for r in rows if r["method"] == m] for m in ("mmtok", "text")}
 
+    conventions = {"budget": "total", "question_words": "content"}
     used, predictions = run()
-    assert used == {"alpha": 0.5, "tau_t": 0.02, "tau_v": 0.2}
+    assert used == {"alpha": 0.5, "tau_t": 0.02, "tau_v": 0.2, **conventions}
+    used, _ = run("--budget", "per-view", "--question-words", "all")
+    assert used == {"alpha": 0.5, "tau_t": 0.02, "tau_v": 0.2, "budget": "per-view", "question_words": "all"}
     used, predictions = run("--alpha", "0", "--tau-t", "0.05")
-    assert used == {"alpha": 0.0, "tau_t": 0.05, "tau_v": 0.2}
+    assert used == {"alpha": 0.0, "tau_t": 0.05, "tau_v": 0.2, **conventions}
     # with alpha 0, MMTok is the text baseline: the same tokens, so the same answers
     assert predictions["mmtok"] == predictions["text"]
 

@@ -164,12 +164,7 @@ def test_pruned_run_equals_hand_built_reference(engine, model, path, size, k, mo
                              max_new_tokens=NEW, do_sample=False)
     expected = _until_eos(out[0].tolist(), tok.eos_token_id)
 
-    adapter = engine.adapter
-    try:
-        adapter.view_budget = mode
-        answer = engine.ask(image, QUESTION, tokens=k, max_new_tokens=NEW)
-    finally:
-        del adapter.view_budget
+    answer = engine.ask(image, QUESTION, tokens=k, max_new_tokens=NEW, budget=mode)
     assert answer.vision_total == len(V)
     assert answer.kept_indices == [kept]
     if mode != "global":

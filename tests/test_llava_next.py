@@ -161,12 +161,9 @@ def check_pruned_against_reference(engine, model, tokenizer, inputs, image, k, m
                              max_new_tokens=NEW, do_sample=False)
     expected = _until_eos(out[0].tolist(), model.generation_config.eos_token_id)
 
-    adapter = engine.adapter
-    try:
-        adapter.view_budget = mode
-        answer = engine.ask(image, QUESTION, tokens=k, max_new_tokens=NEW)
-    finally:
-        del adapter.view_budget  # back to the class default
+    answer = engine.ask(image, QUESTION, tokens=k, max_new_tokens=NEW, budget=mode)
+    assert answer.conventions["budget"] == mode
+    assert answer.vision_kept == len(kept)  # per-view: k for each view, so more than k in all
     assert answer.vision_total == len(V)
     assert answer.kept_indices == [kept]
     if mode != "global":  # every view keeps its share
@@ -196,12 +193,7 @@ def test_pick_order_interleaves_the_views_by_rank(next_engine, plain):
     answer = next_engine.ask(image, QUESTION, tokens=k, max_new_tokens=1)
     assert answer.kept_order == [expected] and sorted(expected) == answer.kept_indices[0]
     assert expected != sorted(expected)
-    adapter = next_engine.adapter
-    try:
-        adapter.view_budget = "global"
-        whole = next_engine.ask(image, QUESTION, tokens=k, max_new_tokens=1)
-    finally:
-        del adapter.view_budget
+    whole = next_engine.ask(image, QUESTION, tokens=k, max_new_tokens=1, budget="global")
     assert whole.kept_order == [reference.greedy(reference.coverage(V, U, T), k)[0]]
     everything = next_engine.ask(image, QUESTION, tokens=10_000, max_new_tokens=1)
     assert everything.kept_order == everything.kept_indices == [list(range(len(V)))]

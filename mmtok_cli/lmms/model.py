@@ -45,14 +45,14 @@ class Mmtok(lmms):
         agent_tokens: int | None = None,
         batch_size: int | str = 8,
         max_batch_size: int | None = None,  # lmms-eval passes it for --batch_size auto, which mmtok does not use
-        # TODO(baselines branch): `budget` and `question_words` (mmtok's --budget / --question-words) go here,
-        # passed on to BatchOptions the way `selection` is, once that branch is merged.
+        budget: str | None = None,
+        question_words: str | None = None,
         **unknown: Any,
     ) -> None:
         super().__init__()
         if unknown:
             raise UsageError(f"unknown model_args for mmtok: {', '.join(sorted(unknown))} (known: pretrained, tokens, "
-                             "method, alpha, tau_t, tau_v, device, dtype, agent, agent_tokens)")
+                             "method, alpha, tau_t, tau_v, budget, question_words, device, dtype, agent, agent_tokens)")
         try:
             size = int(batch_size)
         except ValueError:
@@ -66,7 +66,8 @@ class Mmtok(lmms):
         check_agent(agent=bool(agent), method=str(method), agent_tokens=agent_tokens)
         self.options = BatchOptions(
             tokens=tokens, method=str(method), batch_size=size, agent=bool(agent), agent_tokens=agent_tokens,
-            selection=selection_params(alpha=alpha, tau_t=tau_t, tau_v=tau_v),
+            selection=selection_params(alpha=alpha, tau_t=tau_t, tau_v=tau_v, budget=budget,
+                                       question_words=question_words),
         )
         self.engine = Engine(str(pretrained), device=str(device), dtype=str(dtype))
         self._device = self.engine.device

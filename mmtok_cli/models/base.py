@@ -10,19 +10,23 @@ from __future__ import annotations
 import copy
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import torch
 from PIL import Image
 
-from ..baselines import choose
+from ..baselines import ZipInputs, choose
 from ..errors import MmtokError
+from ..options import check_conventions
 from ..selection import Selection
 from ..text import content_token_ids
 from .processors import load_processor
 from .regions import TokenRegions
-from .views import check_view_budget, select_per_view
+from .views import select_per_view
+
+VISIONZIP_FAMILIES = "llava, llava-next"
+"""The families whose adapters provide `visionzip_inputs` (for the error of the others)."""
 
 
 @dataclass
@@ -71,10 +75,9 @@ class Adapter(ABC):
     """What `--tokens K` means for this family, in a line (for `mmtok models`)."""
     fallback_prompt: ClassVar[str | None] = None
     """The family's conversation format, for checkpoints saved without a chat template."""
-    view_budget: str = "total"
-    """For images of several views (`VisionTokens.parts`): "total" splits --tokens evenly over the views,
-    "per-view" gives each view --tokens, "global" selects over all views at once (see views.py).
-    Set it on an engine's adapter: `engine.adapter.view_budget = "global"`."""
+    divprune_on: ClassVar[str] = "vision"
+    """The features `divprune` runs on, as its authors' code does for the family: "vision" (V, the LLM's input
+    tokens: DivPrune's own LLaVA code) or "features" (U)."""
 
     def __init__(self, model: Any, processor: Any) -> None:
         self.model = model
@@ -141,15 +144,17 @@ class Adapter(ABC):
         """Run the vision side once and return V, U and the masks."""
 
     def text_tokens(
-        self, questions: list[str], agent_answers: list[str] | None = None
+        self, questions: list[str], agent_answers: list[str] | None = None, *, words: str = "content"
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """T for each question, padded: (B, m, d) input-embedding rows and a (B, m) mask.
 
         `agent_answers`: one preliminary answer per question, whose words join the question's (the agent).
+        `words`: which of the question's words ("content" or "all", see `text.question_words`).
         """
+        check_conventions(question_words=words)
         answers = agent_answers or [None] * len(questions)
         ids = [
-            content_token_ids(q, self.tokenizer, image_token=self.image_token, agent_answer=a)
+            content_token_ids(q, self.tokenizer, image_token=self.image_token, agent_answer=a, words=words)
             for q, a in zip(questions, answers, strict=True)
         ]
         m = max((len(i) for i in ids), default=0)
@@ -162,25 +167,39 @@ class Adapter(ABC):
 
     def select(
         self, tokens: VisionTokens, text: torch.Tensor, text_mask: torch.Tensor, budgets: list[int],
-        method: str = "mmtok", seeds: Sequence[int] | None = None, **params: float,
+        method: str = "mmtok", seeds: Sequence[int] | None = None, *, budget: str = "total",
+        zip_inputs: ZipInputs | None = None, **params: float,
     ) -> Selection:
         """Kept token indices per image for per-image budgets: `.indices` ascending (what the model is fed),
         `.order` the same in pick order; `params` are alpha / tau_t / tau_v, `seeds` one per image for "random".
 
         One batched selection with `method` (MMTok or a baseline, see `baselines.choose`) over each
-        image's tokens; for images of several views, per view with a share of the budget (`view_budget`).
+        image's tokens; for images of several views (`tokens.parts`), `budget` says how (options.BUDGETS):
+        "total" splits each image's budget evenly over its views, "per-view" gives every view the budget,
+        "global" selects over all the views at once (see views.py). `zip_inputs`: what "visionzip" reads
+        (`visionzip_inputs`).
         """
-        check_view_budget(self.view_budget)
+        check_conventions(budget=budget)
         seed = {} if seeds is None else {"seed": seeds}
-        if tokens.parts is not None and self.view_budget != "global":
+        common = {"divprune_on": self.divprune_on, "zip_inputs": zip_inputs, **params}
+        if tokens.parts is not None and budget != "global":
             return select_per_view(
                 tokens.vision, tokens.features, tokens.parts, tokens.allowed, text, text_mask, budgets,
-                mode=self.view_budget, method=method, seeds=seeds, **params,
+                mode=budget, method=method, seeds=seeds, **common,
             )
+        if method == "visionzip" and tokens.parts is not None:
+            raise MmtokError("visionzip selects within each view (its CLS attention is per view); use --budget "
+                             "total or per-view")
         return choose(
             method, tokens.vision, tokens.features, text, k=budgets, vision_mask=tokens.mask, allowed=tokens.allowed,
-            text_mask=text_mask, **params, **seed,
+            text_mask=text_mask, **common, **seed,
         )
+
+    def visionzip_inputs(self, prepared: Prepared, tokens: VisionTokens) -> ZipInputs:
+        """What `visionzip` reads besides V and U: each token's CLS attention and attention keys in the vision
+        layer the model reads, its view's CLS features and the projector (see `baselines.ZipInputs`)."""
+        raise MmtokError(f"visionzip needs a vision tower with a CLS token; it works on {VISIONZIP_FAMILIES}, "
+                         f"not {self.family}")
 
     @abstractmethod
     def generation_inputs(self, prepared: Prepared, tokens: VisionTokens, kept: list[torch.Tensor] | None) -> dict:
@@ -189,6 +208,27 @@ class Adapter(ABC):
     def token_regions(self, prepared: Prepared, row: int) -> TokenRegions:
         """Image `row`'s vision tokens as boxes of its original image, numbered like `kept_indices`."""
         raise MmtokError(f"{self.family} models cannot show which image regions their tokens cover yet")
+
+
+def merged_feed(tokens: VisionTokens, selection: Selection) -> tuple[VisionTokens, list[torch.Tensor]]:
+    """The tokens and kept indices to hand to `generation_inputs`, for selections that carry new rows.
+
+    Where an image's selection has `rows` (features made by merging, e.g. `visionzip`'s contextual tokens),
+    they are written into the first slots of a copy of V and the kept indices become those slots, so any
+    adapter that feeds `tokens.vision[row, kept]` in order feeds exactly those rows. Families that place
+    vision tokens by their index (M-RoPE) must not take such selections.
+    """
+    if selection.rows is None or all(r is None for r in selection.rows):
+        return tokens, selection.indices
+    vision = tokens.vision.clone()
+    kept = []
+    for row, (idx, rows) in enumerate(zip(selection.indices, selection.rows)):
+        if rows is None:
+            kept.append(idx)
+            continue
+        vision[row, : len(rows)] = rows.to(vision.dtype)
+        kept.append(torch.arange(len(rows), device=idx.device))
+    return replace(tokens, vision=vision), kept
 
 
 def drop_placeholders(

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from ..baselines import ZipInputs
 from ..errors import MmtokError
 from ..selection import TAU_T_LLAVA
-from .base import Adapter, Prepared, VisionTokens, drop_placeholders
+from .base import VISIONZIP_FAMILIES, Adapter, Prepared, VisionTokens, drop_placeholders
 from .regions import Placement, TokenRegions, cell_box, clip, resize_and_crop
 
 
@@ -20,6 +22,71 @@ def projector_input(config: Any, hidden: tuple[torch.Tensor, ...]) -> torch.Tens
     if config.vision_feature_select_strategy == "default":
         features = features[:, 1:]
     return features
+
+
+@dataclass
+class ClipVisionTokens(VisionTokens):
+    """What `visionzip` needs from a CLIP tower, kept by reference (nothing is computed unless it runs)."""
+
+    layer_input: torch.Tensor | None = None
+    """(views, 1 + hw, e) the input of the vision layer the model reads (CLS first), every view of the batch."""
+    layer_cls: torch.Tensor | None = None
+    """(views, e) that layer's output at the CLS token."""
+    sources: torch.Tensor | None = None
+    """(B, n) long: each token's view (counted over the batch) * hw + its patch in the view; -1 for padding."""
+
+
+def _zip_layer(config: Any) -> int | None:
+    """The hidden-state index the model reads, where visionzip can run on it (one layer of a CLIP tower whose CLS
+    the model drops, and not the embeddings); None otherwise."""
+    layer = config.vision_feature_layer
+    if not isinstance(layer, int) or config.vision_feature_select_strategy != "default":
+        return None
+    if getattr(config.vision_config, "model_type", "") != "clip_vision_model":
+        return None
+    return layer if layer % (config.vision_config.num_hidden_layers + 1) >= 1 else None
+
+
+def hidden_states_to_keep(config: Any) -> dict[str, Any]:
+    """`get_image_features` keywords that also keep the read layer's input (the hidden state before it) for
+    visionzip; transformers otherwise records only the hidden states the model reads."""
+    layer = _zip_layer(config)
+    return {} if layer is None else {"output_hidden_states": [layer - 1, layer]}
+
+
+def read_layer(config: Any, hidden: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(input, output's CLS) of the one vision layer the model reads, or None where visionzip cannot run."""
+    layer = _zip_layer(config)
+    if layer is None or hidden[layer - 1] is None:
+        return None
+    return hidden[layer - 1], hidden[layer][:, 0]  # hidden[j] is layer j - 1's output and layer j's input
+
+
+def clip_zip_inputs(model: Any, tokens: ClipVisionTokens) -> ZipInputs:
+    """VisionZip's inputs recomputed from the read layer's own weights (no eager attention for the whole tower):
+    the CLS query's softmax attention over the layer's keys, summed over heads, and the keys averaged over heads."""
+    if tokens.layer_input is None or tokens.sources is None:
+        raise MmtokError(f"visionzip works on {VISIONZIP_FAMILIES} checkpoints with a CLIP tower read at one layer "
+                         "without its CLS token (vision_feature_layer an int, vision_feature_select_strategy "
+                         "'default'); this checkpoint has another layout")
+    tower = model.model.vision_tower
+    layers = getattr(tower, "vision_model", tower).encoder.layers  # transformers 5 dropped the inner vision_model
+    layer = layers[model.config.vision_feature_layer % (len(layers) + 1) - 1]  # as read_layer
+    attn = layer.self_attn
+    x = layer.layer_norm1(tokens.layer_input)
+    views, length, _ = x.shape
+    heads, head_dim = attn.num_heads, attn.head_dim
+    query = (attn.q_proj(x[:, :1]) * attn.scale).view(views, 1, heads, head_dim).transpose(1, 2)
+    keys = attn.k_proj(x).view(views, length, heads, head_dim).transpose(1, 2)  # (views, heads, 1 + hw, dh)
+    weights = torch.softmax((query.float() @ keys.float().transpose(-1, -2)), dim=-1)  # (views, heads, 1, 1 + hw)
+    hw = length - 1
+    source = tokens.sources.clamp_min(0)
+    return ZipInputs(
+        attention=weights[:, :, 0, 1:].sum(1).flatten()[source],
+        keys=keys.mean(1)[:, 1:].flatten(0, 1)[source],
+        cls=tokens.layer_cls[source // hw],
+        project=model.model.multi_modal_projector,
+    )
 
 
 class LlavaAdapter(Adapter):
@@ -36,17 +103,24 @@ class LlavaAdapter(Adapter):
 
         return LlavaForConditionalGeneration
 
-    def encode(self, prepared: Prepared) -> VisionTokens:
+    def encode(self, prepared: Prepared) -> ClipVisionTokens:
         config = self.model.config
         pixels = prepared.inputs["pixel_values"]
-        out = self.model.get_image_features(pixel_values=pixels, return_dict=True)
+        out = self.model.get_image_features(pixel_values=pixels, return_dict=True, **hidden_states_to_keep(config))
         vision = torch.stack(list(out.pooler_output))
         features = projector_input(config, out.hidden_states)
         mask = torch.ones(vision.shape[:2], dtype=torch.bool, device=vision.device)
         allowed = self._content_patches(prepared.image_sizes, pixels.shape[-2:]).to(vision.device)
         if allowed.shape != mask.shape:  # an unusual layout: do not guess, allow everything
             allowed = mask
-        return VisionTokens(vision=vision, features=features, mask=mask, allowed=allowed)
+        layer_input, layer_cls = read_layer(config, out.hidden_states) or (None, None)
+        sources = torch.arange(mask.numel(), device=vision.device).view(mask.shape)
+        return ClipVisionTokens(vision=vision, features=features, mask=mask, allowed=allowed,
+                                layer_input=layer_input, layer_cls=layer_cls, sources=sources)
+
+    def visionzip_inputs(self, prepared: Prepared, tokens: VisionTokens) -> ZipInputs:
+        assert isinstance(tokens, ClipVisionTokens)
+        return clip_zip_inputs(self.model, tokens)
 
     def _content_patches(self, sizes: list[tuple[int, int]], grid_hw: torch.Size) -> torch.Tensor:
         """(B, n) bool: False for patches made only of pad-to-square padding (processor `do_pad`).

@@ -6,7 +6,7 @@ padding removed ("unpad"), each row followed by a learned row-newline token. The
 are the packed tokens without the newlines, in that order; `kept_indices` index them.
 
 `--tokens K` is the total per image. By default it is split evenly over the base view and the crops
-(the paper's 32 x 5 = 160), each part choosing its own tokens (views.py; `view_budget` chooses
+(the paper's 32 x 5 = 160), each part choosing its own tokens (views.py; `--budget` chooses
 another split). Row newlines are dropped when pruning; `k >= n` feeds the packed
 sequence unchanged, newlines included, i.e. exactly the unpruned model.
 """
@@ -21,10 +21,11 @@ from torch.nn.utils.rnn import pad_sequence
 from transformers.image_processing_utils import select_best_resolution
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from ..baselines import ZipInputs
 from ..errors import MmtokError
 from ..selection import TAU_T_LLAVA
 from .base import Adapter, Prepared, VisionTokens, drop_placeholders
-from .llava import projector_input
+from .llava import ClipVisionTokens, clip_zip_inputs, hidden_states_to_keep, projector_input, read_layer
 from .regions import Box, Placement, TokenRegions, cell_box, clip, resize_and_crop, size_value
 
 _NEWLINE, _Y, _X, _VIEW = 0, 1, 2, 3
@@ -32,7 +33,7 @@ _NEWLINE, _Y, _X, _VIEW = 0, 1, 2, 3
 
 
 @dataclass
-class NextVisionTokens(VisionTokens):
+class NextVisionTokens(ClipVisionTokens):
     """`parts`: 0 = base view, 1.. = crops."""
 
     packed: list[torch.Tensor] | None = None
@@ -56,7 +57,8 @@ class LlavaNextAdapter(Adapter):
     def encode(self, prepared: Prepared) -> NextVisionTokens:
         sizes = prepared.inputs["image_sizes"]
         out = self.model.get_image_features(
-            pixel_values=prepared.inputs["pixel_values"], image_sizes=sizes, return_dict=True
+            pixel_values=prepared.inputs["pixel_values"], image_sizes=sizes, return_dict=True,
+            **hidden_states_to_keep(self.model.config),
         )
         packed = list(out.pooler_output)
         features = projector_input(self.model.config, out.hidden_states)  # (all views, hw, e)
@@ -71,7 +73,15 @@ class LlavaNextAdapter(Adapter):
             parts.append(probe[token, _VIEW : _VIEW + max(views)].argmax(-1))
         vision_t = pad_sequence(vision, batch_first=True)
         mask = pad_sequence([torch.ones(len(v), dtype=torch.bool, device=vision_t.device) for v in vision], True)
+        zip_layer = read_layer(self.model.config, out.hidden_states)  # None where visionzip cannot run
+        layer_input, layer_cls = zip_layer or (None, None)
+        sources = None
+        if zip_layer is not None:
+            sources = pad_sequence(self._sources(sizes, views, features.shape[1]), batch_first=True, padding_value=-1)
         return NextVisionTokens(
+            layer_input=layer_input,
+            layer_cls=layer_cls,
+            sources=sources,
             vision=vision_t,
             features=pad_sequence(feats, batch_first=True),
             mask=mask,
@@ -79,6 +89,18 @@ class LlavaNextAdapter(Adapter):
             parts=pad_sequence(parts, batch_first=True, padding_value=-1),
             packed=packed,
         )
+
+    def visionzip_inputs(self, prepared: Prepared, tokens: VisionTokens) -> ZipInputs:
+        assert isinstance(tokens, NextVisionTokens)
+        return clip_zip_inputs(self.model, tokens)
+
+    def _sources(self, sizes: torch.Tensor, views: list[int], per_view: int) -> list[torch.Tensor]:
+        """Per image, each token's view (counted over the batch) * per_view + its patch in the view, in packed
+        order without newlines: running numbers (float64, so exact) through the model's own packing."""
+        numbers = torch.arange(sum(views) * per_view, dtype=torch.float64, device=sizes.device)
+        newline = torch.full((1,), -1.0, dtype=torch.float64, device=sizes.device)
+        packed = self._pack(list(numbers.view(-1, per_view, 1).split(views)), sizes, newline)
+        return [p[p[:, 0] >= 0, 0].long() for p in packed]
 
     def _views(self, sizes: torch.Tensor) -> list[int]:
         """Views per image: the base view plus the crops of its any-resolution grid."""

@@ -47,6 +47,8 @@ class QwenVLAdapter(Adapter):
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
         "<|im_start|>user\n<|vision_start|>{image}<|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n"
     )
+    divprune_on = "features"
+    """As the MMTok authors' Qwen DivPrune baseline (Ironieser/MMTok at d1522cd): the pooled pre-merger features."""
     windowed = True
     """The ViT reorders patches into attention windows; its last hidden state comes out in that order."""
 

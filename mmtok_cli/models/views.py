@@ -2,7 +2,8 @@
 
 An adapter marks which view each vision token comes from (`VisionTokens.parts`); the selection then
 runs per view with a share of the image's budget, all views of a batch in one batched call.
-`--tokens K` stays the total the language model sees per image unless the caller asks otherwise:
+`--tokens K` stays the total the language model sees per image unless the caller asks otherwise
+(`--budget`, `Engine.run(budget=...)`, checked by `options.check_conventions`):
 
 * "total": K split evenly over the views (the MMTok paper's 32 x 5 = 160 on LLaVA-NeXT);
 * "per-view": K for every view (what the MMTok and DivPrune authors' LLaVA-NeXT code does);
@@ -16,10 +17,8 @@ from collections.abc import Sequence
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from ..baselines import RANDOM_SEED, choose
+from ..baselines import RANDOM_SEED, ZipInputs, choose
 from ..selection import Selection
-
-VIEW_BUDGETS = ("total", "per-view", "global")
 
 
 def split_evenly(total: int, sizes: list[int]) -> list[int]:
@@ -46,22 +45,19 @@ def view_budgets(mode: str, k: int, sizes: list[int]) -> list[int]:
     return split_evenly(k, sizes)
 
 
-def check_view_budget(mode: str) -> None:
-    if mode not in VIEW_BUDGETS:
-        raise ValueError(f"the view budget must be one of {', '.join(VIEW_BUDGETS)}, not {mode!r}")
-
-
 def select_per_view(
     vision: torch.Tensor, features: torch.Tensor, parts: torch.Tensor,
     allowed: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor, budgets: list[int], *, mode: str,
-    method: str, seeds: Sequence[int] | None = None, **params: float,
+    method: str, seeds: Sequence[int] | None = None, zip_inputs: ZipInputs | None = None, **params: float | str,
 ) -> Selection:
     """Per-view selection: one batched `choose` over every (image, view) row, each with its share of its image's budget.
 
     `parts` (B, n) long is each token's view (0, 1, ...; -1 for batch padding). The image's pick order
     interleaves its views by pick rank: every view's first pick (view 0 first), then every view's second pick,
     and so on, as the views choose independently and at once. An image that keeps all its tokens is in index
-    order. `gains` are left empty: each view's are on its own scale.
+    order. `gains` are left empty: each view's are on its own scale. Methods that make new rows
+    (`visionzip`) feed each image's views one after the other, each view's rows where it has them, its kept V
+    rows where it kept them all.
     """
     rows, row_image, row_k, row_seed = [], [], [], []
     views_of = parts.max(1).values.tolist()  # one host sync for the batch, not one per image
@@ -85,7 +81,8 @@ def select_per_view(
     at = (images[:, None], index)
     chosen = choose(
         method, vision[at], features[at], text[images], k=row_k, vision_mask=row_mask,
-        allowed=allowed[at] & row_mask, text_mask=text_mask[images], seed=row_seed, **params,
+        allowed=allowed[at] & row_mask, text_mask=text_mask[images], seed=row_seed,
+        zip_inputs=None if zip_inputs is None else zip_inputs.take(at), **params,
     )
     views: list[list[torch.Tensor]] = [[] for _ in budgets]  # per image, each view's picks in pick order
     for image, idx, order in zip(row_image, rows, chosen.order):
@@ -102,4 +99,13 @@ def select_per_view(
         order = torch.cat(picks)[torch.sort(ranks, stable=True).indices]
         indices.append(torch.sort(order).values)
         orders.append(indices[-1] if len(order) == counts[image] else order)
-    return Selection(indices=indices, order=orders, gains=torch.full((len(budgets), 0), float("nan"), device=device))
+    merged = None
+    if chosen.rows is not None and any(r is not None for r in chosen.rows):
+        feeds: list[list[torch.Tensor]] = [[] for _ in budgets]  # per image, each view's rows, views in order
+        made_any = [False] * len(budgets)
+        for row, (image, idx, made) in enumerate(zip(row_image, rows, chosen.rows)):
+            feeds[image].append(vision[image, idx[chosen.indices[row]]] if made is None else made)
+            made_any[image] |= made is not None
+        merged = [torch.cat(f) if m else None for f, m in zip(feeds, made_any)]
+    return Selection(indices=indices, order=orders, gains=torch.full((len(budgets), 0), float("nan"), device=device),
+                     rows=merged)
