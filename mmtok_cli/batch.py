@@ -15,15 +15,18 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
 
 from .engine import Engine
 from .errors import MmtokError, first_line
-from .io import Item, answer_fields, open_source, record
+from .io import URL_TIMEOUT_S, InputPlan, Item, answer_fields, open_source, record
 from .models.base import Prepared
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 LOAD_THREADS = 4
 """Images decoded or downloaded at once: enough to hide network latency without hogging cores."""
@@ -51,6 +54,8 @@ class BatchOptions:
     selection: dict[str, float | str] = field(default_factory=dict)
     """alpha / tau_t / tau_v / budget / question_words the user set (`options.selection_params`); the others keep
     their defaults."""
+    download_timeout: float = URL_TIMEOUT_S
+    """Deadline for one image download, whole: a slow or endless one fails its item alone."""
 
 
 @dataclass
@@ -224,9 +229,11 @@ class BatchRunner:
                 continue
 
     def _open(self, item: Item) -> tuple[Image.Image | None, float, str | None]:
+        if item.picture is not None:
+            return item.picture, 0.0, None
         start = time.perf_counter()
         try:
-            image = open_source(item.image, self.base)
+            image = open_source(item.image, self.base, timeout=self.options.download_timeout)
         except MmtokError as exc:
             return None, (time.perf_counter() - start) * 1e3, str(exc)
         return image, (time.perf_counter() - start) * 1e3, None
@@ -316,3 +323,77 @@ class BatchRunner:
             for i, (e, a) in enumerate(zip(entries, answers))
         ]
 
+
+class BatchProgress:
+    """A Rich progress bar on a terminal; on a pipe or log file, a plain line every 30 s (on `console`, stderr)."""
+
+    LOG_EVERY_S = 30.0
+
+    def __init__(self, console: Console, total: int | None, skipped: int) -> None:
+        self.console, self.total, self.skipped = console, total, skipped
+        self.bar = None
+        self.last_log = time.monotonic()
+
+    def __enter__(self) -> BatchProgress:
+        if self.console.is_terminal:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(
+                SpinnerColumn(), TextColumn("answering"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"), TextColumn("·"), TextColumn("{task.fields[failed]}"),
+                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=self.console, transient=False,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task("batch", total=self.total, completed=self.skipped, rate="", failed="")
+        return self
+
+    def update(self, n: int, summary: Summary) -> None:
+        rate = f"{summary.items_per_s:.2f} items/s"
+        if self.bar is not None:
+            self.bar.update(self.task, advance=n, rate=rate, failed=f"{summary.failed} failed")
+        elif time.monotonic() - self.last_log >= self.LOG_EVERY_S:
+            self.last_log = time.monotonic()
+            of = f"/{self.total}" if self.total is not None else ""
+            self.console.print(f"mmtok batch: {self.skipped + summary.items}{of} items · {summary.failed} failed · {rate}",
+                      highlight=False, markup=False)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def print_summary(console: Console, summary: Summary, plan: InputPlan, out: str, asked_batch: int) -> None:
+    """The end-of-run lines on `console` (stderr): notes, counts, speed, and what to look at."""
+    for note in plan.notes:
+        console.print(f"note: {note}", highlight=False, markup=False)
+    d = summary.as_dict()
+    kept = (f"{d['mean_vision_tokens_kept']:g}/{d['mean_vision_tokens_total']:g} vision tokens kept on average · "
+            if summary.ok else "")
+    resumed = f" ({plan.skipped} already done)" if plan.skipped else ""
+    console.print(
+        f"{summary.items} items{resumed}: {summary.ok} ok, {summary.failed} failed · {kept}"
+        f"{d['items_per_s']:.1f} items/s · {d['wall_s']:.1f} s"
+        + (f" · the agent's first pass took {d['mean_agent_ms']:.1f} ms/item, {100 * d['agent_share']:.0f}% of the "
+           "model's time" if d["mean_agent_ms"] else "")
+        + (f" · model waited on image loading {100 * d['waiting_on_loader_share']:.0f}% of the time"
+           if summary.wait_s else ""),
+        highlight=False, markup=False,
+    )
+    if summary.batch_size < asked_batch:
+        console.print(f"out of GPU memory: the batch size was lowered to {summary.batch_size} (asked {asked_batch})",
+                  highlight=False, markup=False, style="yellow")
+    if summary.failed:
+        where = "the records" if out == "-" else out
+        console.print(f"items that failed have 'error' set in {where}", highlight=False, markup=False, style="yellow")

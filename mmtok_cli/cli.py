@@ -7,6 +7,7 @@ Exit status: 0 success, 1 the work failed (unreadable image, model that cannot b
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -17,8 +18,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
+
+try:  # current Typer ships its own copy of click
+    from typer._click.exceptions import ClickException
+except ImportError:  # older Typer uses click itself
+    from click import ClickException
 
 from . import __version__
+from .archs import ARCHS
 from .errors import MmtokError, UsageError, first_line
 from .options import (
     AGENT_MAX_NEW_TOKENS,
@@ -36,7 +44,30 @@ if TYPE_CHECKING:  # the ML stack loads lazily so bad input is rejected fast
     from .batch import Summary
     from .engine import Engine
 
+class _OneLineErrors(TyperGroup):
+    """Option-parser errors (unknown option, bad integer, bad config file) as one `error:` line, exit 2, like
+    every other mmtok error: a framed panel breaks the one-line-per-failure promise that log scrapers rely on."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except ClickException as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # `mmtok` alone: the help was printed; click exits 2
+                sys.exit(exc.exit_code)
+            where = getattr(exc, "ctx", None)
+            hint = f" (see {where.command_path} --help)" if where is not None else ""
+            err.print(f"[bold red]error:[/] {escape(exc.format_message())}{escape(hint)}", highlight=False)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            err.print("[red]aborted[/]")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     name="mmtok",
     help=(
         "Ask vision-language models about images while the language model reads only a few, "
@@ -46,7 +77,8 @@ app = typer.Typer(
         "Examples:  mmtok ask photo.jpg \"What is here?\" --tokens 32   ·   "
         "mmtok batch questions.jsonl --out answers.jsonl --batch-size 16   ·   "
         "cat questions.jsonl | mmtok batch - | jq .answer   ·   "
-        "exit status 0 ok, 1 failed (batch: some items failed), 2 bad options"
+        "exit status 0 ok, 1 failed (batch: some items failed), 2 bad options, 130 Ctrl-C, 141 broken pipe, "
+        "143 SIGTERM"
     ),
     no_args_is_help=True,
     rich_markup_mode="markdown",
@@ -151,9 +183,20 @@ def _load_config(ctx: typer.Context, param: typer.CallbackParam, value: Path | N
     import yaml
 
     try:
-        data = yaml.safe_load(value.read_text(encoding="utf-8"))
+        if value.stat().st_size > CONFIG_MAX_BYTES:
+            raise typer.BadParameter(f"{value} is over {CONFIG_MAX_BYTES // 1024} KB; a config file holds a few options")
+        text = value.read_bytes().decode("utf-8-sig")
     except OSError as exc:
         raise typer.BadParameter(f"cannot read {value}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise typer.BadParameter(f"{value} is not UTF-8 text (byte {exc.start})") from None
+    try:
+        # Aliases are refused before anything is built: a few hundred bytes of nested ones expand to gigabytes.
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                mark = event.start_mark
+                raise typer.BadParameter(f"{value} uses a YAML alias (line {mark.line + 1}); write the values out")
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" (line {where.line + 1})" if where else ""
@@ -172,8 +215,33 @@ def _load_config(ctx: typer.Context, param: typer.CallbackParam, value: Path | N
             f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} in {value}; "
             f"known: {', '.join(sorted(known))}"
         )
+    params = {p.name: p for p in ctx.command.params}
+    for key, given in options.items():
+        if key in mine:
+            _check_config_type(value, key, given, params[mine[key]])
     ctx.default_map = {**(ctx.default_map or {}), **{mine[k]: v for k, v in options.items() if k in mine}}
     return value
+
+
+CONFIG_MAX_BYTES = 64 * 1024
+
+
+def _check_config_type(path: Path, key: str, given: Any, param: Any) -> None:
+    """Strict types for config values: YAML's `true` is not the integer 1, nor is `[1]` a string."""
+    import typing
+
+    annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+    kinds = [a for a in typing.get_args(annotation) or (annotation,) if a is not type(None)]
+    kind = kinds[0] if len(kinds) == 1 else None
+    if kind is Path:
+        kind = str
+    allowed = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}.get(kind)
+    if given is None or allowed is None:
+        return
+    if isinstance(given, bool) and bool not in allowed or not isinstance(given, allowed):
+        shown = json.dumps(given) if isinstance(given, (bool, int, float, str)) else f"a {type(given).__name__}"
+        want = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[kind]
+        raise typer.BadParameter(f"'{key}' in {path} must be {want}, not {shown}")
 
 
 def _option_names(command: Any) -> dict[str, str]:
@@ -283,12 +351,12 @@ ShowOpt = Annotated[
 ]
 
 
-def _show_target(path: str | None) -> Path | None:
+def _show_target(path: str | None, image: str) -> Path | None:
     if path is None:
         return None
     from .show import check_picture_path
 
-    return check_picture_path(path, "--show")
+    return check_picture_path(path, "--show", inputs=[] if image == "-" else [image])
 
 
 def _save_show(engine: Engine, image: Any, question: str, results: list[tuple[str, Any]], target: Path) -> None:
@@ -355,7 +423,7 @@ def ask(
                                      question_words=question_words)
         if not question.strip():
             raise UsageError("the question is empty; pass the question as the second argument, in quotes")
-        target = _show_target(show_path)
+        target = _show_target(show_path, image)
         picture = load_image(image)
         engine, load_ms = _load_engine(model, device, dtype, agent_model)
         options = {"tokens": tokens, "max_new_tokens": max_new_tokens}
@@ -445,6 +513,10 @@ def batch(
         float, typer.Option("--gpus-per-worker", help="GPUs each Ray actor reserves (0: CPU only).",
                             rich_help_panel="Ray")
     ] = 0.0,
+    download_timeout: Annotated[
+        float, typer.Option("--download-timeout", help="Seconds one image URL may take in all (connect, redirects, "
+                            "body; at most 50 MB): a slower one fails its item alone.")
+    ] = 30.0,
     alpha: AlphaOpt = None,
     tau_t: TauTOpt = None,
     tau_v: TauVOpt = None,
@@ -507,19 +579,23 @@ def batch(
             raise UsageError("--ray-address, --workers and --gpus-per-worker need --ray")
         if retry_errors and not resume:
             raise UsageError("--retry-errors goes with --resume (it re-runs the failed items of an earlier run)")
-        plan = _plan_batch(source, out, question, resume=resume, overwrite=overwrite, retry_errors=retry_errors)
+        if not (math.isfinite(download_timeout) and download_timeout > 0):
+            raise UsageError(f"--download-timeout must be a number of seconds above 0 (got {download_timeout})")
+        from .io import plan_inputs
+
+        plan = plan_inputs(source, out, question, resume=resume, overwrite=overwrite, retry_errors=retry_errors)
         pictures = None
         if show_dir is not None:
             from .show import prepare_picture_dir
 
             pictures = prepare_picture_dir(show_dir)
-        from .batch import BatchOptions, BatchRunner
+        from .batch import BatchOptions, BatchProgress, BatchRunner, print_summary
         from .io import RecordWriter
 
         options = BatchOptions(tokens=tokens, method=method, max_new_tokens=max_new_tokens,
                                batch_size=batch_size, compare=compare, debug=debug, show_dir=pictures,
                                agent=agent, agent_tokens=agent_tokens,
-                               selection=selection)
+                               selection=selection, download_timeout=download_timeout)
         if ray:
             from .models.registry import check_model
             from .ray_batch import RayOptions, import_ray, run_on_ray
@@ -533,16 +609,19 @@ def batch(
             ray_options = RayOptions(address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker)
 
             def execute(emit: Callable, update: Callable) -> Summary:
-                return run_on_ray(plan.items(), emit, update, model=model, device=device, dtype=dtype,
+                return run_on_ray(plan.items(warn), emit, update, model=model, device=device, dtype=dtype,
                                   options=options, base=plan.base, ray_options=ray_options, agent_model=agent_model)
         else:
             runner = BatchRunner(_load_engine(model, device, dtype, agent_model)[0], options, base=plan.base)
 
             def execute(emit: Callable, update: Callable) -> Summary:
-                return runner.run(plan.items(), emit, update)
+                return runner.run(plan.items(warn), emit, update)
 
         writer = RecordWriter(out, append=resume)
-        with _BatchProgress(plan.total, plan.skipped) as progress:
+        def warn(message: str) -> None:
+            err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
+
+        with BatchProgress(err, plan.total, plan.skipped) as progress:
             try:
                 summary = execute(writer.write, progress.update)
             except KeyboardInterrupt:
@@ -552,163 +631,11 @@ def batch(
                 raise typer.Exit(130) from None
             finally:
                 writer.close()
-        _print_summary(summary, plan, out, batch_size)
+        print_summary(err, summary, plan, out, batch_size)
         return 1 if summary.failed else 0
 
     code = _guarded(debug, work)
     raise typer.Exit(code)
-
-
-class _Plan:
-    """What a batch run reads: items (after --resume), how many, and where relative images live."""
-
-    def __init__(self, make_items: Callable[[], Any], total: int | None, base: Path, skipped: int,
-                 done: set[str], notes: list[str]) -> None:
-        self._make_items, self.total, self.base, self.skipped, self.done, self.notes = (
-            make_items, total, base, skipped, done, notes)
-
-    def items(self) -> Any:
-        from .io import id_key
-
-        seen: set[str] = set()
-        warned = False
-        for item in self._make_items():
-            key = id_key(item.id)
-            if key in self.done:
-                continue
-            if key in seen and not warned:
-                err.print(f"[yellow]warning:[/] id {escape(key)} appears more than once in the input; "
-                          "--resume cannot tell such items apart", highlight=False)
-                warned = True
-            seen.add(key)
-            yield item
-
-
-def _plan_batch(
-    source: str, out: str, question: str | None, *, resume: bool, overwrite: bool, retry_errors: bool = False
-) -> _Plan:
-    """Check the input and output before the model loads, so mistakes cost milliseconds."""
-    from .io import IMAGE_SUFFIXES, done_ids, folder_items, id_key, read_jsonl
-
-    if question is not None and not question.strip():
-        raise UsageError("--question is empty")
-    if out == "-":
-        if resume:
-            raise UsageError("--resume needs --out FILE (it reads the ids already written there)")
-    else:
-        target = Path(out)
-        if target.is_dir():
-            raise UsageError(f"--out '{out}' is a folder; give a file name such as {out.rstrip('/')}/answers.jsonl")
-        if target.exists() and target.stat().st_size and not (resume or overwrite):
-            raise UsageError(f"'{out}' already exists; pass --resume to continue it or --overwrite to replace it")
-        if not target.parent.exists():
-            raise UsageError(f"the folder of --out '{out}' does not exist")
-    done = done_ids(Path(out), retry_errors=retry_errors) if resume else set()
-    notes: list[str] = []
-    if source == "-":
-        if sys.stdin.isatty():
-            raise UsageError("INPUT is '-' but nothing is piped in; pipe JSONL lines into mmtok batch -")
-        return _Plan(lambda: read_jsonl(sys.stdin, question), None, Path.cwd(), len(done), done, notes)
-    path = Path(source).expanduser()
-    if path.is_dir():
-        if question is None:
-            raise UsageError(f"'{source}' is a folder: give the question for its images with --question")
-        items, skipped = folder_items(path, question)
-        if not items:
-            raise UsageError(f"no images in '{source}' (looked for {', '.join(IMAGE_SUFFIXES)})")
-        if skipped:
-            notes.append(f"skipped {len(skipped)} file(s) that are not images: {', '.join(skipped[:5])}"
-                         + (" …" if len(skipped) > 5 else ""))
-        left = sum(1 for it in items if id_key(it.id) not in done)
-        return _Plan(lambda: iter(items), len(items), path, len(items) - left, done, notes)
-    if not path.is_file():
-        raise UsageError(f"INPUT '{source}' not found (expected a JSONL file, a folder of images or '-')")
-    try:
-        with path.open("rb") as fp:
-            total = sum(1 for _ in fp)
-    except OSError as exc:
-        raise UsageError(f"cannot read '{source}': {exc.strerror or exc}") from None
-
-    def lines() -> Any:
-        with path.open(encoding="utf-8", errors="replace") as fp:
-            yield from read_jsonl(fp, question)
-
-    skipped = len(done) if resume else 0
-    return _Plan(lines, total, path.parent, min(skipped, total), done, notes)
-
-
-class _BatchProgress:
-    """A Rich progress bar on a terminal; on a pipe or log file, a plain line every 30 s."""
-
-    LOG_EVERY_S = 30.0
-
-    def __init__(self, total: int | None, skipped: int) -> None:
-        self.total, self.skipped = total, skipped
-        self.bar = None
-        self.last_log = time.monotonic()
-
-    def __enter__(self) -> _BatchProgress:
-        if err.is_terminal:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                SpinnerColumn,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self.bar = Progress(
-                SpinnerColumn(), TextColumn("answering"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}"), TextColumn("·"), TextColumn("{task.fields[failed]}"),
-                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=err, transient=False,
-            )
-            self.bar.start()
-            self.task = self.bar.add_task("batch", total=self.total, completed=self.skipped, rate="", failed="")
-        return self
-
-    def update(self, n: int, summary: Summary) -> None:
-        rate = f"{summary.items_per_s:.2f} items/s"
-        if self.bar is not None:
-            self.bar.update(self.task, advance=n, rate=rate, failed=f"{summary.failed} failed")
-        elif time.monotonic() - self.last_log >= self.LOG_EVERY_S:
-            self.last_log = time.monotonic()
-            of = f"/{self.total}" if self.total is not None else ""
-            err.print(f"mmtok batch: {self.skipped + summary.items}{of} items · {summary.failed} failed · {rate}",
-                      highlight=False, markup=False)
-
-    def stop(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def _print_summary(summary: Summary, plan: _Plan, out: str, asked_batch: int) -> None:
-    for note in plan.notes:
-        err.print(f"note: {note}", highlight=False, markup=False)
-    d = summary.as_dict()
-    kept = (f"{d['mean_vision_tokens_kept']:g}/{d['mean_vision_tokens_total']:g} vision tokens kept on average · "
-            if summary.ok else "")
-    resumed = f" ({plan.skipped} already done)" if plan.skipped else ""
-    err.print(
-        f"{summary.items} items{resumed}: {summary.ok} ok, {summary.failed} failed · {kept}"
-        f"{d['items_per_s']:.1f} items/s · {d['wall_s']:.1f} s"
-        + (f" · the agent's first pass took {d['mean_agent_ms']:.1f} ms/item, {100 * d['agent_share']:.0f}% of the "
-           "model's time" if d["mean_agent_ms"] else "")
-        + (f" · model waited on image loading {100 * d['waiting_on_loader_share']:.0f}% of the time"
-           if summary.wait_s else ""),
-        highlight=False, markup=False,
-    )
-    if summary.batch_size < asked_batch:
-        err.print(f"out of GPU memory: the batch size was lowered to {summary.batch_size} (asked {asked_batch})",
-                  highlight=False, markup=False, style="yellow")
-    if summary.failed:
-        where = "the records" if out == "-" else out
-        err.print(f"items that failed have 'error' set in {where}", highlight=False, markup=False, style="yellow")
 
 
 @app.command()
@@ -801,7 +728,7 @@ def show_command(
                                      question_words=question_words)
         if not question.strip():
             raise UsageError("the question is empty; pass the question as the second argument, in quotes")
-        target = check_picture_path(out, "--out")
+        target = check_picture_path(out, "--out", inputs=[] if image == "-" else [image])
         picture = load_image(image)
         engine, _ = _load_engine(model, device, dtype)
         sheet, results = show(engine, picture, question, chosen, numbers=numbers, tokens=tokens,
@@ -815,11 +742,14 @@ def show_command(
     _guarded(debug, work)
 
 
-def _check_outputs(*paths: Path | None, plot: Path | None) -> None:
-    """Fail now, not after minutes of work: every output's folder exists, and --plot has matplotlib."""
-    for path in paths:
-        if path is not None and not path.parent.is_dir():
-            raise UsageError(f"cannot write {path}: no folder {path.parent}")
+def _check_outputs(*outputs: tuple[str, Path | None], plot: Path | None, inputs: tuple[Path, ...] = ()) -> None:
+    """Fail now, not after minutes of work: every (option, path) output can be written, none is an input, and
+    --plot has matplotlib."""
+    from .io import check_output
+
+    for option, path in outputs:
+        if path is not None:
+            check_output(path, option, inputs=inputs)
     if plot is not None:
         try:
             import matplotlib  # noqa: F401
@@ -836,8 +766,9 @@ def profile(
     arch: Annotated[
         str | None,
         typer.Option("--arch", help="A real architecture with random weights, nothing downloaded: "
-                     "llava-1.5-7b, llava-1.5-13b, llava-v1.6-vicuna-7b/13b, qwen2.5-vl-3b/7b, qwen3-vl-8b, "
-                     "or cpu-small (LLaVA-1.5-7B widths, few layers; about a minute on 2 CPU cores)."),
+                     f"{', '.join(n for n in ARCHS if not n.startswith('cpu-small'))}; or cpu-small (LLaVA-1.5-7B "
+                     "widths, 2 + 2 layers; about a minute on 2 CPU cores) and the other families' reduced-depth "
+                     f"presets for CPU runs: {', '.join(n for n in ARCHS if n.startswith('cpu-small-'))}."),
     ] = None,
     tokens: Annotated[
         str, typer.Option("--tokens", "-k", help="Comma-separated vision-token budgets; 'full' is always included.")
@@ -893,7 +824,7 @@ def profile(
                                        question_words=question_words)
         if repeats < 1 or warmup < 0:
             raise UsageError("--repeats must be at least 1 and --warmup at least 0")
-        _check_outputs(json_path, plot_path, plot=plot_path)
+        _check_outputs(("--json", json_path), ("--plot", plot_path), plot=plot_path)
         picture = None
         if image is not None:
             from .io import load_image
@@ -962,6 +893,7 @@ def synth(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write images/, questions.jsonl and scenes.json to.")],
     n: Annotated[int, typer.Option("--n", help="Number of images.")] = 50,
     seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed writes byte-identical files.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into an --out folder that is not empty.")] = False,
     debug: DebugOpt = False,
 ) -> None:
     """Write a small labelled data set of coloured shapes: PNG scenes and OUT/questions.jsonl.
@@ -970,14 +902,22 @@ def synth(
     negatives), "What colour is the square?" / "What shape is the blue object?" (only when
     unambiguous; one-word answers) and "How many circles are there?" (answered as a digit). Each line
     has image (relative to OUT), question, answer, type and id: ready for `mmtok eval` or `mmtok batch`.
+    The existence questions are also written in POPE's own format, one file per setting
+    (OUT/pope_random.json, pope_popular.json, pope_adversarial.json; images named as in OUT/images).
 
     Example:
 
       mmtok synth --out synth --n 100 && mmtok eval synth/questions.jsonl --tokens 64,16,4
+
+      mmtok eval synth/pope_random.json synth/pope_popular.json --images synth/images
     """
     from .synth import generate
 
     def work() -> None:
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--out '{out}' is a file; give a folder")
+        if out.is_dir() and any(out.iterdir()) and not overwrite:
+            raise UsageError(f"--out '{out}' is not empty; pass --overwrite to write into it anyway")
         generate(out, n, seed)
         lines = sum(1 for _ in (out / "questions.jsonl").open(encoding="utf-8"))
         err.print(f"{n} images and {lines} questions written to {out / 'questions.jsonl'}", highlight=False,
@@ -988,7 +928,11 @@ def synth(
 
 @app.command("eval")
 def eval_command(
-    data: Annotated[Path, typer.Argument(metavar="DATA", help="Labelled JSONL: image, question and answer per line.")],
+    data: Annotated[
+        list[Path], typer.Argument(metavar="DATA...", help="Labelled JSONL files: image, question and answer per line, "
+                                   "or POPE's official files (question_id, image, text, label) with --images. "
+                                   "Each file is scored on its own.")
+    ],
     tokens: Annotated[str, typer.Option("--tokens", "-k", help="Comma-separated vision-token budgets.")] = "64,16,4",
     methods: Annotated[
         str, typer.Option("--methods", help=f"Comma-separated methods; full always runs once.\n\n{METHODS_HELP}")
@@ -998,14 +942,22 @@ def eval_command(
     max_new_tokens: MaxNewOpt = 10,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the results to this JSON file.")] = None,
+    images: Annotated[
+        Path | None, typer.Option("--images", metavar="DIR", help="Folder the image names in DATA are relative to "
+                                  "(default: each file's own folder). Needed for POPE's files, which name bare COCO "
+                                  "val2014 files.")
+    ] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the results to this JSON file (several DATA files: one report "
+                                  "per file under 'files').")
+    ] = None,
     plot_path: Annotated[
-        Path | None, typer.Option("--plot", help="Draw the metric against the budget, one line per method, to this "
-                                  "PNG (needs matplotlib: pip install 'mmtok-cli[plot]').")
+        Path | None, typer.Option("--plot", help="Draw the metric against the budget, one line per method and one "
+                                  "panel per DATA file, to this PNG (needs matplotlib: pip install 'mmtok-cli[plot]').")
     ] = None,
     predictions_path: Annotated[
-        Path | None, typer.Option("--predictions", help="Write every prediction (method, tokens, id, answer, "
-                                  "prediction, correct) to this JSONL file.")
+        Path | None, typer.Option("--predictions", help="Write every prediction (data, method, tokens, id, answer, "
+                                  "prediction, correct, error) to this JSONL file.")
     ] = None,
     agent: Annotated[
         bool, typer.Option("--agent", help="Also run each method that reads the question "
@@ -1027,12 +979,13 @@ def eval_command(
     config: ConfigOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Score every method at every budget on DATA and report how much of the unpruned score each keeps.
+    """Score every method at every budget on each DATA file and report how much of the unpruned score each keeps.
 
-    Per method and budget: accuracy (normalised exact match; option letters for multiple choice;
-    yes/no by the first word), POPE F1 over the yes/no items, retention (the headline metric over
-    full's: F1 when every item is yes/no, else accuracy), mean vision tokens kept and items/s. Runs
-    through the same batch runner as `mmtok batch`; items that fail count as wrong.
+    Per file, method and budget: accuracy (normalised exact match; option letters for multiple choice;
+    yes/no by the first word), POPE's precision, recall, F1 and yes-ratio over the yes/no items,
+    retention (the headline metric over full's: F1 when every item is yes/no, else accuracy), mean
+    vision tokens kept and items/s. Runs through the same batch runner as `mmtok batch`, one model for
+    all files; items that fail (a missing image) count as wrong and carry their error in --predictions.
 
     Examples:
 
@@ -1040,7 +993,9 @@ def eval_command(
 
       mmtok eval synth/questions.jsonl --tokens 64,16,4 --methods mmtok,random,divprune --json eval.json
 
-      mmtok eval synth/questions.jsonl --tokens 16,4 --methods mmtok --agent
+      mmtok eval synth/pope_random.json synth/pope_popular.json synth/pope_adversarial.json --images synth/images
+
+      mmtok eval coco_pope_random.json coco_pope_popular.json --images val2014 --tokens 64,4 --methods mmtok
     """
     from .evaluate import load_labelled, parse_methods, parse_tokens
 
@@ -1054,30 +1009,40 @@ def eval_command(
             raise UsageError(f"--agent only changes {' and '.join(AGENT_METHODS)}; add one of them to --methods")
         if batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
-        _check_outputs(json_path, plot_path, predictions_path, plot=plot_path)
-        items = load_labelled(data)
+        if images is not None and not images.is_dir():
+            raise UsageError(f"--images {images} is not a folder")
+        _check_outputs(("--json", json_path), ("--plot", plot_path), ("--predictions", predictions_path),
+                       plot=plot_path, inputs=tuple(data))
+        sets = [(path, *load_labelled(path, images)) for path in data]  # every file checked before the model loads
         from . import evaluate as ev
 
         engine, _ = _load_engine(model, device, dtype, agent_model)
         sink = predictions_path.open("w", encoding="utf-8") if predictions_path else None
+        reports = []
         try:
             with err.status("evaluating …") as status:
-                report = ev.evaluate(
-                    engine, items, methods=chosen, budgets=budgets, base=data.parent, batch_size=batch_size,
-                    max_new_tokens=max_new_tokens, progress=lambda text: status.update(f"evaluating: {escape(text)}"),
-                    predictions=(lambda rows: sink.writelines(json.dumps(r) + "\n" for r in rows)) if sink else None,
-                    agent=agent, agent_tokens=agent_tokens,
-                    selection=selection,
-                )
+                for path, items, base in sets:
+                    name = f"{path.name}: " if len(sets) > 1 else ""
+                    report = ev.evaluate(
+                        engine, items, methods=chosen, budgets=budgets, base=base, batch_size=batch_size,
+                        max_new_tokens=max_new_tokens,
+                        progress=lambda text: status.update(f"evaluating: {escape(name + text)}"),
+                        predictions=(lambda rows: sink.writelines(json.dumps({"data": str(path), **r}) + "\n"
+                                                                  for r in rows)) if sink else None,
+                        agent=agent, agent_tokens=agent_tokens,
+                        selection=selection,
+                    )
+                    reports.append({"model": engine.model_name, "data": str(path), **report})
         finally:
             if sink:
                 sink.close()
-        report = {"model": engine.model_name, "data": str(data), **report}
         if json_path is not None:
-            ev.write_json(report, json_path)
+            several = {"model": engine.model_name, "files": reports}
+            ev.write_json(reports[0] if len(reports) == 1 else several, json_path)
         if plot_path is not None:
-            ev.plot(report, plot_path)
-        _print_eval(report)
+            ev.plot(reports, plot_path)
+        for report in reports:
+            _print_eval(report)
 
     _guarded(debug, work)
 
@@ -1092,11 +1057,14 @@ def _print_eval(report: dict[str, Any]) -> None:
                   caption=f"retention = {report['metric']} / full's {report['metric']} · "
                   + " · ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
                                for k, v in report["selection"].items()))
-    for name in ("method", "tokens", "accuracy", "F1", "yes-ratio", "retention", "kept", "items/s", "failed"):
+    columns = ("method", "tokens", "accuracy", "precision", "recall", "F1", "yes-ratio", "retention", "kept",
+               "items/s", "failed")
+    for name in columns:
         table.add_column(name, justify="left" if name == "method" else "right", no_wrap=True)
     for r in report["results"]:
         pope = r["pope"] or {}
-        table.add_row(r["method"], str(r["tokens"]), num(r["accuracy"]), num(r["f1"]), num(pope.get("yes_ratio")),
+        table.add_row(r["method"], str(r["tokens"]), num(r["accuracy"]), num(pope.get("precision")),
+                      num(pope.get("recall")), num(r["f1"]), num(pope.get("yes_ratio")),
                       num(r["retention"]), "–" if r["mean_kept"] is None else f"{r['mean_kept']:g}",
                       f"{r['items_per_s']:.2f}", str(r["failed"]))
-    Console(width=max(Console().width, 100)).print(table)
+    Console(width=max(Console().width, 130)).print(table)

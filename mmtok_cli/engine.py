@@ -67,7 +67,11 @@ def resolve_device(name: str = "auto") -> torch.device:
     except RuntimeError as exc:
         raise UsageError(f"unknown --device '{name}'; use auto, cpu or cuda") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for, but PyTorch sees no CUDA GPU; use --device cpu")
+        raise UsageError(f"--device {name} was asked for, but PyTorch sees no CUDA GPU; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: PyTorch sees {torch.cuda.device_count()} CUDA GPU(s), numbered from 0")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("--device mps was asked for, but this PyTorch has no Apple MPS backend; use --device cpu")
     return device
 
 

@@ -35,23 +35,47 @@ def parse_tokens(text: str) -> list[int]:
     return list(dict.fromkeys(budgets))
 
 
-def load_labelled(path: Path) -> list[Item]:
-    """The items of a labelled JSONL file; one-line errors for a missing file, no items, a broken line or
-    a line without 'answer'."""
+POPE_KEYS = {"text": "question", "label": "answer", "question_id": "id"}
+"""The official POPE files' keys (`{"question_id", "image", "text", "label"}` per line) as ours."""
+
+
+def is_pope(line: str) -> bool:
+    """A JSONL line in POPE's own format: the question under 'text', no 'question'."""
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError:
+        return False  # parse_line reports it
+    return isinstance(data, dict) and "text" in data and "question" not in data
+
+
+def load_labelled(path: Path, images: Path | None = None) -> tuple[list[Item], Path]:
+    """The items of a labelled JSONL file (ours or POPE's official format) and the folder their images are
+    relative to: `images`, else the file's own folder (POPE files name bare COCO files: they need `images`).
+
+    One-line errors for a missing file, no items, a broken line, a line without 'answer' ('label' in POPE's
+    format) and a POPE file without `images`."""
     if not path.is_file():
-        raise UsageError(f"DATA '{path}' not found (expected a JSONL file with image, question and answer)")
+        raise UsageError(f"DATA '{path}' not found (expected a JSONL file with image, question and answer, or a "
+                         "POPE file with image, text and label)")
     with path.open(encoding="utf-8", errors="replace") as fp:
         # Blank lines carry nothing to score; skip them by content, keeping every other line's number.
-        items = [parse_line(text.rstrip("\r\n"), number) for number, text in enumerate(fp, start=1) if text.strip()]
-    if not items:
+        lines = [(number, text.rstrip("\r\n")) for number, text in enumerate(fp, start=1) if text.strip()]
+    if not lines:
         raise UsageError(f"no items in '{path}'")
+    pope = is_pope(lines[0][1])
+    label = "label" if pope else "answer"
+    if pope and images is None:
+        raise UsageError(f"{path} is in POPE's format, whose image names have no folder: give --images DIR "
+                         "(for the official files, the COCO val2014 folder)")
+    items = [parse_line(text, number, rename=POPE_KEYS if pope else None) for number, text in lines]
     for it in items:
         if it.error:
-            raise UsageError(f"{path}: {it.error}")
+            error = it.error.replace("'question'", "'text'") if pope else it.error  # name the key the file uses
+            raise UsageError(f"{path}: {error}")
         answer = it.extra.get("answer")
         if not isinstance(answer, (str, int, float)) or isinstance(answer, bool) or not str(answer).strip():
-            raise UsageError(f"{path}: line {it.line} has no 'answer' (needed to score the predictions)")
-    return items
+            raise UsageError(f"{path}: line {it.line} has no '{label}' (needed to score the predictions)")
+    return items, images if images is not None else path.parent
 
 
 def evaluate(
@@ -134,32 +158,34 @@ def evaluate(
     return {"metric": "f1" if binary_only else "accuracy", "items": len(items), "selection": used, "results": results}
 
 
-def plot(report: dict[str, Any], path: str | Path) -> None:
-    """The headline metric against the budget, one line per method; full as a dashed level."""
+def plot(reports: Sequence[dict[str, Any]], path: str | Path) -> None:
+    """The headline metric against the budget, one line per method and one panel per report (data file);
+    full as a dashed level."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metric = report["metric"]
-    key = "f1" if metric == "f1" else "accuracy"
-    fig, ax = plt.subplots(figsize=(6, 4))
-    rows = report["results"]
-    for method in dict.fromkeys(r["method"] for r in rows):
-        mine = sorted((r for r in rows if r["method"] == method), key=lambda r: 0 if r["tokens"] == "full"
-                      else r["tokens"])
-        if method == "full":
-            ax.axhline(mine[0][key], linestyle="--", color="grey", label="full")
-        else:
-            ax.plot([r["tokens"] for r in mine], [r[key] for r in mine], marker="o", label=method)
-    ax.set_xscale("log", base=2)
-    budgets = sorted({r["tokens"] for r in rows if r["tokens"] != "full"})
-    if budgets:
-        ax.set_xticks(budgets, [str(b) for b in budgets])
-    ax.set_xlabel("vision tokens kept per image")
-    ax.set_ylabel(metric)
-    ax.set_title(f"{report.get('model', '')} on {Path(str(report.get('data', ''))).name}", fontsize=9)
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, len(reports), figsize=(6 * len(reports), 4), squeeze=False)
+    for ax, report in zip(axes[0], reports):
+        metric = report["metric"]
+        key = "f1" if metric == "f1" else "accuracy"
+        rows = report["results"]
+        for method in dict.fromkeys(r["method"] for r in rows):
+            mine = sorted((r for r in rows if r["method"] == method), key=lambda r: 0 if r["tokens"] == "full"
+                          else r["tokens"])
+            if method == "full":
+                ax.axhline(mine[0][key], linestyle="--", color="grey", label="full")
+            else:
+                ax.plot([r["tokens"] for r in mine], [r[key] for r in mine], marker="o", label=method)
+        ax.set_xscale("log", base=2)
+        budgets = sorted({r["tokens"] for r in rows if r["tokens"] != "full"})
+        if budgets:
+            ax.set_xticks(budgets, [str(b) for b in budgets])
+        ax.set_xlabel("vision tokens kept per image")
+        ax.set_ylabel(metric)
+        ax.set_title(f"{report.get('model', '')} on {Path(str(report.get('data', ''))).name}", fontsize=9)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -5,13 +5,17 @@ No torch here: reading and checking input is cheap and happens before any model 
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import os
+import socket
 import sys
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -25,6 +29,14 @@ if TYPE_CHECKING:
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 URL_TIMEOUT_S = 30.0
+"""Default deadline for one image download, whole (connect, redirects, body)."""
+MAX_DOWNLOAD_BYTES = 50_000_000
+MAX_REDIRECTS = 5
+MAX_PIXELS = 40_000_000
+"""Decoded-size cap per image: 120 MB as RGB (PIL's own bomb error comes only past 179 Mpixel)."""
+MAX_SIDE = 4096
+"""Images are scaled down to this many pixels on their longest side when decoded: every supported processor
+reads fewer, and an image in flight then holds at most 50 MB."""
 
 # Fields every output record has; an input key with one of these names is kept under "input".
 RECORD_FIELDS = (
@@ -52,26 +64,63 @@ def is_url(source: str) -> bool:
     return source.startswith(("http://", "https://"))
 
 
-def fetch_image(url: str, timeout: float = URL_TIMEOUT_S) -> Image.Image:
-    """Download and decode an http(s) image, with one-line errors for every way that fails."""
+class _FewRedirects(urllib.request.HTTPRedirectHandler):
+    max_redirections = MAX_REDIRECTS
+
+
+def fetch_image(url: str, timeout: float = URL_TIMEOUT_S, max_bytes: int = MAX_DOWNLOAD_BYTES) -> Image.Image:
+    """Download and decode an http(s) image, with one-line errors for every way that fails.
+
+    `timeout` bounds the whole download (connecting, redirects and every byte), not each read, so a
+    server that trickles a byte at a time fails within it; the body is capped at `max_bytes` (checked
+    against Content-Length first, then while reading) and redirects at MAX_REDIRECTS.
+    """
+    deadline = time.monotonic() + timeout
     request = urllib.request.Request(url, headers={"User-Agent": "mmtok"})
+    opener = urllib.request.build_opener(_FewRedirects)
+    chunks: list[bytes] = []
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            data = response.read()
+        with opener.open(request, timeout=timeout) as response:
+            length = response.headers.get("Content-Length")
+            if length and length.isdigit() and int(length) > max_bytes:
+                raise MmtokError(f"{url} is {int(length) / 1e6:.1f} MB, over the {max_bytes / 1e6:g} MB download limit")
+            size = 0
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                sock = getattr(getattr(response.fp, "raw", None), "_sock", None)
+                if sock is not None:  # a blocked read may not outlive the download's deadline
+                    sock.settimeout(left)
+                chunk = response.read1(1 << 16)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > max_bytes:
+                    raise MmtokError(f"{url} sent more than the {max_bytes / 1e6:g} MB download limit")
+                chunks.append(chunk)
+    except MmtokError:
+        raise
     except urllib.error.HTTPError as exc:
         raise MmtokError(f"could not download {url}: HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except (TimeoutError, socket.timeout):
+        raise MmtokError(f"could not download {url}: not complete within {timeout:g} s") from None
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", exc)
+        if isinstance(reason, (TimeoutError, socket.timeout)):
+            raise MmtokError(f"could not download {url}: not complete within {timeout:g} s") from None
         raise MmtokError(f"could not download {url}: {reason}") from None
+    data = b"".join(chunks)
     if not data:
         raise MmtokError(f"{url} returned no data")
     return _decode(io.BytesIO(data), url)
 
 
-def open_source(source: str, base: Path | None = None) -> Image.Image:
-    """An image from a URL, an absolute path, or a path relative to `base` (the JSONL file's folder)."""
+def open_source(source: str, base: Path | None = None, *, timeout: float = URL_TIMEOUT_S) -> Image.Image:
+    """An image from a URL (downloaded within `timeout` seconds), an absolute path, or a path relative to
+    `base` (the JSONL file's folder)."""
     if is_url(source):
-        return fetch_image(source)
+        return fetch_image(source, timeout=timeout)
     path = Path(source).expanduser()
     if base is not None and not path.is_absolute():
         path = base / path
@@ -83,15 +132,59 @@ def _missing(source: str, path: Path) -> Image.Image:
     raise MmtokError(f"image not found: {source}{where}")
 
 
-def _decode(fp: Path | io.BytesIO, name: str) -> Image.Image:
+def _decode(fp: Path | io.BytesIO, name: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode fully, as RGB; images over `max_pixels` are refused from their header, before decoding.
+
+    Images larger than MAX_SIDE on their longest side come back scaled down to it (aspect kept). JPEGs that
+    large are decoded at a reduced scale to begin with (libjpeg's DCT scaling, `draft`, never below MAX_SIDE),
+    so a huge photo costs a quarter of the memory or less while decoding; the pixel cap applies to the size
+    actually decoded.
+    """
     try:
         with Image.open(fp) as image:
+            width, height = image.size
+            if max(width, height) >= 2 * MAX_SIDE:  # draft is a no-op for formats other than JPEG
+                scale = MAX_SIDE / max(width, height)
+                image.draft("RGB", (round(width * scale), round(height * scale)))
+                width, height = image.size
+            if width * height > max_pixels:
+                raise MmtokError(
+                    f"'{name}' is {width} x {height} = {width * height / 1e6:.0f} Mpixel, over the "
+                    f"{max_pixels / 1e6:g} Mpixel limit; downscale it first"
+                )
             image.load()  # decode now: a truncated file fails here, not halfway through the model
-            return image.convert("RGB")
+            rgb = image.convert("RGB")
+        if max(rgb.size) > MAX_SIDE:
+            rgb.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.BICUBIC)
+        return rgb
+    except MmtokError:
+        raise
     except UnidentifiedImageError:
         raise MmtokError(f"'{name}' is not an image PIL can read (unknown or corrupt format)") from None
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise MmtokError(f"'{name}' could not be decoded as an image: {exc}") from None
+
+
+def check_output(path: str | Path, option: str, *, inputs: Iterable[str | Path] = ()) -> Path:
+    """An output file path checked before any model loads (every command's outputs go through here).
+
+    Refused, as one-line usage errors: a folder, a missing or unwritable folder, an existing file that cannot be
+    written, and the same file as one of `inputs` (by inode, so links and other
+    spellings count too; no flag overrides that: writing it would destroy the input).
+    """
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise UsageError(f"{option} '{path}' is a folder; give a file name inside it")
+    folder = target.parent
+    if not folder.is_dir():
+        raise UsageError(f"the folder of {option} '{path}' does not exist (no folder {folder})")
+    if not os.access(folder, os.W_OK | os.X_OK) or target.exists() and not os.access(target, os.W_OK):
+        raise UsageError(f"{option} '{path}' cannot be written (permission denied)")
+    for source in inputs:
+        source = Path(source).expanduser()
+        if target.exists() and source.exists() and os.path.samefile(source, target):
+            raise UsageError(f"{option} '{path}' is the input file {source}; writing it would destroy the input")
+    return target
 
 
 @dataclass
@@ -108,6 +201,8 @@ class Item:
     extra: dict[str, Any] = field(default_factory=dict)
     """Unknown input keys, carried through to the output record."""
     error: str | None = None
+    picture: Image.Image | None = None
+    """The image itself, already decoded (lmms-eval hands over PIL images); `image` then only names it."""
 
 
 def _positive_int(value: Any, name: str) -> int:
@@ -116,9 +211,15 @@ def _positive_int(value: Any, name: str) -> int:
     return value
 
 
-def parse_line(text: str, line: int, default_question: str | None = None) -> Item:
-    """One JSONL line -> Item; a line that cannot be used becomes an Item with `error` set."""
+def parse_line(
+    text: str, line: int, default_question: str | None = None, *, rename: dict[str, str] | None = None
+) -> Item:
+    """One JSONL line -> Item; a line that cannot be used becomes an Item with `error` set.
+
+    `rename` maps another format's keys onto ours (POPE's text/label/question_id), before anything is read."""
     item = Item(line=line, id=line)
+    if line == 1:
+        text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark, as Windows tools write
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -129,6 +230,8 @@ def parse_line(text: str, line: int, default_question: str | None = None) -> Ite
     if not isinstance(data, dict):
         item.error = f"line {line}: expected a JSON object, got {type(data).__name__}"
         return item
+    if rename:
+        data = {rename.get(k, k): v for k, v in data.items()}
     item.id = data.get("id", line)
     item.extra = {k: v for k, v in data.items() if k not in ("image", "question", *_OPTIONAL_KEYS)}
     image, question = data.get("image"), data.get("question", default_question)
@@ -167,26 +270,102 @@ def folder_items(folder: Path, question: str) -> tuple[list[Item], list[str]]:
     return [Item(line=i, id=p.name, image=p.name, question=question) for i, p in enumerate(images, 1)], skipped
 
 
+class InputPlan:
+    """What a batch run reads: items (after --resume), how many, and where relative images live."""
+
+    def __init__(self, make_items: Callable[[], Any], total: int | None, base: Path, skipped: int,
+                 done: Counter[str], notes: list[str]) -> None:
+        self._make_items, self.total, self.base, self.skipped, self.done, self.notes = (
+            make_items, total, base, skipped, done, notes)
+
+    def items(self, warn: Callable[[str], None] = lambda message: None) -> Iterator[Item]:
+        """The items still to answer: an id's first `done[id]` lines were answered by an earlier run.
+        `warn` hears once that the input repeats an id."""
+        seen: Counter[str] = Counter()
+        warned = False
+        for item in self._make_items():
+            key = id_key(item.id)
+            seen[key] += 1
+            if seen[key] == 2 and not warned:
+                warn(f"id {key} appears more than once in the input; each line still gets its record "
+                     "(--resume counts them in input order)")
+                warned = True
+            if seen[key] <= self.done[key]:
+                continue
+            yield item
+
+
+def plan_inputs(
+    source: str, out: str, question: str | None, *, resume: bool, overwrite: bool, retry_errors: bool = False
+) -> InputPlan:
+    """What a batch run reads and where it writes, checked before the model loads, so mistakes cost milliseconds."""
+    if question is not None and not question.strip():
+        raise UsageError("--question is empty")
+    if out == "-":
+        if resume:
+            raise UsageError("--resume needs --out FILE (it reads the ids already written there)")
+    else:
+        target = check_output(out, "--out", inputs=[] if source == "-" else [source])
+        if target.exists() and target.stat().st_size and not (resume or overwrite):
+            raise UsageError(f"'{out}' already exists; pass --resume to continue it or --overwrite to replace it")
+    done = done_ids(Path(out), retry_errors=retry_errors) if resume else Counter()
+    notes: list[str] = []
+    if source == "-":
+        if sys.stdin.isatty():
+            raise UsageError("INPUT is '-' but nothing is piped in; pipe JSONL lines into mmtok batch -")
+        return InputPlan(lambda: read_jsonl(sys.stdin, question), None, Path.cwd(), done.total(), done, notes)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if question is None:
+            raise UsageError(f"'{source}' is a folder: give the question for its images with --question")
+        items, skipped = folder_items(path, question)
+        if not items:
+            raise UsageError(f"no images in '{source}' (looked for {', '.join(IMAGE_SUFFIXES)})")
+        if skipped:
+            notes.append(f"skipped {len(skipped)} file(s) that are not images: {', '.join(skipped[:5])}"
+                         + (" …" if len(skipped) > 5 else ""))
+        left = sum(1 for it in items if not done[id_key(it.id)])
+        return InputPlan(lambda: iter(items), len(items), path, len(items) - left, done, notes)
+    if not path.is_file():
+        raise UsageError(f"INPUT '{source}' not found (expected a JSONL file, a folder of images or '-')")
+    try:
+        with path.open("rb") as fp:
+            total = sum(1 for _ in fp)
+    except OSError as exc:
+        raise UsageError(f"cannot read '{source}': {exc.strerror or exc}") from None
+
+    def lines() -> Any:
+        with path.open(encoding="utf-8", errors="replace") as fp:
+            yield from read_jsonl(fp, question)
+
+    skipped = done.total() if resume else 0
+    return InputPlan(lines, total, path.parent, min(skipped, total), done, notes)
+
+
 def id_key(value: Any) -> str:
     """Ids compare by JSON value, so 7 and "7" stay different."""
     return json.dumps(value, sort_keys=True)
 
 
-def done_ids(path: Path, *, retry_errors: bool = False) -> set[str]:
-    """Ids already written to an output file. A torn last line (killed mid-write) is cut off.
+def done_ids(path: Path, *, retry_errors: bool = False) -> Counter[str]:
+    """How many records each id (`id_key`) already has in an output file. A torn last line (killed
+    mid-write) is cut off. Counts, not a set: an id that the input repeats is done once per record, so
+    resuming skips exactly as many of its lines as were answered.
 
     With `retry_errors`, records that carry an error are removed from the file (rewritten
-    atomically) and their ids are not returned, so those items run again and are appended.
+    atomically) and not counted, so those items run again and are appended. An id with several records
+    keeps its error records: which of its lines failed cannot be told from the records, and guessing wrong
+    would lose one.
     """
+    ids: Counter[str] = Counter()
     if not path.exists():
-        return set()
-    ids: set[str] = set()
-    kept: list[bytes] = []
+        return ids
     with path.open("rb+") as fp:
         data = fp.read()
         complete = data.rfind(b"\n") + 1
         if complete < len(data):
             fp.truncate(complete)
+    records: list[tuple[bytes, str, bool]] = []
     for number, raw in enumerate(data[:complete].splitlines(), start=1):
         if not raw.strip():
             continue
@@ -196,13 +375,13 @@ def done_ids(path: Path, *, retry_errors: bool = False) -> set[str]:
             raise UsageError(f"cannot resume: line {number} of {path} is not a JSON record") from None
         if not isinstance(rec, dict) or "id" not in rec:
             raise UsageError(f"cannot resume: line {number} of {path} is not an mmtok record (no 'id')")
-        if retry_errors and rec.get("error") is not None:
-            continue
-        ids.add(id_key(rec["id"]))
-        kept.append(raw)
-    if retry_errors and len(kept) < len(data[:complete].splitlines()):
+        records.append((raw, id_key(rec["id"]), rec.get("error") is not None))
+    per_id = Counter(key for _, key, _ in records)
+    kept = [(raw, key) for raw, key, failed in records if not (retry_errors and failed and per_id[key] == 1)]
+    ids.update(key for _, key in kept)
+    if retry_errors and len(kept) < len(records):
         temporary = path.with_name(path.name + ".mmtok-tmp")
-        temporary.write_bytes(b"".join(line + b"\n" for line in kept))
+        temporary.write_bytes(b"".join(raw + b"\n" for raw, _ in kept))
         os.replace(temporary, path)  # atomic: a crash leaves the old file or the new one, never half
     return ids
 

@@ -115,11 +115,57 @@ def _llava_processor(config: Any, path: Path) -> Any:
     return tokenizer
 
 
+def _gemma3_processor(config: Any, path: Path) -> Any:
+    from transformers import Gemma3ImageProcessorPil, Gemma3Processor
+
+    from .tiny import GEMMA3_CHAT_TEMPLATE, GEMMA3_IMAGE_TOKENS, build_tokenizer
+
+    tokenizer = build_tokenizer(gemma=True)
+    for name, token in GEMMA3_IMAGE_TOKENS.items():  # boi_token -> config.boi_token_id, ...
+        setattr(config, f"{name}_id", tokenizer.convert_tokens_to_ids(token))
+    side = config.vision_config.image_size
+    image_processor = Gemma3ImageProcessorPil(size={"height": side, "width": side}, image_mean=[0.5] * 3,
+                                              image_std=[0.5] * 3)
+    Gemma3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_length=config.mm_tokens_per_image,
+                    chat_template=GEMMA3_CHAT_TEMPLATE).save_pretrained(path)
+    return tokenizer
+
+
+def _internvl_processor(config: Any, path: Path) -> Any:
+    from .tiny import INTERNVL_TOKENS, build_tokenizer, save_internvl_processor
+
+    tokenizer = build_tokenizer(qwen=True, extra_specials=INTERNVL_TOKENS)
+    config.image_token_id = tokenizer.context_image_token_id
+    save_internvl_processor(path, tokenizer, tile=config.vision_config.image_size[0],
+                            per_tile=config.image_seq_length)
+    return tokenizer
+
+
+def _onevision_processor(config: Any, path: Path) -> Any:
+    from transformers import LlavaOnevisionImageProcessorPil
+
+    from .tiny import ONEVISION_PLACEHOLDERS, build_tokenizer, save_onevision_processor
+
+    tokenizer = build_tokenizer(qwen=True, extra_specials=ONEVISION_PLACEHOLDERS)
+    config.image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    config.video_token_id = tokenizer.convert_tokens_to_ids("<video>")
+    side = config.vision_config.image_size
+    image_processor = LlavaOnevisionImageProcessorPil(
+        size={"height": side, "width": side}, image_grid_pinpoints=config.image_grid_pinpoints
+    )
+    save_onevision_processor(path, image_processor, tokenizer, config)
+    return tokenizer
+
+
 ARCH_PROCESSORS: dict[str, Callable[[Any, Path], Any]] = {
     "llava": _llava_processor,
     "llava_next": _llava_processor,
     "qwen2_5_vl": _qwen_vl_processor,
     "qwen3_vl": _qwen_vl_processor,
+    "qwen3_5": _qwen_vl_processor,
+    "gemma3": _gemma3_processor,
+    "internvl": _internvl_processor,
+    "llava_onevision": _onevision_processor,
 }
 """Per `model_type`: writes the family's real image processor at the real resolution, with the offline
 tokenizer from `tiny.py`, to a folder; points the config's special-token ids at that tokenizer; returns it."""

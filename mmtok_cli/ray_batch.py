@@ -54,8 +54,8 @@ class _Worker:
         self, model: str, device: str, dtype: str, options: dict[str, Any], base: str, agent_model: str | None = None
     ) -> None:
         from .batch import BatchRunner
-        from .quiet import quiet_libraries
         from .engine import Engine
+        from .quiet import quiet_libraries
 
         quiet_libraries()  # a worker's stderr reaches the driver's terminal: the same quiet as the CLI
         self.runner, self.error = None, None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,13 +54,11 @@ def parse_methods(text: str) -> list[str]:
     return methods
 
 
-def check_picture_path(path: str | Path, option: str) -> Path:
-    """Reject an output picture path before the model loads: its folder must exist, its suffix be an image format."""
-    target = Path(path).expanduser()
-    if target.is_dir():
-        raise UsageError(f"{option} '{path}' is a folder; give a file name such as {Path(path) / 'kept.png'}")
-    if not target.parent.exists():
-        raise UsageError(f"the folder of {option} '{path}' does not exist")
+def check_picture_path(path: str | Path, option: str, inputs: Iterable[str | Path] = ()) -> Path:
+    """Reject an output picture path before the model loads (io.check_output), with an image format's suffix."""
+    from .io import check_output
+
+    target = check_output(path, option, inputs=inputs)
     if target.suffix.lower() not in Image.registered_extensions():
         raise UsageError(f"{option} '{path}' needs an image suffix such as .png or .jpg")
     return target

@@ -37,6 +37,7 @@ SHAPES = ("circle", "square", "triangle")
 COLOURS = {"red": (220, 40, 40), "green": (40, 160, 60), "blue": (40, 80, 220), "yellow": (235, 200, 30)}
 HALF_SIZES = {"small": 22, "large": 46}  # half the object's width in pixels; a cell is 112 px
 BACKGROUND = (245, 245, 245)
+POPE_SETTINGS = ("random", "popular", "adversarial")
 SHORT = " Answer the question using a single word or phrase."
 """LLaVA's instruction for short answers (the question-token filter drops it, see text.py)."""
 
@@ -136,8 +137,21 @@ def questions(scenes: list[Scene], seed: int) -> list[dict[str, Any]]:
     return out
 
 
+def write_pope_files(folder: Path, records: list[dict[str, Any]]) -> None:
+    """The existence questions as POPE's official files (OUT/pope_random.json, ...): one JSON object a line with
+    question_id, image (a bare file name in OUT/images, as POPE names COCO files), text and label."""
+    for setting in POPE_SETTINGS:
+        mine = [r for r in records if r["type"] == f"pope-{setting}"]
+        with (folder / f"pope_{setting}.json").open("w", encoding="utf-8", newline="\n") as fp:
+            for number, r in enumerate(mine, start=1):
+                line = {"question_id": number, "image": Path(r["image"]).name, "text": r["question"],
+                        "label": r["answer"]}
+                fp.write(json.dumps(line) + "\n")
+
+
 def generate(out: str | Path, n: int, seed: int = 0) -> list[Scene]:
-    """Write `n` scenes as PNGs under OUT/images/ and their questions to OUT/questions.jsonl.
+    """Write `n` scenes as PNGs under OUT/images/, their questions to OUT/questions.jsonl and the existence
+    questions again in POPE's own format (`write_pope_files`).
 
     Returns the scene descriptions (what the answers are derived from).
     """
@@ -151,8 +165,10 @@ def generate(out: str | Path, n: int, seed: int = 0) -> list[Scene]:
     for scene in scenes:
         draw(scene).save(folder / scene.image, format="PNG")
     with (folder / "questions.jsonl").open("w", encoding="utf-8", newline="\n") as fp:
-        for rec in questions(scenes, seed):
+        records = questions(scenes, seed)
+        for rec in records:
             fp.write(json.dumps(rec) + "\n")
+    write_pope_files(folder, records)
     (folder / "scenes.json").write_text(
         json.dumps([{"image": s.image, "objects": [asdict(o) for o in s.objects]} for s in scenes]) + "\n",
         encoding="utf-8",

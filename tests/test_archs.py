@@ -15,7 +15,15 @@ PUBLISHED = {
     "qwen2.5-vl-3b": 3.75,
     "qwen2.5-vl-7b": 8.29,
     "qwen3-vl-8b": 8.77,
+    # 12,187,325,040 on meta; its LLM part differs from Keras-Hub's gemma3_12b_text preset (11,765,788,416)
+    # by exactly the 64 extra rows of the vision checkpoint's 262,208-token vocabulary (64 x 3840)
+    "gemma-3-12b": 12.19,
+    "llava-onevision-qwen2-7b": 8.03,
 }
+# Qwen3.5-9B's safetensors hold 9.653B parameters, 0.243B of them the multi-token-prediction head (mtp.*: one
+# full-attention decoder layer, its 2h -> h input projection and norms) that transformers does not build.
+PUBLISHED["qwen3.5-9b"] = 9.41
+PUBLISHED["internvl3-8b"] = 7.94
 
 
 @pytest.mark.parametrize("name", list(PUBLISHED))
@@ -51,6 +59,37 @@ def test_cpu_small_has_real_widths_and_few_layers():
     assert (small.vision_config.num_hidden_layers, small.text_config.num_hidden_layers) == (2, 2)
 
 
+def test_cpu_small_gemma3_has_real_widths_and_one_layer_of_each_attention():
+    small, real = build_config("cpu-small-gemma3"), build_config("gemma-3-12b")
+    for part in ("vision_config", "text_config"):
+        a, b = getattr(small, part), getattr(real, part)
+        assert (a.hidden_size, a.intermediate_size, a.num_attention_heads) == (
+            b.hidden_size, b.intermediate_size, b.num_attention_heads)
+    assert (small.text_config.vocab_size, small.mm_tokens_per_image) == (real.text_config.vocab_size, 256)
+    assert (small.vision_config.num_hidden_layers, small.text_config.num_hidden_layers) == (2, 2)
+    assert small.text_config.layer_types == ["sliding_attention", "full_attention"]
+
+
 def test_unknown_architecture():
     with pytest.raises(KeyError, match="known: llava-1.5-7b"):
         build_config("llava-v9")
+
+
+def test_cpu_small_qwen35_has_real_widths_and_both_layer_kinds():
+    small, real = build_config("cpu-small-qwen3.5"), build_config("qwen3.5-9b")
+    keys = ("hidden_size", "intermediate_size", "num_attention_heads", "head_dim", "vocab_size",
+            "linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim", "linear_value_head_dim")
+    assert all(getattr(small.text_config, k) == getattr(real.text_config, k) for k in keys)
+    assert small.vision_config.to_dict() == {**real.vision_config.to_dict(), "depth": 2}
+    assert small.text_config.layer_types == ["linear_attention", "full_attention"]
+    assert real.text_config.layer_types == (["linear_attention"] * 3 + ["full_attention"]) * 8
+
+
+def test_cpu_small_onevision_has_real_widths_and_few_layers():
+    small, real = build_config("cpu-small-onevision"), build_config("llava-onevision-qwen2-7b")
+    for part in ("vision_config", "text_config"):
+        a, b = getattr(small, part), getattr(real, part)
+        assert (a.hidden_size, a.intermediate_size, a.num_attention_heads) == (
+            b.hidden_size, b.intermediate_size, b.num_attention_heads)
+    assert small.image_grid_pinpoints == real.image_grid_pinpoints and small.text_config.vocab_size == 152128
+    assert (small.vision_config.num_hidden_layers, small.text_config.num_hidden_layers) == (2, 2)

@@ -9,12 +9,15 @@ from mmtok_cli.cli import app
 from mmtok_cli.errors import MmtokError
 from mmtok_cli.models import ADAPTERS, adapter_class
 
-FAMILIES = {"llava": 0.02, "llava-next": 0.02, "qwen2.5-vl": 0.01, "qwen3-vl": 0.01}
+FAMILIES = {"llava": 0.02, "llava-next": 0.02, "qwen2.5-vl": 0.01, "qwen3-vl": 0.01, "qwen3.5": 0.01,
+            "qwen3.5-moe": 0.01, "gemma3": 0.02, "internvl": 0.02, "llava-onevision": 0.02}
 
 
 @pytest.mark.parametrize(
     "model_type,family",
-    [("llava", "llava"), ("llava_next", "llava-next"), ("qwen2_5_vl", "qwen2.5-vl"), ("qwen3_vl", "qwen3-vl")],
+    [("llava", "llava"), ("llava_next", "llava-next"), ("qwen2_5_vl", "qwen2.5-vl"), ("qwen3_vl", "qwen3-vl"),
+     ("qwen3_5", "qwen3.5"), ("qwen3_5_moe", "qwen3.5-moe"), ("gemma3", "gemma3"), ("internvl", "internvl"),
+     ("llava_onevision", "llava-onevision")],
 )
 def test_family_from_config_model_type(model_type, family):
     assert adapter_class(model_type).family == family

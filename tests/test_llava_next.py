@@ -76,19 +76,22 @@ def test_unpruned_batch_equals_plain_generate(next_engine, plain, method, k):
         assert answer.prompt_pruned == answer.prompt_unpruned == int(inputs["attention_mask"][row].sum())
 
 
-def _views_by_hand(model, inputs, image_size):
+def _views_by_hand(model, inputs, image_size, select=lambda hidden: hidden[-2][:, 1:], resample=None):
     """Per image token: V, U and the view it comes from, in the model's packed order without row newlines.
 
     The packing is written out here: base view first, then the crops stitched into one grid, the
     rows/columns that only hold the processor's padding cut off (symmetrically), then row-major.
+    `select`: U from the vision tower's hidden states (here: penultimate layer, CLS dropped); `resample`: what
+    the model does to the unpadded (rows, cols, c) crop grid before flattening it (LLaVA-OneVision), if anything.
+    A resampled token's view is the one that gave it the largest weight.
     """
     config = model.config
     grid_h, grid_w = get_anyres_image_grid_shape(image_size, config.image_grid_pinpoints, 56)
     views = 1 + grid_h * grid_w
     hidden = model.model.vision_tower(inputs["pixel_values"][0, :views], output_hidden_states=True).hidden_states
-    U = hidden[-2][:, 1:]  # (views, 16, e): penultimate layer, CLS dropped
+    U = select(hidden)  # (views, 16, e)
     V = model.model.multi_modal_projector(U)
-    view_id = torch.arange(views)[:, None].expand(views, SIDE * SIDE)
+    view_weight = torch.eye(views)[:, None].expand(views, SIDE * SIDE, views)
 
     def stitch(x):  # crops (grid_h*grid_w, 16, ...) -> (grid_h*4, grid_w*4, ...)
         x = x[1:].reshape(grid_h, grid_w, SIDE, SIDE, *x.shape[2:])
@@ -102,12 +105,18 @@ def _views_by_hand(model, inputs, image_size):
     else:
         pad = (cols - int(round(width * rows / height, 7))) // 2
         cut = (slice(None), slice(pad, cols - pad))
-    packed = {}
-    for name, x in (("V", V), ("U", U), ("view", view_id)):
+
+    def crops(x):
         grid = stitch(x)[cut]
+        return grid if resample is None else resample(grid)
+
+    packed = {}
+    for name, x in (("V", V), ("U", U), ("view", view_weight)):
+        grid = crops(x)
         packed[name] = torch.cat([x[0], grid.reshape(-1, *grid.shape[2:])])
+    packed["view"] = packed["view"].argmax(-1)
     # with newlines, as the model feeds it unpruned: each grid row followed by the learned newline
-    grid = stitch(V)[cut]
+    grid = crops(V)
     newline = model.model.image_newline.expand(grid.shape[0], 1, -1)
     packed["with_newlines"] = torch.cat([V[0], torch.cat([grid, newline], 1).reshape(-1, V.shape[-1])])
     return packed
@@ -119,22 +128,30 @@ def test_pruned_run_equals_hand_built_reference(next_engine, plain, size, k, mod
     model, processor = plain
     image = noise_image(3, size)
     inputs = _inputs(processor, [image], [QUESTION])
+    check_pruned_against_reference(next_engine, model, processor.tokenizer, inputs, image, k, mode)
+
+
+def check_pruned_against_reference(engine, model, tokenizer, inputs, image, k, mode, **by_hand):
+    """`engine.ask` on one image at budget k under view budget `mode` equals greedy MMTok on the hand-packed V, U
+    (per view for "total" and "per-view") fed to plain `generate` through `inputs_embeds`; `by_hand` goes to
+    `_views_by_hand`."""
+    size = tuple(inputs["image_sizes"][0].tolist())
     with torch.no_grad():
-        hand = _views_by_hand(model, inputs, (size[1], size[0]))
+        hand = _views_by_hand(model, inputs, size, **by_hand)
         got = model.get_image_features(inputs["pixel_values"], inputs["image_sizes"]).pooler_output[0]
         torch.testing.assert_close(hand["with_newlines"], got)  # the hand-written layout is the model's
         embed = model.get_input_embeddings()
-        T = embed(torch.tensor(processor.tokenizer(WORDS, is_split_into_words=True, add_special_tokens=False)[
-            "input_ids"]))
+        T = embed(torch.tensor(tokenizer(WORDS, is_split_into_words=True, add_special_tokens=False)["input_ids"]))
         V, U, view = hand["V"], hand["U"], hand["view"]
         if mode == "global":
             kept = reference.mmtok_indices(V, U, T, k)
         else:
             members = [(view == v).nonzero().flatten() for v in range(int(view.max()) + 1)]
             n_views = len(members)
-            shares = [k // n_views + (i < k % n_views) for i in range(n_views)]  # all views are larger here
+            shares = [k // n_views + (i < k % n_views) for i in range(n_views)]
             if mode == "per-view":  # k for every view (the MMTok and DivPrune authors' LLaVA-NeXT code)
                 shares = [k] * n_views
+            assert all(len(m) >= s for m, s in zip(members, shares))  # every view can take its share
             kept = sorted(int(m[j]) for m, s in zip(members, shares) for j in reference.mmtok_indices(V[m], U[m], T, s))
         ids = inputs["input_ids"][0]
         run = (ids == model.config.image_token_id).nonzero().flatten()
@@ -144,7 +161,7 @@ def test_pruned_run_equals_hand_built_reference(next_engine, plain, size, k, mod
                              max_new_tokens=NEW, do_sample=False)
     expected = _until_eos(out[0].tolist(), model.generation_config.eos_token_id)
 
-    answer = next_engine.ask(image, QUESTION, tokens=k, max_new_tokens=NEW, budget=mode)
+    answer = engine.ask(image, QUESTION, tokens=k, max_new_tokens=NEW, budget=mode)
     assert answer.conventions["budget"] == mode
     assert answer.vision_kept == len(kept)  # per-view: k for each view, so more than k in all
     assert answer.vision_total == len(V)

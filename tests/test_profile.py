@@ -101,7 +101,14 @@ PRESET_TOKENS = {
     # LLaVA-NeXT: the base view, a 2x2 grid of crops, and one newline per row of the 48-token-wide grid
     "llava-v1.6-vicuna-7b": 576 + 4 * 576 + 48, "llava-v1.6-vicuna-13b": 576 + 4 * 576 + 48,
     "qwen2.5-vl-3b": 24 * 24, "qwen2.5-vl-7b": 24 * 24, "qwen3-vl-8b": 21 * 21,
+    "gemma-3-12b": 256, "cpu-small-gemma3": 256,  # 64 x 64 SigLIP patches pooled to 16 x 16, at any image size
 }
+PRESET_TOKENS |= {"qwen3.5-9b": 21 * 21, "cpu-small-qwen3.5": 21 * 21}  # patch 16, 2x2 merge, as Qwen3-VL
+# InternVL3: the square 672-px image is a 2x2 grid of 448-px tiles plus the thumbnail, 256 tokens each
+PRESET_TOKENS.update({"internvl3-8b": 5 * 256, "cpu-small-internvl": 5 * 256})
+# LLaVA-OneVision: the base view (27 x 27 SigLIP patches), a 2x2 grid of 384-px crops (54 x 54 tokens, fewer than
+# 9 views' worth, so not shrunk) and one newline per row
+PRESET_TOKENS.update({name: 729 + 54 * 54 + 54 for name in ("llava-onevision-qwen2-7b", "cpu-small-onevision")})
 
 
 @pytest.mark.parametrize("name", list(ARCHS))

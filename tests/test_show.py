@@ -22,7 +22,13 @@ from mmtok_cli.models.regions import area
 def engines(tmp_path_factory, engine):
     """Tiny engines of each family and preprocessing, by name."""
     from mmtok_cli.engine import Engine
-    from mmtok_cli.tiny import build_tiny_llava, build_tiny_llava_next, build_tiny_qwen_vl
+    from mmtok_cli.tiny import (
+        build_tiny_internvl,
+        build_tiny_llava,
+        build_tiny_llava_next,
+        build_tiny_llava_onevision,
+        build_tiny_qwen_vl,
+    )
 
     root = tmp_path_factory.mktemp("show-models")
     paths = {
@@ -30,6 +36,10 @@ def engines(tmp_path_factory, engine):
         "llava-next": build_tiny_llava_next(root / "next"),
         "qwen2.5-vl": build_tiny_qwen_vl(root / "qwen25", version="2.5"),
         "qwen3-vl": build_tiny_qwen_vl(root / "qwen3", version="3"),
+        "internvl": build_tiny_internvl(root / "internvl"),
+        "llava-onevision": build_tiny_llava_onevision(root / "onevision"),
+        # every multi-crop grid shrunk: crop tokens blend neighbouring patches
+        "llava-onevision-shrunk": build_tiny_llava_onevision(root / "shrunk", vision_aspect_ratio="anyres_max_1"),
     }
     return {"llava": engine, **{name: Engine(str(p), device="cpu", dtype="float32") for name, p in paths.items()}}
 
@@ -57,20 +67,34 @@ def patch_centres(engine, prepared: Prepared) -> torch.Tensor:
         rows = inputs["pixel_values"].view(-1, merge * merge, 3, ip.temporal_patch_size, patch, patch)
         return _unnormalize(rows.transpose(2, 3), ip).mean((1, 2, 4, 5))[:, :2]
     vc = adapter.model.config.vision_config
-    side = vc.image_size // vc.patch_size
-    views = _unnormalize(inputs["pixel_values"].view(-1, 3, vc.image_size, vc.image_size), ip)
-    cells = views[:, :2].reshape(-1, 2, side, vc.patch_size, side, vc.patch_size).mean((3, 5))
+    # InternVL's config keeps (height, width) pairs; the tiny ones are square
+    size, patch = (v[0] if isinstance(v, (list, tuple)) else v for v in (vc.image_size, vc.patch_size))
+    side = size // patch
+    views = _unnormalize(inputs["pixel_values"].view(-1, 3, size, size), ip)
+    cells = views[:, :2].reshape(-1, 2, side, patch, side, patch).mean((3, 5))
     cells = cells.flatten(2).transpose(1, 2)  # (views, side * side, 2), row-major per view
     if adapter.family == "llava":
         return cells[0]
-    # LLaVA-NeXT: the model's own packing of the views, newlines (NaN) dropped
-    packed, _ = adapter.model.model.pack_image_features(
-        [cells[: len(cells)]], inputs["image_sizes"], "default", image_newline=torch.full((2,), float("nan"))
-    )
+    if adapter.family == "internvl":  # each token holds a 2x2 block of patches (the model's pixel shuffle)
+        blocks = adapter.model.model.pixel_shuffle(cells.reshape(len(cells), side, side, 2).contiguous(), 0.5)
+        return blocks.reshape(-1, 4, 2).mean(1)  # views in order: tiles, then the thumbnail
+    # LLaVA-NeXT / -OneVision: the model's own packing of the views (OneVision's shrink blends the patches' mean
+    # colours as it blends their features), newlines (NaN) dropped
+    newline = torch.full((2,), float("nan"))
+    if adapter.family == "llava-onevision":
+        packed, _ = adapter.model.model.pack_image_features(
+            [cells], inputs["image_sizes"], image_newline=newline,
+            vision_aspect_ratio=adapter.model.config.vision_aspect_ratio,
+        )
+    else:
+        packed, _ = adapter.model.model.pack_image_features(
+            [cells[: len(cells)]], inputs["image_sizes"], "default", image_newline=newline
+        )
     return packed[0][~packed[0].isnan().any(-1)]
 
 
-@pytest.mark.parametrize("family", ["llava", "llava-pad", "llava-next", "qwen2.5-vl", "qwen3-vl"])
+@pytest.mark.parametrize("family", ["llava", "llava-pad", "llava-next", "qwen2.5-vl", "qwen3-vl", "internvl",
+                                    "llava-onevision", "llava-onevision-shrunk"])
 @pytest.mark.parametrize("size", [(200, 120), (90, 200), (170, 120)])
 def test_every_token_region_holds_the_pixels_the_processor_gave_it(engines, family, size):
     engine = engines[family]
@@ -148,6 +172,54 @@ def test_llava_next_unpadding_drops_padding_columns(engines):
     base = [pytest.approx((20 * c, 14 * r, 20 * c + 20, 14 * r + 14)) for r in range(4) for c in range(4)]
     crops = [(max(14 * c - 16, 0), 14 * r, min(14 * c - 2, 80), 14 * r + 14) for r in range(4) for c in range(1, 7)]
     assert regions.boxes == base + crops
+
+
+def test_llava_onevision_shrunk_crop_grid_tokens_cover_their_cells(engines):
+    """anyres_max_1: a 112x112 image's 8x8 crop grid is shrunk to 4x4, so each crop token covers 2x2 patches."""
+    adapter = engines["llava-onevision-shrunk"].adapter
+    regions = adapter.token_regions(engines["llava-onevision-shrunk"].prepare([Image.new("RGB", (112, 112))], ["q"]), 0)
+    cells = [pytest.approx((28 * c, 28 * r, 28 * c + 28, 28 * r + 28)) for r in range(4) for c in range(4)]
+    assert regions.boxes == cells + cells  # the base view squashed to 56 px: also 28-px cells
+    assert regions.panel == [0] * 16 + [1] * 16
+
+
+@pytest.fixture(scope="module")
+def onevision_7b(engines):
+    """The real LLaVA-OneVision-7B geometry (meta-device model: config only) with its real image processor."""
+    from transformers import LlavaOnevisionImageProcessorPil
+
+    from mmtok_cli.archs import build_config
+    from mmtok_cli.models.llava_onevision import LlavaOnevisionAdapter
+
+    with torch.device("meta"):
+        model = LlavaOnevisionAdapter.model_class()(build_config("llava-onevision-qwen2-7b"))
+    ip = LlavaOnevisionImageProcessorPil()  # 384-px views, grids of 1x1 to 6x6 views
+    adapter = _swap_image_processor(engines["llava-onevision"], ip)
+    return LlavaOnevisionAdapter(model, adapter.processor), ip
+
+
+def test_llava_onevision_7b_crops_skip_the_pixels_siglip_leaves_unused(onevision_7b):
+    """768x768: base view at half scale; 2x2 crops of 384 px, of which SigLIP's 27 patches of 14 px use 378."""
+    adapter, ip = onevision_7b
+    boxes = adapter.token_regions(_prepared(ip, 768, 768), 0).boxes
+    base = [(28 * c, 28 * r, 28 * c + 28, 28 * r + 28) for r in range(27) for c in range(27)]
+    edge = [384 * (t // 27) + 14 * (t % 27) for t in range(54)]
+    crops = [(edge[c], edge[r], edge[c] + 14, edge[r] + 14) for r in range(54) for c in range(54)]
+    assert boxes == base + crops
+
+
+def test_llava_onevision_7b_shrunk_tokens_span_crop_borders(onevision_7b):
+    """2304x2304: a 6x6 grid of crops is 162x162 patches, shrunk to 81x81 (anyres_max_9): a token covers 2x2
+    patches, and one straddling a crop border covers the last patch of one crop and the first of the next."""
+    adapter, ip = onevision_7b
+    boxes = adapter.token_regions(_prepared(ip, 2304, 2304), 0).boxes
+    assert len(boxes) == 27 * 27 + 81 * 81
+    crops = boxes[27 * 27 :]
+    assert crops[0] == (0, 0, 28, 28)
+    assert crops[81 * 12 + 12] == (336, 336, 364, 364)
+    assert crops[81 * 13 + 13] == (364, 364, 398, 398)  # patch 26 of crop 0 to patch 0 of crop 1 (378-384 unused)
+    assert crops[81 * 14 + 14] == (398, 398, 426, 426)
+    assert crops[-1] == (2270, 2270, 2298, 2298)
 
 
 @pytest.mark.parametrize("family,size,cell", [("qwen2.5-vl", (112, 56), 28), ("qwen2.5-vl", (100, 50), 25),

@@ -246,6 +246,22 @@ def drop_placeholders(
     return new_ids, new_mask
 
 
+def placeholder_stays(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, token_id: int, kept: list[torch.Tensor], counts: list[int]
+) -> torch.Tensor:
+    """(B, L) bool: the positions that stay when each row keeps the `kept[row]` of its `counts[row]` placeholders.
+
+    Placeholders are numbered in sequence order across all of a row's `token_id` runs (e.g. one run per
+    view), so the kept ones stay in place: what `compact` needs where the dropped ones are not simply the last.
+    """
+    chosen = torch.zeros(len(counts), max(counts), dtype=torch.bool, device=input_ids.device)
+    for row, idx in enumerate(kept):
+        chosen[row, idx.to(input_ids.device)] = True
+    is_placeholder = input_ids == token_id
+    rank = (is_placeholder.long().cumsum(1) - 1).clamp(min=0, max=chosen.shape[1] - 1)
+    return attention_mask.bool() & (~is_placeholder | chosen.gather(1, rank))
+
+
 def compact(stays: torch.Tensor, *seqs: torch.Tensor, pad: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Keep the (B, L) `stays` positions of each row, left-padded to the longest row.
 

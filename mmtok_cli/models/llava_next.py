@@ -6,7 +6,7 @@ padding removed ("unpad"), each row followed by a learned row-newline token. The
 are the packed tokens without the newlines, in that order; `kept_indices` index them.
 
 `--tokens K` is the total per image. By default it is split evenly over the base view and the crops
-(the paper's 32 x 5 = 160), each part choosing its own tokens (views.py; `view_budget` chooses
+(the paper's 32 x 5 = 160), each part choosing its own tokens (views.py; `--budget` chooses
 another split). Row newlines are dropped when pruning; `k >= n` feeds the packed
 sequence unchanged, newlines included, i.e. exactly the unpruned model.
 """
@@ -18,14 +18,18 @@ from dataclasses import dataclass
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
+from transformers.image_processing_utils import select_best_resolution
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from ..baselines import ZipInputs
 from ..errors import MmtokError
 from ..selection import TAU_T_LLAVA
-from ..baselines import ZipInputs
 from .base import Adapter, Prepared, VisionTokens, drop_placeholders
 from .llava import ClipVisionTokens, clip_zip_inputs, hidden_states_to_keep, projector_input, read_layer
 from .regions import Box, Placement, TokenRegions, cell_box, clip, resize_and_crop, size_value
+
+_NEWLINE, _Y, _X, _VIEW = 0, 1, 2, 3
+"""Columns of `LlavaNextAdapter._probe`'s rows; the view weights start at `_VIEW`, then the features."""
 
 
 @dataclass
@@ -51,38 +55,33 @@ class LlavaNextAdapter(Adapter):
         return LlavaNextForConditionalGeneration
 
     def encode(self, prepared: Prepared) -> NextVisionTokens:
-        from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
-
-        config = self.model.config
         sizes = prepared.inputs["image_sizes"]
         out = self.model.get_image_features(
             pixel_values=prepared.inputs["pixel_values"], image_sizes=sizes, return_dict=True,
-            **hidden_states_to_keep(config),
+            **hidden_states_to_keep(self.model.config),
         )
         packed = list(out.pooler_output)
-        side = config.vision_config.image_size
-        crops = [image_size_to_num_patches(s, config.image_grid_pinpoints, side) for s in sizes]
-        features = projector_input(config, out.hidden_states)  # (all views, hw, e)
-        per_view = features.shape[1]
-        layouts = self._packed_sources(sizes, crops, per_view)
-        flat = features.reshape(-1, features.shape[-1])
-        vision, feats, parts, numbers = [], [], [], []
-        first_view = 0
-        for seq, source, n_views in zip(packed, layouts, crops):
-            token = source >= 0
-            number = source[token].long()
+        features = projector_input(self.model.config, out.hidden_states)  # (all views, hw, e)
+        views = self._views(sizes)
+        probes = self._probe(sizes, views, features.shape[1], features)
+        vision, feats, parts = [], [], []
+        for seq, probe in zip(packed, probes):
+            token = probe[:, _NEWLINE] < 0.5
             vision.append(seq[token])
-            feats.append(flat[number])
-            parts.append(number // per_view - first_view)
-            numbers.append(number)
-            first_view += n_views
+            feats.append(probe[token, _VIEW + max(views):].to(features.dtype))
+            # a token resampled from several views (LLaVA-OneVision) belongs to the one that weighs most
+            parts.append(probe[token, _VIEW : _VIEW + max(views)].argmax(-1))
         vision_t = pad_sequence(vision, batch_first=True)
         mask = pad_sequence([torch.ones(len(v), dtype=torch.bool, device=vision_t.device) for v in vision], True)
-        layer_input, layer_cls = read_layer(config, out.hidden_states) or (None, None)
+        zip_layer = read_layer(self.model.config, out.hidden_states)  # None where visionzip cannot run
+        layer_input, layer_cls = zip_layer or (None, None)
+        sources = None
+        if zip_layer is not None:
+            sources = pad_sequence(self._sources(sizes, views, features.shape[1]), batch_first=True, padding_value=-1)
         return NextVisionTokens(
             layer_input=layer_input,
             layer_cls=layer_cls,
-            sources=pad_sequence(numbers, batch_first=True, padding_value=-1),
+            sources=sources,
             vision=vision_t,
             features=pad_sequence(feats, batch_first=True),
             mask=mask,
@@ -95,21 +94,64 @@ class LlavaNextAdapter(Adapter):
         assert isinstance(tokens, NextVisionTokens)
         return clip_zip_inputs(self.model, tokens)
 
-    def _packed_sources(self, sizes: torch.Tensor, views: list[int], per_view: int) -> list[torch.Tensor]:
-        """Per image, where each position of its packed sequence comes from: view * per_view + position in
-        the view (views counted over the batch), or -1 for a row newline.
-
-        Packs a running number instead of features through the model's own packing, so the answer is
-        the model's, whatever its unpadding does.
-        """
+    def _sources(self, sizes: torch.Tensor, views: list[int], per_view: int) -> list[torch.Tensor]:
+        """Per image, each token's view (counted over the batch) * per_view + its patch in the view, in packed
+        order without newlines: running numbers (float64, so exact) through the model's own packing."""
         numbers = torch.arange(sum(views) * per_view, dtype=torch.float64, device=sizes.device)
-        layouts, _ = self.model.model.pack_image_features(
-            list(numbers.view(-1, per_view, 1).split(views)),
-            sizes,
-            vision_feature_select_strategy=self.model.config.vision_feature_select_strategy,
-            image_newline=torch.full((1,), -1.0, dtype=torch.float64, device=sizes.device),
+        newline = torch.full((1,), -1.0, dtype=torch.float64, device=sizes.device)
+        packed = self._pack(list(numbers.view(-1, per_view, 1).split(views)), sizes, newline)
+        return [p[p[:, 0] >= 0, 0].long() for p in packed]
+
+    def _views(self, sizes: torch.Tensor) -> list[int]:
+        """Views per image: the base view plus the crops of its any-resolution grid."""
+        from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+        config = self.model.config
+        return [image_size_to_num_patches(s, config.image_grid_pinpoints, config.vision_config.image_size) for s in sizes]
+
+    def _pack(self, views: list[torch.Tensor], sizes: torch.Tensor, newline: torch.Tensor) -> list[torch.Tensor]:
+        """The model's own packing of each image's (views, hw, c) rows, `newline` where it puts its row newlines."""
+        packed, _ = self.model.model.pack_image_features(
+            views, sizes, vision_feature_select_strategy=self.model.config.vision_feature_select_strategy,
+            image_newline=newline,
         )
-        return [layout[:, 0] for layout in layouts]
+        return packed
+
+    def _probe(
+        self, sizes: torch.Tensor, views: list[int], per_view: int, features: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        """Per image, where each position of its packed sequence comes from, as the model's own packing says.
+
+        Packs, instead of V, rows of [is a newline, y, x, one-hot view..., `features`...] (`_NEWLINE`, `_Y`, `_X`,
+        `_VIEW`): (y, x) is the patch centre in patches, in its view for the base view and in the stitched crop
+        grid for the crops. Unpadding only moves rows, so they come out exactly; where the packing resamples the
+        crop grid (LLaVA-OneVision), they come out resampled the same way as V: (y, x) then is the centre of the
+        grid cell the token stands for, the view weights say how much of it each view gave, and `features` (U)
+        line up one to one with V.
+        """
+        config = self.model.config
+        per_side = math.isqrt(per_view)
+        side = config.vision_config.image_size
+        dtype = torch.float32 if features is None else features.dtype
+        width = max(views)
+        grids = []
+        for n_views, size in zip(views, sizes.tolist()):
+            best_h, best_w = select_best_resolution(size, config.image_grid_pinpoints)
+            cols = best_w // side  # crops per grid row, in the processor's row-major order
+            view = torch.arange(n_views)[:, None].expand(n_views, per_view)
+            patch = torch.arange(per_view)[None].expand(n_views, per_view)
+            crop = (view - 1).clamp(min=0)
+            at_y = (patch // per_side + (view > 0) * (crop // cols) * per_side).to(dtype)
+            at_x = (patch % per_side + (view > 0) * (crop % cols) * per_side).to(dtype)
+            onehot = torch.nn.functional.one_hot(view, width).to(dtype)
+            grids.append(torch.cat([torch.zeros(n_views, per_view, 1, dtype=dtype), at_y[..., None] + 0.5,
+                                    at_x[..., None] + 0.5, onehot], -1).to(sizes.device))
+        probe = torch.cat(grids)
+        if features is not None:
+            probe = torch.cat([probe, features], -1)
+        newline = torch.zeros(probe.shape[-1], dtype=dtype, device=sizes.device)
+        newline[_NEWLINE] = 1
+        return self._pack(list(probe.split(views)), sizes, newline)
 
     def generation_inputs(self, prepared: Prepared, tokens: VisionTokens, kept: list[torch.Tensor] | None) -> dict:
         assert isinstance(tokens, NextVisionTokens)
@@ -136,10 +178,10 @@ class LlavaNextAdapter(Adapter):
         """Base-view tokens cover the whole image coarsely (panel "base"); crop tokens cover their part of the
         high-resolution grid, mapped back through the any-resolution resize and padding (panel "crops").
 
-        Which view and patch each packed token comes from is the model's own packing (unpadding included).
+        Where each packed token comes from is the model's own packing (unpadding and any resampling included, see
+        `_probe`); a resampled token covers its cell of the resampled grid.
         """
-        from transformers.image_processing_utils import select_best_resolution
-        from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+        from transformers.models.llava_next.modeling_llava_next import unpad_image
 
         config, ip = self.model.config, self.processor.image_processor
         vc = config.vision_config
@@ -147,8 +189,7 @@ class LlavaNextAdapter(Adapter):
         side, patch = vc.image_size, vc.patch_size
         per_side = side // patch
         sizes = prepared.inputs["image_sizes"][row : row + 1]
-        views = image_size_to_num_patches(sizes[0], config.image_grid_pinpoints, side)
-        source = self._packed_sources(sizes, [views], per_side * per_side)[0]
+        probe = self._probe(sizes, self._views(sizes), per_side * per_side)[0]
 
         # Base view: the whole image squashed to `size`, then the processor's per-view resize and crop.
         shortest = size_value(ip.size, "shortest_edge")
@@ -164,21 +205,38 @@ class LlavaNextAdapter(Adapter):
         if base_px != (side, side) or crop_px != (side, side):
             raise MmtokError(f"cannot map vision tokens to the image: views of {base_px} and {crop_px} pixels "
                              f"for a {side}-pixel vision tower")
+        # Size of a token's cell in patches: 1, or more where the model resampled the unpadded crop grid.
+        newline = probe[:, _NEWLINE] > 0.5
+        out_h = int(newline[per_side * per_side :].sum())
+        out_w = (len(probe) - per_side * per_side - out_h) // max(out_h, 1)
+        stitched = torch.empty(1, best_h // side * per_side, best_w // side * per_side)
+        in_h, in_w = unpad_image(stitched, sizes[0]).shape[1:]
+        cell_h, cell_w = (in_h / out_h, in_w / out_w) if out_h else (1.0, 1.0)
 
         boxes: list[Box] = []
         panel: list[int] = []
-        for number in source[source >= 0].long().tolist():
-            view, position = divmod(number, per_side * per_side)
-            cell = cell_box(*divmod(position, per_side), patch, patch)
+        for y, x, view in zip(probe[~newline, _Y].tolist(), probe[~newline, _X].tolist(),
+                              probe[~newline, _VIEW:].argmax(-1).tolist()):
             if view == 0:
-                box = base.to_original(cell)
+                box = base.to_original(cell_box(y - 0.5, x - 0.5, patch, patch))
             else:
-                x0, y0, x1, y1 = in_crop.to_original(cell)
-                top, left = (d * crop for d in divmod(view - 1, best_w // crop))
-                box = grid.to_original((x0 + left, y0 + top, x1 + left, y1 + top))
+                (ky0, y0, ky1, y1), (kx0, x0, kx1, x1) = (
+                    _crop_span(c - size / 2, c + size / 2, per_side) for c, size in ((y, cell_h), (x, cell_w))
+                )
+                x0, y0, x1, y1 = in_crop.to_original((x0 * patch, y0 * patch, x1 * patch, y1 * patch))
+                box = grid.to_original((x0 + kx0 * crop, y0 + ky0 * crop, x1 + kx1 * crop, y1 + ky1 * crop))
             boxes.append(clip(box, height, width))
             panel.append(int(view > 0))
         return TokenRegions(boxes=boxes, panel=panel, panels=("base", "crops"))
+
+
+def _crop_span(start: float, end: float, per_side: int) -> tuple[int, float, int, float]:
+    """A span of the stitched crop grid (in patches) as (crop, offset in it) of each end. An end on a crop
+    border belongs to the crop before it, so that a span that ends with a crop's last patch ends in that crop
+    (where a vision tower leaves the crop's last pixels unused, e.g. 27 x 14 of SigLIP's 384, the two differ)."""
+    first = int(start // per_side)
+    last = max(math.ceil(end / per_side) - 1, first)
+    return first, start - first * per_side, last, end - last * per_side
 
 
 def _fit(height: int, width: int, target_h: int, target_w: int) -> tuple[int, int]:

@@ -1,4 +1,5 @@
-"""Qwen2.5-VL and Qwen3-VL (`Qwen2_5_VLForConditionalGeneration`, `Qwen3VLForConditionalGeneration`).
+"""Qwen2.5-VL, Qwen3-VL and Qwen3.5 (`Qwen2_5_VLForConditionalGeneration`, `Qwen3VLForConditionalGeneration`,
+`Qwen3_5ForConditionalGeneration`, `Qwen3_5MoeForConditionalGeneration`).
 
 Dynamic resolution: each image has its own (t, h, w) patch grid, so n (merged tokens) varies per
 image. V is the merger output, U the ViT output before the merger, mean-pooled over each merged 2x2
@@ -8,7 +9,9 @@ compute the unpruned positions with the model's own `get_rope_index`, drop the p
 the rest to `generate` as `position_ids`. `generate` continues every decode step from the last
 position (+1), so answers are placed exactly where they would be unpruned. Qwen3-VL also injects
 "deepstack" features from intermediate ViT layers into early LLM layers at the image positions; they
-are pruned with the same indices.
+are pruned with the same indices. Qwen3.5 has Qwen3-VL's ViT without deepstack; its language model mixes
+Gated DeltaNet (linear-attention) layers, which read no positions, with full-attention layers, which read
+the M-RoPE positions we pass, so the same shortened inputs and positions serve it unchanged.
 """
 
 from __future__ import annotations
@@ -19,10 +22,10 @@ from typing import Any
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from ..errors import MmtokError
 from ..selection import TAU_T_QWEN
-from .base import Adapter, Prepared, VisionTokens, compact
+from .base import Adapter, Prepared, VisionTokens, compact, placeholder_stays
 from .regions import Placement, TokenRegions, cell_box, clip
+
 
 @dataclass
 class QwenVisionTokens(VisionTokens):
@@ -115,12 +118,7 @@ class QwenVLAdapter(Adapter):
         counts = tokens.counts
         if kept is None:
             kept = [torch.arange(n, device=input_ids.device) for n in counts]
-        chosen = torch.zeros(len(counts), max(counts), dtype=torch.bool, device=input_ids.device)
-        for row, idx in enumerate(kept):
-            chosen[row, idx.to(input_ids.device)] = True
-        is_image = input_ids == self.image_token_id
-        rank = (is_image.long().cumsum(1) - 1).clamp(min=0, max=chosen.shape[1] - 1)
-        stays = attention_mask.bool() & (~is_image | chosen.gather(1, rank))
+        stays = placeholder_stays(input_ids, attention_mask, self.image_token_id, kept, counts)
         new_mask, (new_ids, new_positions) = compact(stays, input_ids, positions, pad=self.tokenizer.pad_token_id)
         new_positions[:, new_mask == 0] = 0  # padding positions are never read; keep them as get_rope_index does
         # Row 0: plain text positions, which the language model uses only to build its attention mask,
@@ -190,3 +188,36 @@ class Qwen3VLAdapter(QwenVLAdapter):
             pooler_output=[v[idx] for v, idx in zip(tokens.per_image, kept)],
             deepstack_features=[[f[idx] for f, idx in zip(layer, kept)] for layer in tokens.deepstack or []],
         )
+
+
+class Qwen35Adapter(QwenVLAdapter):
+    """Qwen3.5: Qwen3-VL's vision path without deepstack (so V, U and the encoder outputs are Qwen2.5-VL's,
+    unwindowed) and a hybrid Gated DeltaNet / full-attention language model."""
+
+    family = "qwen3.5"
+    model_types = ("qwen3_5",)
+    example = "Qwen/Qwen3.5-9B"
+    fallback_prompt = Qwen3VLAdapter.fallback_prompt
+    windowed = False
+
+    @staticmethod
+    def model_class() -> type:
+        from transformers import Qwen3_5ForConditionalGeneration
+
+        return Qwen3_5ForConditionalGeneration
+
+    processor_class = staticmethod(Qwen3VLAdapter.processor_class)  # transformers maps qwen3_5 to Qwen3VLProcessor
+
+
+class Qwen35MoeAdapter(Qwen35Adapter):
+    """Qwen3.5 MoE (e.g. 35B-A3B): the same vision path and layer mix, with mixture-of-experts MLPs."""
+
+    family = "qwen3.5-moe"
+    model_types = ("qwen3_5_moe",)
+    example = "Qwen/Qwen3.5-35B-A3B"
+
+    @staticmethod
+    def model_class() -> type:
+        from transformers import Qwen3_5MoeForConditionalGeneration
+
+        return Qwen3_5MoeForConditionalGeneration

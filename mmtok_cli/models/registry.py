@@ -14,11 +14,17 @@ import torch
 from .. import demo
 from ..errors import MmtokError, first_line
 from .base import Adapter
+from .gemma3 import Gemma3Adapter
+from .internvl import InternVLAdapter
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter
-from .qwen_vl import Qwen3VLAdapter, QwenVLAdapter
+from .llava_onevision import LlavaOnevisionAdapter
+from .qwen_vl import Qwen3VLAdapter, Qwen35Adapter, Qwen35MoeAdapter, QwenVLAdapter
 
-ADAPTERS: tuple[type[Adapter], ...] = (LlavaAdapter, LlavaNextAdapter, QwenVLAdapter, Qwen3VLAdapter)
+ADAPTERS: tuple[type[Adapter], ...] = (
+    LlavaAdapter, LlavaNextAdapter, QwenVLAdapter, Qwen3VLAdapter, Qwen35Adapter, Qwen35MoeAdapter, Gemma3Adapter,
+    InternVLAdapter, LlavaOnevisionAdapter,
+)
 
 
 def supported() -> str:

@@ -20,6 +20,7 @@ from torch.nn.utils.rnn import pad_sequence
 from ..baselines import RANDOM_SEED, ZipInputs, choose
 from ..selection import Selection
 
+
 def split_evenly(total: int, sizes: list[int]) -> list[int]:
     """Split a budget evenly over parts of the given sizes; what a small part cannot use goes to the others.
 

@@ -1,0 +1,336 @@
+"""Hostile or careless input (issue 17): nothing lost, nothing hung, memory bounded, one-line errors."""
+
+import http.server
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from mmtok_cli.cli import app
+from mmtok_cli.errors import MmtokError
+from mmtok_cli.evaluate import load_labelled
+from mmtok_cli.io import MAX_SIDE, _decode, fetch_image
+
+from .conftest import noise_image
+
+runner = CliRunner()
+
+
+def run(*args: str, **kwargs):
+    return runner.invoke(app, [str(a) for a in args], **kwargs)
+
+
+def write_jsonl(path: Path, rows: list[dict], prefix: bytes = b"") -> Path:
+    path.write_bytes(prefix + "".join(json.dumps(r) + "\n" for r in rows).encode())
+    return path
+
+
+def one_error_line(result) -> bool:
+    lines = result.stderr.strip().splitlines()
+    return len(lines) == 1 and lines[0].startswith("error: ")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hardening")
+    for i in range(3):
+        noise_image(40 + i, (64 + 16 * i, 64)).save(folder / f"img{i}.png")
+    return folder
+
+
+# -- outputs -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flag", ["--overwrite", "--resume"])
+def test_output_that_is_the_input_is_refused_and_the_input_kept(data, tmp_path, flag):
+    questions = write_jsonl(tmp_path / "q.jsonl", [{"image": str(data / "img0.png"), "question": "what?"}])
+    before = questions.read_bytes()
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(questions)
+    for out in (questions, link):
+        result = run("batch", questions, "--out", out, flag, "--model", "no/such-model")
+        assert result.exit_code == 2 and one_error_line(result) and "input" in result.stderr
+    assert questions.read_bytes() == before
+
+
+def test_eval_outputs_cannot_overwrite_the_data(tmp_path):
+    labelled = write_jsonl(tmp_path / "d.jsonl", [{"image": "x.png", "question": "q", "answer": "a"}])
+    before = labelled.read_bytes()
+    for flag in ("--json", "--predictions"):
+        result = run("eval", labelled, flag, labelled, "--model", "no/such-model")
+        assert result.exit_code == 2 and one_error_line(result) and "input" in result.stderr
+    assert labelled.read_bytes() == before
+
+
+def test_output_in_a_place_that_cannot_be_written_is_refused_before_loading(tmp_path):
+    # As root (CI) permissions do not stop writes; a read-only file system does.
+    place = next((p for p in ("/sys", "/proc/sys") if os.path.isdir(p) and not os.access(p, os.W_OK)), None)
+    if place is None:
+        if os.geteuid() == 0:
+            pytest.skip("running as root with no read-only file system at hand")
+        place = tmp_path / "ro"
+        place.mkdir(mode=0o555)
+    for args in (
+        ["profile", "--json", f"{place}/out.json"],
+        ["eval", str(write_jsonl(tmp_path / "d.jsonl", [{"image": "x.png", "question": "q", "answer": "a"}])),
+         "--json", f"{place}/out.json"],
+        ["batch", str(tmp_path), "--question", "q", "--out", f"{place}/out.jsonl"],
+    ):
+        # The model cannot be found either: an error about the output shows it was checked first.
+        result = run(*args, "--model", "no/such-model")
+        assert result.exit_code == 2 and one_error_line(result), result.stderr
+        assert "cannot be written" in result.stderr or "does not exist" in result.stderr
+
+
+def test_synth_into_a_non_empty_folder_needs_overwrite(tmp_path):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "keep.txt").write_text("mine")
+    refused = run("synth", "--out", tmp_path / "s", "--n", "1")
+    assert refused.exit_code == 2 and one_error_line(refused) and "--overwrite" in refused.stderr
+    assert run("synth", "--out", tmp_path / "s", "--n", "1", "--overwrite").exit_code == 0
+    assert (tmp_path / "s" / "keep.txt").read_text() == "mine"
+
+
+# -- network images ------------------------------------------------------------------------------------
+
+
+class _Hostile(http.server.BaseHTTPRequestHandler):
+    """/trickle: a byte every 0.3 s (for 6 s at most); /huge: announces 60 MB; /endless: no length, 64 KB chunks."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        if self.path == "/huge":
+            self.send_header("Content-Length", str(60_000_000))
+            self.end_headers()
+            return
+        if self.path == "/trickle":
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            end = time.monotonic() + 6
+            while time.monotonic() < end:
+                try:
+                    self.wfile.write(b"\x89")
+                    self.wfile.flush()
+                except OSError:
+                    return
+                time.sleep(0.3)
+            return
+        self.end_headers()
+        end = time.monotonic() + 6
+        while time.monotonic() < end:
+            try:
+                self.wfile.write(b"\0" * 65536)
+            except OSError:
+                return
+
+
+@pytest.fixture(scope="module")
+def hostile():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hostile)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def test_a_trickling_download_fails_within_its_deadline(hostile):
+    started = time.perf_counter()
+    with pytest.raises(MmtokError, match="not complete within 1 s"):
+        fetch_image(f"{hostile}/trickle", timeout=1.0)
+    assert time.perf_counter() - started < 1.8
+
+
+def test_downloads_over_the_size_cap_are_refused(hostile):
+    started = time.perf_counter()
+    with pytest.raises(MmtokError, match="over the 50 MB download limit"):
+        fetch_image(f"{hostile}/huge")
+    with pytest.raises(MmtokError, match="more than the 1 MB download limit"):
+        fetch_image(f"{hostile}/endless", max_bytes=1_000_000)
+    assert time.perf_counter() - started < 3
+
+
+def test_a_slow_url_fails_its_item_alone_and_the_batch_goes_on(tiny_llava, data, hostile, tmp_path):
+    rows = [
+        {"id": "a", "image": str(data / "img0.png"), "question": "what?"},
+        {"id": "slow", "image": f"{hostile}/trickle", "question": "what?"},
+        {"id": "b", "image": str(data / "img1.png"), "question": "what?"},
+    ]
+    questions = write_jsonl(tmp_path / "q.jsonl", rows)
+    started = time.perf_counter()
+    result = run("batch", questions, "--model", tiny_llava, "--download-timeout", "1", "--max-new-tokens", "2",
+                 "--batch-size", "3")
+    assert time.perf_counter() - started < 5.5  # the trickle would go on for 6 s
+    recs = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["id"] for r in recs] == ["a", "slow", "b"]
+    assert recs[0]["error"] is None and recs[2]["error"] is None
+    assert "not complete within 1 s" in recs[1]["error"]
+    bad = run("batch", questions, "--model", tiny_llava, "--download-timeout", "0")
+    assert bad.exit_code == 2 and one_error_line(bad)
+
+
+# -- decoded size --------------------------------------------------------------------------------------
+
+
+def _png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (90, 120, 200)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def bomb() -> bytes:
+    """A 144-Mpixel PNG of one colour: 420 KB on disk, 432 MB decoded."""
+    return _png(12000, 12000)
+
+
+def test_images_over_the_pixel_cap_are_refused_from_their_header(bomb):
+    started = time.perf_counter()
+    with pytest.raises(MmtokError, match="144 Mpixel, over the 40 Mpixel limit"):
+        _decode(io.BytesIO(bomb), "bomb.png")
+    assert time.perf_counter() - started < 1
+
+
+def test_huge_images_are_decoded_no_larger_than_needed():
+    buffer = io.BytesIO()
+    Image.new("RGB", (9000, 6000), (200, 30, 30)).save(buffer, "JPEG")
+    image = _decode(io.BytesIO(buffer.getvalue()), "big.jpg")  # 54 Mpixel as stored: JPEG draft decodes less
+    assert max(image.size) == MAX_SIDE and image.size[0] / image.size[1] == pytest.approx(1.5, abs=0.01)
+    assert _decode(io.BytesIO(_png(5000, 1000)), "wide.png").size == (MAX_SIDE, round(1000 * MAX_SIDE / 5000))
+
+
+def test_a_batch_of_bombs_stays_within_the_memory_bound(tiny_llava, tmp_path, bomb):
+    """Three 144-Mpixel PNGs (420 KB each) in one batch: error records, and a peak far below what decoding costs."""
+    rows = []
+    for i in range(3):
+        (tmp_path / f"bomb{i}.png").write_bytes(bomb)
+        rows.append({"id": i, "image": f"bomb{i}.png", "question": "what?"})
+    questions = write_jsonl(tmp_path / "q.jsonl", rows)
+    probe = (
+        "import resource, subprocess, sys; "
+        "p = subprocess.run([sys.executable, '-m', 'mmtok_cli', 'batch', sys.argv[1], '--model', sys.argv[2], "
+        "'--batch-size', '3', '--out', sys.argv[3]]); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, p.returncode)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe, str(questions), str(tiny_llava), str(tmp_path / "a.jsonl")],
+                         capture_output=True, text=True, timeout=300)
+    peak_kb, code = (int(v) for v in out.stdout.split())
+    recs = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert code == 1 and all("over the 40 Mpixel limit" in r["error"] for r in recs) and len(recs) == 3
+    assert peak_kb < 1_500_000, f"peak RSS {peak_kb / 1e6:.2f} GB"  # decoding them would take 3 x 432 MB and more
+
+
+# -- JSONL, resume -------------------------------------------------------------------------------------
+
+
+def test_a_byte_order_mark_is_accepted_in_batch_and_eval(tiny_llava, data, tmp_path):
+    bom = b"\xef\xbb\xbf"
+    questions = write_jsonl(tmp_path / "q.jsonl", [{"id": "x", "image": str(data / "img0.png"), "question": "q?"}],
+                            prefix=bom)
+    result = run("batch", questions, "--model", tiny_llava, "--max-new-tokens", "1")
+    rec = json.loads(result.stdout)
+    assert result.exit_code == 0 and rec["id"] == "x" and rec["error"] is None
+    labelled = write_jsonl(tmp_path / "l.jsonl", [{"image": "img0.png", "question": "q?", "answer": "yes"}],
+                           prefix=bom)
+    assert load_labelled(labelled)[0].extra["answer"] == "yes"
+
+
+def test_resume_with_duplicate_ids_keeps_every_line(tiny_llava, data, tmp_path):
+    rows = [{"id": ident, "image": str(data / f"img{i % 3}.png"), "question": f"question {i}?"}
+            for i, ident in enumerate(["a", "a", "b", "a"])]
+    questions = write_jsonl(tmp_path / "q.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    common = ["--model", tiny_llava, "--max-new-tokens", "2", "--batch-size", "1"]
+    first = run("batch", write_jsonl(tmp_path / "head.jsonl", rows[:2]), "--out", out, *common)
+    assert first.exit_code == 0 and "appears more than once" in first.stderr
+    again = run("batch", questions, "--out", out, "--resume", *common)
+    assert again.exit_code == 0 and again.stderr.count("appears more than once") == 1
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["id"], r["question"]) for r in recs] == [(r["id"], r["question"]) for r in rows]
+
+
+def test_retry_errors_never_drops_an_error_record_it_cannot_attribute(tiny_llava, data, tmp_path):
+    rows = [{"id": "a", "image": str(data / "img0.png"), "question": "q?"},
+            {"id": "a", "image": str(tmp_path / "missing.png"), "question": "q?"}]
+    questions = write_jsonl(tmp_path / "q.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    common = ["--model", tiny_llava, "--max-new-tokens", "1"]
+    assert run("batch", questions, "--out", out, *common).exit_code == 1
+    again = run("batch", questions, "--out", out, "--resume", "--retry-errors", *common)
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert again.exit_code == 0 and len(recs) == 2 and recs[1]["error"] is not None
+
+
+# -- config files --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"tokens: true\n", "'tokens' in"),
+        (b"model: [1, 2]\n", "must be a string, not a list"),
+        (b"alpha: yes\n", "must be a number, not true"),
+        (b"model: \xff\xfe\n", "is not UTF-8"),
+        (b"a: &a [x, x, x, x, x, x, x, x, x]\n" + b"".join(
+            f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"
+            .encode() for i in range(9)), "YAML alias"),
+        (b"# " + b"x" * 70_000 + b"\n", "over 64 KB"),
+    ],
+)
+def test_bad_config_files_are_one_line_usage_errors(tmp_path, content, message):
+    config = tmp_path / "c.yaml"
+    config.write_bytes(content)
+    started = time.perf_counter()
+    result = run("ask", "x.png", "q", "--config", config)
+    assert time.perf_counter() - started < 1.0
+    assert result.exit_code == 2 and one_error_line(result) and message in result.stderr, result.stderr
+    assert str(config) in result.stderr
+
+
+def test_config_with_a_byte_order_mark_and_right_types_is_read(tmp_path, image_file):
+    config = tmp_path / "c.yaml"
+    config.write_bytes(b"\xef\xbb\xbftokens: 0\nalpha: 1\n")  # int for a float is fine; tokens 0 is then refused
+    result = run("ask", image_file, "q", "--config", config, "--model", "no/such-model")
+    assert result.exit_code == 2 and "--tokens must be at least 1" in result.stderr
+
+
+# -- error output --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["ask", "--bogus"], "No such option: --bogus"),
+        (["ask", "x.png", "q", "--tokens", "abc"], "'--tokens'"),
+        (["batch"], "Missing argument"),
+    ],
+)
+def test_parser_errors_are_one_line(args, message):
+    result = run(*args)
+    assert result.exit_code == 2 and one_error_line(result) and message in result.stderr, result.stderr
+
+
+def test_a_device_this_machine_lacks_is_a_one_line_error(image_file):
+    import torch
+
+    if torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    result = run("ask", image_file, "q", "--device", "mps", "--model", "demo")
+    assert result.exit_code == 2 and one_error_line(result) and "--device mps" in result.stderr
+
+
+def test_the_console_script_prints_one_line_too():
+    out = subprocess.run([sys.executable, "-m", "mmtok_cli", "ask", "--bogus"], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2 and out.stderr.strip() == "error: No such option: --bogus (see mmtok ask --help)"
