@@ -243,7 +243,8 @@ def test_a_byte_order_mark_is_accepted_in_batch_and_eval(tiny_llava, data, tmp_p
     assert result.exit_code == 0 and rec["id"] == "x" and rec["error"] is None
     labelled = write_jsonl(tmp_path / "l.jsonl", [{"image": "img0.png", "question": "q?", "answer": "yes"}],
                            prefix=bom)
-    assert load_labelled(labelled)[0].extra["answer"] == "yes"
+    items, _ = load_labelled(labelled)
+    assert items[0].extra["answer"] == "yes"
 
 
 def test_resume_with_duplicate_ids_keeps_every_line(tiny_llava, data, tmp_path):
