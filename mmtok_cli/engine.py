@@ -249,10 +249,9 @@ class Engine:
         unpruned = prepared.inputs["attention_mask"].sum(1).tolist()
         pruned = gen_inputs["attention_mask"].sum(1).tolist()
         finished = self._finish([ids[: limits[row]] for row, ids in enumerate(new_tokens)])
-        applied = {
-            **({"budget": budget} if vt.parts is not None and method != "full" else {}),
-            **({"question_words": question_words} if method in AGENT_METHODS else {}),
-        }
+        # Per item, not per batch: an image of one view gets no `budget`, whatever its batch mates are.
+        last_view = [0] * len(counts) if vt.parts is None or method == "full" else vt.parts.amax(1).tolist()
+        words = {"question_words": question_words} if method in AGENT_METHODS else {}
         answers = []
         for row, (ids, text) in enumerate(finished):
             kept_row = list(range(counts[row])) if kept is None else kept[row].tolist()
@@ -270,7 +269,7 @@ class Engine:
                     speedup_estimated=round(estimated_speedup(adapter.model.config, unpruned[row], pruned[row]), 3),
                     timings_ms=dict(share),
                     agent_answer=None if agent_answers is None else agent_answers[row],
-                    conventions=applied,
+                    conventions={**({"budget": budget} if last_view[row] > 0 else {}), **words},
                 )
             )
         return answers
