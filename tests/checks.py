@@ -1,5 +1,7 @@
 """Checks shared by the per-family tests."""
 
+import json
+
 from .conftest import noise_image
 
 SIZES = [(160, 120), (90, 200), (300, 300)]  # different aspect ratios and sizes
@@ -17,3 +19,23 @@ def assert_batch_equals_one_by_one(engine, budget_sets, *, sizes=SIZES, new_toke
             assert got.output_ids == alone.output_ids
             assert got.prompt_pruned == alone.prompt_pruned
         assert len({row.prompt_unpruned for row in batch}) > 1  # the rows really were padded
+
+
+def ray_and_local_records(data, model, *, workers: int = 1, batch_size: int = 2) -> tuple[list[dict], list[dict]]:
+    """`mmtok batch DATA` run locally and with `--ray --workers N` on the same options (float32, 3 new tokens):
+    each run's records without the clock-dependent fields (Ray's first, then the local run's)."""
+    from typer.testing import CliRunner
+
+    from mmtok_cli.cli import app
+
+    from .test_ray import comparable
+
+    runner = CliRunner()
+    common = [str(data), "--model", str(model), "--max-new-tokens", "3", "--batch-size", str(batch_size),
+              "--device", "cpu", "--dtype", "float32"]
+    local = runner.invoke(app, ["batch", *common])
+    out = data.with_name("ray.jsonl")
+    distributed = runner.invoke(app, ["batch", *common, "--out", str(out), "--ray", "--workers", str(workers)])
+    assert local.exit_code == distributed.exit_code == 0, distributed.stderr
+    rows = [[json.loads(line) for line in text.splitlines()] for text in (out.read_text(), local.stdout)]
+    return comparable(rows[0]), comparable(rows[1])

@@ -19,7 +19,7 @@ from mmtok_cli.engine import Engine
 from mmtok_cli.models.views import split_evenly
 
 from . import reference
-from .checks import assert_batch_equals_one_by_one
+from .checks import assert_batch_equals_one_by_one, ray_and_local_records
 from .conftest import noise_image
 from .test_show import _unnormalize, ramp
 
@@ -309,18 +309,9 @@ def test_batch_ray_equals_local_batch(paths, tmp_path):
     data = tmp_path / "q.jsonl"
     data.write_text("".join(json.dumps({"id": f"q{i}", "image": names[i % 3], "question": QUESTION,
                                         "tokens": [3, 8, 500][i % 3]}) + "\n" for i in range(5)))
-    common = [str(data), "--model", str(paths[True]), "--max-new-tokens", "3", "--batch-size", "2",
-              "--device", "cpu", "--dtype", "float32"]
-    local = runner.invoke(app, ["batch", *common])
-    out = tmp_path / "ray.jsonl"
-    distributed = runner.invoke(app, ["batch", *common, "--out", str(out), "--ray", "--workers", "2"])
-    assert local.exit_code == distributed.exit_code == 0, distributed.stderr
-
-    def comparable(recs):
-        return [{k: v for k, v in r.items() if k not in ("timings_ms", "speedup")} for r in recs]
-
-    assert comparable(_records(out.read_text())) == comparable(_records(local.stdout))
-    assert [r["vision_tokens"]["kept"] for r in _records(local.stdout)] == [3, 8, 16, 3, 8]
+    ray_rows, local_rows = ray_and_local_records(data, paths[True], workers=2)
+    assert ray_rows == local_rows
+    assert [r["vision_tokens"]["kept"] for r in local_rows] == [3, 8, 16, 3, 8]
 
 
 def _independent_checkpoint(path):

@@ -17,7 +17,7 @@ from mmtok_cli.cli import app
 from mmtok_cli.models.views import split_evenly
 
 from . import reference
-from .checks import QUESTIONS, assert_batch_equals_one_by_one
+from .checks import QUESTIONS, assert_batch_equals_one_by_one, ray_and_local_records
 from .conftest import noise_image
 
 QUESTION = "What colour is the cat on the sofa?"
@@ -266,14 +266,7 @@ def test_batch_ray_equals_local_run(path, tmp_path):
     data = tmp_path / "q.jsonl"
     data.write_text("".join(json.dumps({"id": i, "image": f"img{i % 3}.png", "question": "what is this ?",
                                         "tokens": [3, 10, 64][i % 3]}) + "\n" for i in range(4)))
-    common = [str(data), "--model", str(path), "--max-new-tokens", "3", "--batch-size", "2", "--device", "cpu"]
-    local = runner.invoke(app, ["batch", *common])
-    out = tmp_path / "ray.jsonl"
-    distributed = runner.invoke(app, ["batch", *common, "--out", str(out), "--ray", "--workers", "1"])
-    assert local.exit_code == distributed.exit_code == 0, distributed.stderr
-    drop = ("timings_ms", "speedup")
-    ray_rows, local_rows = ([{k: v for k, v in json.loads(x).items() if k not in drop} for x in text.splitlines()]
-                            for text in (out.read_text(), local.stdout))
+    ray_rows, local_rows = ray_and_local_records(data, path)
     assert ray_rows == local_rows
     assert [r["vision_tokens"]["kept"] for r in local_rows] == [3, 10, 16, 3]
 

@@ -203,23 +203,17 @@ def test_eval_runs(onevision, tmp_path):
 
 @ONE_CHECKPOINT
 def test_batch_ray_equals_the_local_run(onevision, tmp_path):
-    from .test_batch import records, write_jsonl
-    from .test_ray import comparable
+    from .checks import ray_and_local_records
+    from .test_batch import write_jsonl
 
     _, path, _, _ = onevision
     for i, size in enumerate(SIZES):
         noise_image(30 + i, size).save(tmp_path / f"img{i}.png")
     lines = [{"id": f"q{i}", "image": f"img{i % 3}.png", "question": QUESTION, "tokens": [3, 10_000, 8, 5][i]}
              for i in range(4)]
-    data = write_jsonl(tmp_path / "q.jsonl", lines)
-    common = [str(data), "--model", str(path), "--max-new-tokens", "3", "--batch-size", "2", "--device", "cpu",
-              "--dtype", "float32"]
-    local = runner.invoke(app, ["batch", *common])
-    out = tmp_path / "ray.jsonl"
-    distributed = runner.invoke(app, ["batch", *common, "--out", str(out), "--ray", "--workers", "1"])
-    assert local.exit_code == distributed.exit_code == 0, distributed.stderr
-    assert comparable(records(out.read_text())) == comparable(records(local.stdout))
-    assert [r["vision_tokens"]["kept"] for r in records(local.stdout)][::2] == [3, 8]
+    ray_rows, local_rows = ray_and_local_records(write_jsonl(tmp_path / "q.jsonl", lines), path)
+    assert ray_rows == local_rows
+    assert [r["vision_tokens"]["kept"] for r in local_rows][::2] == [3, 8]
 
 
 def _independent_checkpoint(folder):

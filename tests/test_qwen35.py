@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from mmtok_cli.cli import app
 
 from . import test_show
+from .checks import ray_and_local_records
 from .conftest import noise_image
 from .test_batch import records, write_jsonl
 from .test_qwen_vl import (  # noqa: F401  (collected here, on the Qwen3.5 fixture below)
@@ -33,7 +34,6 @@ from .test_qwen_vl import (  # noqa: F401  (collected here, on the Qwen3.5 fixtu
     test_unpruned_batch_equals_plain_generate,
     test_videos_without_torchvision_get_a_clear_error,
 )
-from .test_ray import comparable
 
 runner = CliRunner()
 SIZES = [(160, 120), (90, 200), (300, 300)]
@@ -187,14 +187,8 @@ def test_batch_on_ray_equals_the_local_run(qwen, tmp_path):
         noise_image(60 + i, size).save(tmp_path / f"img{i}.png")
     lines = [{"id": f"q{i}", "image": f"img{i}.png", "question": QUESTION, "tokens": k}
              for i, k in enumerate([3, 7, 10_000])]
-    batch = write_jsonl(tmp_path / "q.jsonl", lines)
-    common = [str(batch), "--model", str(path), "--max-new-tokens", "3", "--batch-size", "3", "--device", "cpu",
-              "--dtype", "float32"]
-    local = runner.invoke(app, ["batch", *common])
-    out = tmp_path / "ray.jsonl"
-    distributed = runner.invoke(app, ["batch", *common, "--out", str(out), "--ray", "--workers", "1"])
-    assert local.exit_code == distributed.exit_code == 0, distributed.stderr
-    assert comparable(records(out.read_text())) == comparable(records(local.stdout))
+    ray_rows, local_rows = ray_and_local_records(write_jsonl(tmp_path / "q.jsonl", lines), path, batch_size=3)
+    assert ray_rows == local_rows
 
 
 def _independent_checkpoint(path):
