@@ -74,6 +74,8 @@ class Summary:
     """The agent's first passes, summed over the answered items' shares."""
     model_ms: float = 0.0
     """Everything the model side spent on the answered items (their timings' totals, agent included)."""
+    cached: int = 0
+    """Answered items whose image was not encoded for them (the engine's cache, or a batch mate showing it)."""
 
     def count(self, rec: dict[str, Any]) -> None:
         """Add one output record to the tallies."""
@@ -84,8 +86,15 @@ class Summary:
             self.total += rec["vision_tokens"]["total"]
             self.agent_ms += rec["timings_ms"].get("agent", 0.0)
             self.model_ms += rec["timings_ms"].get("total", 0.0)
+            self.cached += bool(rec["vision_tokens"].get("cached"))
         else:
             self.failed += 1
+
+    def add(self, other: Summary) -> None:
+        """Fold in another run's tallies (several runs as one: `mmtok eval`'s blocks)."""
+        for name in ("items", "ok", "failed", "kept", "total", "wall_s", "wait_s", "agent_ms", "model_ms", "cached"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.batch_size = min(self.batch_size, other.batch_size) if self.batch_size else other.batch_size
 
     @property
     def items_per_s(self) -> float:
@@ -96,6 +105,7 @@ class Summary:
             "items": self.items, "ok": self.ok, "failed": self.failed,
             "mean_vision_tokens_kept": round(self.kept / self.ok, 2) if self.ok else None,
             "mean_vision_tokens_total": round(self.total / self.ok, 2) if self.ok else None,
+            "vision_cached": self.cached,
             "items_per_s": round(self.items_per_s, 3), "wall_s": round(self.wall_s, 3),
             "waiting_on_loader_share": round(self.wait_s / self.wall_s, 4) if self.wall_s else 0.0,
             "batch_size": self.batch_size,
@@ -387,6 +397,7 @@ def print_summary(console: Console, summary: Summary, plan: InputPlan, out: str,
         f"{d['items_per_s']:.1f} items/s · {d['wall_s']:.1f} s"
         + (f" · the agent's first pass took {d['mean_agent_ms']:.1f} ms/item, {100 * d['agent_share']:.0f}% of the "
            "model's time" if d["mean_agent_ms"] else "")
+        + (f" · {summary.cached} items reused an image's vision tokens" if summary.cached else "")
         + (f" · model waited on image loading {100 * d['waiting_on_loader_share']:.0f}% of the time"
            if summary.wait_s else ""),
         highlight=False, markup=False,

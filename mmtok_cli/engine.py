@@ -17,6 +17,7 @@ from PIL import Image
 from transformers.generation.streamers import BaseStreamer
 
 from .baselines import RANDOM_SEED
+from .cache import VisionCache, default_mb, image_key
 from .errors import MmtokError, UsageError
 from .flops import estimated_speedup
 from .models import Adapter, load_adapter
@@ -27,6 +28,7 @@ from .options import (
     DEFAULT_MODEL,
     DTYPES,
     check_agent,
+    check_cache,
     check_conventions,
     check_options,
 )
@@ -57,6 +59,9 @@ class Answer:
     conventions: dict[str, str] = field(default_factory=dict)
     """The conventions that applied to this item: `budget` for an image of several views, `question_words` for
     the methods that read the question."""
+    vision_cached: bool = False
+    """The image's vision tokens were not encoded for this item: the engine's cache had them, or an earlier item of
+    the batch shows the same image (`timings_ms.vision` is then only the look-up)."""
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -107,9 +112,12 @@ class Engine:
 
     def __init__(
         self, model: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto", random_weights: bool = False,
-        agent_model: str | Engine | None = None,
+        agent_model: str | Engine | None = None, cache_mb: int | None = None,
     ) -> None:
         """`random_weights=True`: build the checkpoint's architecture with random weights (see `load_adapter`).
+
+        `cache_mb`: the bound of the vision-token cache in MB (cache.py; None: `cache.DEFAULT_MB` for the device;
+        0: no cache, every item encodes its own image even where its batch shows it twice).
 
         `agent_model`: a second, smaller checkpoint (or a loaded `Engine`) that makes the agent's preliminary
         answers (`run_prepared(agent=True)`); without it, this model makes them.
@@ -121,6 +129,8 @@ class Engine:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.adapter: Adapter = load_adapter(model, device=self.device, dtype=self.dtype, random_weights=random_weights)
+        self.cache: VisionCache | None = None
+        self.set_cache(cache_mb)
         self.agent_engine: Engine | None = None
         """The agent's own model, when it is not this one."""
         if isinstance(agent_model, Engine):
@@ -130,6 +140,12 @@ class Engine:
                 self.agent_engine = Engine(agent_model, device=device, dtype=dtype, random_weights=random_weights)
             except MmtokError as exc:
                 raise _agent_model_error(exc) from exc
+
+    def set_cache(self, mb: int | None) -> None:
+        """A new, empty vision-token cache of `mb` MB (None: the device's default; 0: none)."""
+        check_cache(mb)
+        mb = default_mb(self.device) if mb is None else mb
+        self.cache = VisionCache(mb * 2**20) if mb else None
 
     def _sync(self) -> float:
         if self.device.type == "cuda":
@@ -145,7 +161,12 @@ class Engine:
         """Processor inputs for a batch (CPU work; safe in a background thread with `preprocessor()`)."""
         if len(images) != len(questions) or not images:
             raise ValueError("need one question per image, and at least one image")
-        return (adapter or self.adapter).preprocess(images, questions)
+        adapter = adapter or self.adapter
+        prepared = adapter.preprocess(images, questions)
+        if self.cache is not None:  # hashing here keeps it off the model's thread in `mmtok batch`
+            salt = adapter.cache_salt()
+            prepared.keys = [image_key(im, salt) for im in images]
+        return prepared
 
     def run(self, images: list[Image.Image], questions: list[str], **options: Any) -> list[Answer]:
         """Answer one question per image as a single batch: `prepare`, then `run_prepared` with `options`
@@ -202,7 +223,7 @@ class Engine:
         adapter = self.adapter
 
         t_pre = self._sync()
-        vt = adapter.encode(prepared)
+        vt, reused, vision_ms = self._encode(prepared)
         t_vis = self._sync()
         agent_answers = None
         if agent:
@@ -244,7 +265,7 @@ class Engine:
             "decode": (t_end - (clock.first_token or t_end)) * 1e3,
         }
         timings["total"] = sum(timings.values())
-        share = {k: round(v / per_item, 3) for k, v in timings.items()}
+        share = {k: v / per_item for k, v in timings.items()}
         counts = vt.counts
         unpruned = prepared.inputs["attention_mask"].sum(1).tolist()
         pruned = gen_inputs["attention_mask"].sum(1).tolist()
@@ -267,12 +288,48 @@ class Engine:
                     prompt_unpruned=unpruned[row],
                     prompt_pruned=pruned[row],
                     speedup_estimated=round(estimated_speedup(adapter.model.config, unpruned[row], pruned[row]), 3),
-                    timings_ms=dict(share),
+                    timings_ms=_item_timings(share, vision_ms[row]),
                     agent_answer=None if agent_answers is None else agent_answers[row],
                     conventions={**({"budget": budget} if last_view[row] > 0 else {}), **words},
+                    vision_cached=reused[row],
                 )
             )
         return answers
+
+    def _encode(self, prepared: Prepared) -> tuple[VisionTokens, list[bool], list[float]]:
+        """The batch's vision tokens, each row's "not encoded for it", and each row's vision cost in ms.
+
+        With the cache: the images it lacks are encoded once each (one pass for the batch), stored, and the batch
+        is joined from the entries. The encoding's time goes to the rows that were encoded, the join's to all.
+        """
+        adapter, cache = self.adapter, self.cache
+        if cache is None or not prepared.images:
+            start = self._sync()
+            vt = adapter.encode(prepared)
+            share = (self._sync() - start) * 1e3 / len(prepared.image_sizes)
+            return vt, [False] * len(prepared.image_sizes), [share] * len(prepared.image_sizes)
+        start = self._sync()
+        if prepared.keys is None:  # prepared without `Engine.prepare`
+            salt = adapter.cache_salt()
+            prepared.keys = [image_key(im, salt) for im in prepared.images]
+        keys = prepared.keys
+        found = {key: cache.get(key) for key in dict.fromkeys(keys)}
+        missing = {key: row for row, key in reversed(list(enumerate(keys))) if found[key] is None}
+        encoded = sorted(missing.values())  # the first row of each image the cache lacks
+        if encoded:
+            subset = prepared if len(encoded) == len(keys) else adapter.image_inputs(prepared, encoded)
+            for row, entry in zip(encoded, adapter.encode(subset).split()):
+                found[keys[row]] = entry
+                cache.put(keys[row], entry)
+        cache.stats.misses += len(encoded)
+        cache.stats.hits += len(keys) - len(encoded)
+        encoded_at = self._sync()
+        vt = type(found[keys[0]]).join([found[key] for key in keys])
+        joined = (self._sync() - encoded_at) * 1e3 / len(keys)
+        payers = set(encoded) or set(range(len(keys)))  # without an encoding, all share the look-ups
+        paid = (encoded_at - start) * 1e3 / len(payers)
+        vision_ms = [joined + (paid if row in payers else 0.0) for row in range(len(keys))]
+        return vt, [row not in missing.values() for row in range(len(keys))], vision_ms
 
     def _agent_answers(
         self,
@@ -366,6 +423,12 @@ def check_agent_model(name: str) -> None:
 def _agent_model_error(exc: MmtokError) -> MmtokError:
     """A loading error about the agent's model: the registry's message, naming the agent's option."""
     return type(exc)(f"agent model: {str(exc).replace('--model', '--agent-model')}")
+
+
+def _item_timings(share: dict[str, float], vision_ms: float) -> dict[str, float]:
+    """One item's timings: its share of the batch's stages, but its own vision cost (the cache makes them differ)."""
+    timings = {**share, "vision": vision_ms, "total": share["total"] - share["vision"] + vision_ms}
+    return {k: round(v, 3) for k, v in timings.items()}
 
 
 def _per_item(value: int | Sequence[int], n: int, what: str) -> list[int]:

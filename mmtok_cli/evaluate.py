@@ -35,6 +35,10 @@ def parse_tokens(text: str) -> list[int]:
     return list(dict.fromkeys(budgets))
 
 
+BLOCK_BATCHES = 4
+"""Batches per block: `evaluate` runs every configuration on a block of items before the next block, so the
+engine's cache needs to hold a block's images, not a whole file's, to encode each image once."""
+
 POPE_KEYS = {"text": "question", "label": "answer", "question_id": "id"}
 """The official POPE files' keys (`{"question_id", "image", "text", "label"}` per line) as ours."""
 
@@ -103,7 +107,7 @@ def evaluate(
     `selection`: alpha / tau_t / tau_v / budget / question_words for every run (the defaults where absent); the
     report lists the values used.
     """
-    from .batch import BatchOptions, BatchRunner
+    from .batch import BatchOptions, BatchRunner, Summary
 
     answers = [str(it.extra["answer"]) for it in items]
     questions = [it.question or "" for it in items]
@@ -115,17 +119,32 @@ def evaluate(
     configs: list[tuple[str, int | str, bool]] = [("full", "full", False)] + [
         (m, b, a) for m, a in variants for b in budgets
     ]
+    # Block by block, every configuration in turn: each block's images are encoded once (by the first
+    # configuration) and served from the engine's cache to all the others. Items are grouped by image first, so
+    # an image's questions share a block; records go back to input order.
+    order = _group_by_image(items)
+    size = batch_size * BLOCK_BATCHES
+    blocks = [[items[i] for i in order[start : start + size]] for start in range(0, len(order), size)]
+    found: list[list[dict[str, Any]]] = [[] for _ in configs]
+    summaries = [Summary() for _ in configs]
+    stats_before = _cache_stats(engine)
+    for number_block, block in enumerate(blocks, start=1):
+        for number, (name, tokens, with_agent) in enumerate(configs):
+            method = f"{name}+agent" if with_agent else name
+            if progress:
+                where = f"block {number_block}/{len(blocks)} · " if len(blocks) > 1 else ""
+                progress(f"{where}{method} · tokens {tokens} ({number + 1}/{len(configs)})")
+            batch_options = BatchOptions(tokens=1 if tokens == "full" else int(tokens), method=name,
+                                         max_new_tokens=max_new_tokens, batch_size=batch_size, agent=with_agent,
+                                         agent_tokens=agent_tokens if with_agent else None,
+                                         selection=dict(selection or {}))
+            summaries[number].add(BatchRunner(engine, batch_options, base=base).run(block, found[number].extend))
     results = []
-    for number, (name, tokens, with_agent) in enumerate(configs, start=1):
+    for (name, tokens, with_agent), got_records, summary in zip(configs, found, summaries):
         method = f"{name}+agent" if with_agent else name
-        if progress:
-            progress(f"{method} · tokens {tokens} ({number}/{len(configs)})")
-        records: list[dict[str, Any]] = []
-        batch_options = BatchOptions(tokens=1 if tokens == "full" else int(tokens), method=name,
-                                     max_new_tokens=max_new_tokens, batch_size=batch_size, agent=with_agent,
-                                     agent_tokens=agent_tokens if with_agent else None,
-                                     selection=dict(selection or {}))
-        summary = BatchRunner(engine, batch_options, base=base).run(items, records.extend)
+        records: list[dict[str, Any]] = [{}] * len(items)
+        for position, rec in zip(order, got_records):
+            records[position] = rec
         totals = summary.as_dict()
         got = [r["answer"] if r["error"] is None else None for r in records]
         scored = score(got, answers, questions)
@@ -140,6 +159,7 @@ def evaluate(
             "mean_kept": totals["mean_vision_tokens_kept"],
             "failed": summary.failed,
             "items_per_s": totals["items_per_s"],
+            "vision_cached": summary.cached,
         })
         if predictions:
             predictions([
@@ -155,7 +175,22 @@ def evaluate(
 
     used = {"alpha": ALPHA, "tau_t": engine.adapter.tau_t, "tau_v": TAU_V, "budget": "total",
             "question_words": "content", **(selection or {})}
-    return {"metric": "f1" if binary_only else "accuracy", "items": len(items), "selection": used, "results": results}
+    cache = {k: v - stats_before.get(k, 0) for k, v in _cache_stats(engine).items()}
+    return {"metric": "f1" if binary_only else "accuracy", "items": len(items), "selection": used, "results": results,
+            "cache": cache or None}
+
+
+def _group_by_image(items: Sequence[Item]) -> list[int]:
+    """Item positions with each image's questions together, images in the order they first appear."""
+    first: dict[Any, int] = {}
+    for position, it in enumerate(items):
+        first.setdefault(it.image if isinstance(it.image, str) else position, position)
+    return sorted(range(len(items)), key=lambda p: first[items[p].image if isinstance(items[p].image, str) else p])
+
+
+def _cache_stats(engine: Any) -> dict[str, int]:
+    cache = getattr(engine, "cache", None)
+    return {} if cache is None else cache.stats.as_dict()
 
 
 def plot(reports: Sequence[dict[str, Any]], path: str | Path) -> None:

@@ -407,7 +407,7 @@ def answer_fields(answer: Answer, *, load_ms: float | None = None, full: Answer 
     fields: dict[str, Any] = {
         "answer": answer.answer,
         **({} if answer.agent_answer is None else {"agent_answer": answer.agent_answer}),  # runs with the agent
-        "vision_tokens": {"total": answer.vision_total, "kept": answer.vision_kept},
+        "vision_tokens": {"total": answer.vision_total, "kept": answer.vision_kept, "cached": answer.vision_cached},
         **({"selection": dict(answer.conventions)} if answer.conventions else {}),  # the conventions that applied
         "prompt_tokens": {"unpruned": answer.prompt_unpruned, "pruned": answer.prompt_pruned},
         "timings_ms": timings,

@@ -53,6 +53,12 @@ def check_options(
         raise UsageError(f"--max-new-tokens must be at least 1 (got {max_new_tokens})")
 
 
+def check_cache(cache_mb: int | None) -> None:
+    """--cache-mb: None (the device's default) or a number of megabytes, 0 for no cache."""
+    if cache_mb is not None and cache_mb < 0:
+        raise UsageError(f"--cache-mb must be 0 (no cache) or more (got {cache_mb})")
+
+
 def check_conventions(*, budget: str | None = None, question_words: str | None = None) -> None:
     """The one check of --budget and --question-words (None: not given), for the CLI and `Adapter.select`."""
     if budget is not None and budget not in BUDGETS:

@@ -272,6 +272,23 @@ def profile(
     image = image or default_image()
     configs = [_Config(b, n) for n in batch_sizes for b in budgets]
     rounds = warmup + repeats
+    # Every round shows the same image, batch mates too: the profile measures what a new image costs, uncached.
+    cache, engine.cache = engine.cache, None
+    try:
+        _measure_all(engine, configs, rounds, warmup, repeats, image, question, new_tokens, method, progress,
+                     budget=budget, question_words=question_words)
+    finally:
+        engine.cache = cache
+    report = _report(engine, configs, new_tokens=new_tokens, warmup=warmup, repeats=repeats, image=image,
+                     question=question, method=method)
+    report["selection"] = {"budget": budget, "question_words": question_words}
+    return report
+
+
+def _measure_all(
+    engine: Engine, configs: list[_Config], rounds: int, warmup: int, repeats: int, image: Image.Image, question: str,
+    new_tokens: int, method: str, progress: Callable[[str], None] | None, **conventions: str,
+) -> None:
     for r in range(rounds):
         for i, cfg in enumerate(configs):
             if cfg.error:
@@ -280,18 +297,13 @@ def profile(
                 what = "warm-up" if r < warmup else f"repeat {r - warmup + 1}/{repeats}"
                 progress(f"{what} · tokens {cfg.tokens} · batch {cfg.batch_size} ({i + 1}/{len(configs)})")
             try:
-                run = _measure_once(engine, cfg, image, question, new_tokens, method, budget=budget,
-                                    question_words=question_words)
+                run = _measure_once(engine, cfg, image, question, new_tokens, method, **conventions)
             except torch.cuda.OutOfMemoryError:
                 cfg.error = "out of memory"
                 torch.cuda.empty_cache()
                 continue
             if r >= warmup:
                 cfg.runs.append(run)
-    report = _report(engine, configs, new_tokens=new_tokens, warmup=warmup, repeats=repeats, image=image,
-                     question=question, method=method)
-    report["selection"] = {"budget": budget, "question_words": question_words}
-    return report
 
 
 def _report(

@@ -51,7 +51,8 @@ class _Worker:
     """One actor: loads the model once, then answers blocks of items with the local batch code."""
 
     def __init__(
-        self, model: str, device: str, dtype: str, options: dict[str, Any], base: str, agent_model: str | None = None
+        self, model: str, device: str, dtype: str, options: dict[str, Any], base: str, agent_model: str | None = None,
+        cache_mb: int | None = None,
     ) -> None:
         from .batch import BatchRunner
         from .engine import Engine
@@ -60,7 +61,7 @@ class _Worker:
         quiet_libraries()  # a worker's stderr reaches the driver's terminal: the same quiet as the CLI
         self.runner, self.error = None, None
         try:
-            engine = Engine(model, device=device, dtype=dtype, agent_model=agent_model)
+            engine = Engine(model, device=device, dtype=dtype, agent_model=agent_model, cache_mb=cache_mb)
         except Exception as exc:  # e.g. the model is missing on this node: its items say so, Ray stays calm
             reason = str(exc) if isinstance(exc, MmtokError) else _root_cause(exc)
             self.error = f"Ray worker could not load the model: {reason}"
@@ -93,10 +94,12 @@ def run_on_ray(
     base: Path,
     ray_options: RayOptions,
     agent_model: str | None = None,
+    cache_mb: int | None = None,
 ) -> Summary:
     """Run `items` on a Ray actor pool; records reach `emit` in input order, one group per block.
 
     `agent_model`: each actor also loads this second model for the agent's first pass (`options.agent`).
+    `cache_mb`: each actor's vision-token cache (`Engine`), which lives as long as the actor.
     """
     ray = import_ray()
     if ray_options.workers < 1:
@@ -135,6 +138,7 @@ def run_on_ray(
         fn_constructor_kwargs={
             "model": model, "device": device, "dtype": dtype,
             "options": dataclasses.asdict(options), "base": str(Path(base).resolve()), "agent_model": agent_model,
+            "cache_mb": cache_mb,
         },
     )
     start = time.perf_counter()

@@ -22,7 +22,7 @@ def test_json_output_has_every_field(tiny_llava, image_file, engine):
     assert result.exit_code == 0, result.stderr
     record = json.loads(result.stdout)
     assert record["model"] == str(tiny_llava) and record["method"] == "mmtok"
-    assert record["vision_tokens"] == {"total": 64, "kept": 8}
+    assert record["vision_tokens"] == {"total": 64, "kept": 8, "cached": False}
     (kept,) = record["kept_indices"]
     assert len(kept) == 8 and kept == sorted(set(kept)) and all(0 <= i < 64 for i in kept)
     assert record["prompt_tokens"]["pruned"] == record["prompt_tokens"]["unpruned"] - 56
@@ -63,7 +63,7 @@ def test_full_method_keeps_every_token(tiny_llava, image_file):
     result = ask(image_file, "What is here?", "--model", tiny_llava, "--method", "full", "--json",
                  "--max-new-tokens", 2)
     record = json.loads(result.stdout)
-    assert record["vision_tokens"] == {"total": 64, "kept": 64}
+    assert record["vision_tokens"] == {"total": 64, "kept": 64, "cached": False}
     assert record["kept_indices"] == [list(range(64))]
     assert record["speedup"]["estimated"] == 1.0
 

@@ -362,7 +362,7 @@ def test_ask_batch_and_show_on_an_independently_built_checkpoint(tmp_path):
     asked = runner.invoke(app, ["ask", str(image), "what is in the image ?", "--tokens", "5", "--json", *common])
     assert asked.exit_code == 0, asked.stderr
     record = json.loads(asked.stdout)
-    assert record["family"] == "gemma3" and record["vision_tokens"] == {"total": 36, "kept": 5}
+    assert record["family"] == "gemma3" and record["vision_tokens"] == {"total": 36, "kept": 5, "cached": False}
     assert len(record["kept_indices"][0]) == 5
     full = runner.invoke(app, ["ask", str(image), "what is in the image ?", "--method", "full", "--json", *common])
     full = json.loads(full.stdout)
@@ -385,7 +385,7 @@ def test_ask_batch_and_show_on_an_independently_built_checkpoint(tmp_path):
     for rec, name, k in zip(_records(batch.stdout), names, [4, 36, 9]):
         alone = engine.ask(Image.open(tmp_path / name).convert("RGB"), "what colour is it ?", tokens=k,
                            max_new_tokens=3)
-        assert rec["vision_tokens"] == {"total": 36, "kept": k} and rec["answer"] == alone.answer
+        assert rec["vision_tokens"] == {"total": 36, "kept": k, "cached": False} and rec["answer"] == alone.answer
 
     picture = tmp_path / "show.png"
     shown = runner.invoke(app, ["show", str(image), "what is in the image ?", "--tokens", "6", "--methods",

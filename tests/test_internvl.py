@@ -343,7 +343,7 @@ def test_ask_batch_and_show_on_an_independently_built_checkpoint(independent, tm
                                 str(independent), "--tokens", "5", "--json", "--max-new-tokens", "3"])
     assert asked.exit_code == 0, asked.stderr
     record = json.loads(asked.stdout)
-    assert record["family"] == "internvl" and record["vision_tokens"] == {"kept": 5, "total": 4 * 7}  # 3x2 tiles + 1
+    assert record["family"] == "internvl" and record["vision_tokens"] == {"kept": 5, "total": 4 * 7, "cached": False}  # 3x2 tiles + 1
 
     data = tmp_path / "q.jsonl"
     data.write_text("".join(json.dumps({"id": i, "image": f"img{i}.png", "question": "what colour is the cat ?",

@@ -10,11 +10,12 @@ from __future__ import annotations
 import copy
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from PIL import Image
+from torch.nn.utils.rnn import pad_sequence
 
 from ..baselines import ZipInputs, choose
 from ..errors import MmtokError
@@ -29,25 +30,105 @@ VISIONZIP_FAMILIES = "llava, llava-next"
 """The families whose adapters provide `visionzip_inputs` (for the error of the others)."""
 
 
+def padded(pad: float | bool = 0, **kwargs: Any) -> Any:
+    """A `VisionTokens` field of (B, n, ...) tensors padded along n with `pad` (see `VisionTokens.split`)."""
+    return field(metadata={"batch": "padded", "pad": pad}, **kwargs)
+
+
+def per_image(**kwargs: Any) -> Any:
+    """A `VisionTokens` field that is a list with one entry per image."""
+    return field(default=None, metadata={"batch": "per-image"}, **kwargs)
+
+
+def per_layer(**kwargs: Any) -> Any:
+    """A `VisionTokens` field that is a list of layers, each a list with one entry per image."""
+    return field(default=None, metadata={"batch": "per-layer"}, **kwargs)
+
+
+def per_view(**kwargs: Any) -> Any:
+    """A `VisionTokens` field of (views of the whole batch, ...) tensors; the `views` field says how many are each
+    image's."""
+    return field(default=None, metadata={"batch": "per-view"}, **kwargs)
+
+
+Tokens = TypeVar("Tokens", bound="VisionTokens")
+
+
 @dataclass
 class VisionTokens:
-    """A batch's vision tokens, padded to the longest image."""
+    """A batch's vision tokens, padded to the longest image.
 
-    vision: torch.Tensor
+    Every field says how it is laid out over the batch (`padded`, `per_image`, `per_layer`, `per_view`), so a
+    batch splits into one entry per image and joins back from any entries (`split`, `join`): the cache.
+    """
+
+    vision: torch.Tensor = padded(0)
     """(B, n, d) V: exactly what the LLM would receive for each image."""
-    features: torch.Tensor
+    features: torch.Tensor = padded(0)
     """(B, n, e) U: vision-encoder features aligned one-to-one with `vision`."""
-    mask: torch.Tensor
+    mask: torch.Tensor = padded(False)
     """(B, n) bool: True where a token exists (False = batch padding)."""
-    allowed: torch.Tensor
+    allowed: torch.Tensor = padded(False)
     """(B, n) bool: True where a token may be kept when pruning."""
-    parts: torch.Tensor | None = None
+    parts: torch.Tensor | None = padded(-1, default=None)
     """(B, n) long: which view of its image each token comes from (0, 1, ...; -1 for batch padding), for
     families whose images are several views (crops, tiles); None: one view. See views.py."""
 
     @property
     def counts(self) -> list[int]:
         return self.mask.sum(-1).tolist()
+
+    def split(self: Tokens) -> list[Tokens]:
+        """Each image's tokens alone, as a batch of one without padding, in tensors of their own (no views of this
+        batch's, which would keep it all alive)."""
+        views = getattr(self, "views", None)
+        starts = [0] if views is None else [0, *torch.tensor(views).cumsum(0).tolist()]
+        out = []
+        for row, n in enumerate(self.counts):
+            values: dict[str, Any] = {}
+            for f in fields(self):
+                value, kind = getattr(self, f.name), f.metadata.get("batch")
+                if value is None:
+                    values[f.name] = None
+                elif kind == "padded":
+                    values[f.name] = value[row : row + 1, :n].clone()
+                elif kind == "per-image":
+                    values[f.name] = [_own(value[row])]
+                elif kind == "per-layer":
+                    values[f.name] = [[_own(layer[row])] for layer in value]
+                elif kind == "per-view":
+                    values[f.name] = value[starts[row] : starts[row + 1]].clone()
+                else:
+                    raise TypeError(f"{type(self).__name__}.{f.name} does not say how it is laid out over the batch")
+            out.append(replace(self, **values))
+        return out
+
+    @classmethod
+    def join(cls: type[Tokens], items: Sequence[Tokens]) -> Tokens:
+        """One batch of `items` (entries of `split`, in any order and with repeats), padded as `encode` pads."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            got, kind = [getattr(item, f.name) for item in items], f.metadata.get("batch")
+            if all(g is None for g in got):
+                values[f.name] = None
+            elif kind == "padded":
+                # `parts` is None for an image of one view where a batch had no other: view 0 throughout
+                rows = [g[0] if g is not None else item.mask.new_zeros(item.mask.shape[1], dtype=torch.long)
+                        for g, item in zip(got, items)]
+                values[f.name] = pad_sequence(rows, batch_first=True, padding_value=f.metadata["pad"])
+            elif kind == "per-image":
+                values[f.name] = [entry for g in got for entry in g]
+            elif kind == "per-layer":
+                values[f.name] = [[entry for g in layer for entry in g] for layer in zip(*got)]
+            elif kind == "per-view":
+                values[f.name] = torch.cat(got)
+            else:
+                raise TypeError(f"{cls.__name__}.{f.name} does not say how it is laid out over the batch")
+        return cls(**values)
+
+
+def _own(value: Any) -> Any:
+    return value.clone() if isinstance(value, torch.Tensor) else value
 
 
 @dataclass
@@ -60,6 +141,8 @@ class Prepared:
     """(height, width) of each original image, before any resizing or padding."""
     images: list[Image.Image] = field(default_factory=list)
     """The original images (for what needs their pixels later, such as `random`'s per-image seed)."""
+    keys: list[str] | None = None
+    """Each image's cache key (`cache.image_key`), set by `Engine.prepare`."""
 
 
 class Adapter(ABC):
@@ -142,6 +225,38 @@ class Adapter(ABC):
     @abstractmethod
     def encode(self, prepared: Prepared) -> VisionTokens:
         """Run the vision side once and return V, U and the masks."""
+
+    def cache_salt(self) -> str:
+        """Settings besides the image's pixels that change its vision tokens and can change between runs of one
+        loaded model (part of the cache key); the processor's fixed settings need not be here."""
+        return ""
+
+    def pixel_rows(self, prepared: Prepared) -> list[int] | None:
+        """How many rows of `pixel_values` each image has, for families whose processor concatenates the batch's
+        views or patches; None: `pixel_values` has one entry per image, like every other input."""
+        return None
+
+    def image_inputs(self, prepared: Prepared, rows: list[int]) -> Prepared:
+        """The batch with only its images `rows` (in that order), for `encode`: to encode only the images the
+        cache lacks. Every input is cut per image (`pixel_rows` says how `pixel_values` is)."""
+        from transformers import BatchFeature
+
+        size = len(prepared.image_sizes)
+        counts = self.pixel_rows(prepared)
+        cut = {}
+        for key, value in prepared.inputs.items():
+            if key == "pixel_values" and counts is not None:
+                starts = [0, *torch.tensor(counts).cumsum(0).tolist()]
+                cut[key] = torch.cat([value[starts[r] : starts[r + 1]] for r in rows])
+            elif isinstance(value, torch.Tensor) and value.shape[:1] == (size,):
+                cut[key] = value[torch.tensor(rows, device=value.device)]
+            else:
+                raise MmtokError(f"{self.family}: cannot tell which images the processor output '{key}' belongs to")
+        return Prepared(
+            inputs=BatchFeature(cut), image_sizes=[prepared.image_sizes[r] for r in rows],
+            images=[prepared.images[r] for r in rows] if prepared.images else [],
+            keys=[prepared.keys[r] for r in rows] if prepared.keys else None,
+        )
 
     def text_tokens(
         self, questions: list[str], agent_answers: list[str] | None = None, *, words: str = "content"

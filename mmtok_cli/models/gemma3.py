@@ -81,6 +81,13 @@ class Gemma3Adapter(Adapter):
         per_view = self.model.config.mm_tokens_per_image
         return ((prepared.inputs["input_ids"] == self.image_token_id).sum(1) // per_view).tolist()
 
+    def cache_salt(self) -> str:
+        return repr(sorted(self.image_options().items()))  # `pan_and_scan` can change between runs
+
+    def pixel_rows(self, prepared: Prepared) -> list[int]:
+        """Each image's views (the image, then its crops), concatenated over the batch."""
+        return self._views(prepared)
+
     def encode(self, prepared: Prepared) -> VisionTokens:
         out = self.model.get_image_features(pixel_values=prepared.inputs["pixel_values"], return_dict=True)
         vision_all = out.pooler_output  # (all views of the batch, tokens per view, d)

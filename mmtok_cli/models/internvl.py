@@ -70,6 +70,12 @@ class InternVLAdapter(Adapter):
             parts=pad_sequence(parts, batch_first=True, padding_value=-1),
         )
 
+    def pixel_rows(self, prepared: Prepared) -> list[int]:
+        """Each image's tiles (and thumbnail), concatenated over the batch."""
+        placeholders = (prepared.inputs["input_ids"] == self.image_token_id).sum(1)
+        per_view = int(placeholders.sum()) // len(prepared.inputs["pixel_values"])
+        return self._views_per_image(prepared.inputs["input_ids"], per_view)
+
     def _projector_input(self, out: BaseModelOutputWithPooling) -> torch.Tensor:
         """U: what `get_image_features` hands the projector, from its own outputs and `pixel_shuffle`."""
         config = self.model.config

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -11,7 +12,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from ..baselines import ZipInputs
 from ..errors import MmtokError
 from ..selection import TAU_T_LLAVA
-from .base import VISIONZIP_FAMILIES, Adapter, Prepared, VisionTokens, drop_placeholders
+from .base import VISIONZIP_FAMILIES, Adapter, Prepared, VisionTokens, drop_placeholders, padded, per_image, per_view
 from .regions import Placement, TokenRegions, cell_box, clip, resize_and_crop
 
 
@@ -28,12 +29,32 @@ def projector_input(config: Any, hidden: tuple[torch.Tensor, ...]) -> torch.Tens
 class ClipVisionTokens(VisionTokens):
     """What `visionzip` needs from a CLIP tower, kept by reference (nothing is computed unless it runs)."""
 
-    layer_input: torch.Tensor | None = None
+    layer_input: torch.Tensor | None = per_view()
     """(views, 1 + hw, e) the input of the vision layer the model reads (CLS first), every view of the batch."""
-    layer_cls: torch.Tensor | None = None
+    layer_cls: torch.Tensor | None = per_view()
     """(views, e) that layer's output at the CLS token."""
-    sources: torch.Tensor | None = None
-    """(B, n) long: each token's view (counted over the batch) * hw + its patch in the view; -1 for padding."""
+    sources: torch.Tensor | None = padded(-1, default=None)
+    """(B, n) long: each token's view (counted over the batch) * hw + its patch in the view; -1 for padding.
+    None (as the two above) where visionzip cannot run."""
+    views: list[int] | None = per_image()
+    """Each image's views: its rows of `layer_input`."""
+
+    def split(self) -> list[ClipVisionTokens]:
+        pieces = super().split()
+        if self.sources is not None:  # count each image's views from its own first
+            starts = torch.tensor([0, *self.views[:-1]]).cumsum(0).tolist()
+            hw = self.layer_input.shape[1] - 1
+            for piece, start in zip(pieces, starts):
+                piece.sources -= start * hw
+        return pieces
+
+    @classmethod
+    def join(cls, items: Sequence[ClipVisionTokens]) -> ClipVisionTokens:
+        if items[0].sources is not None:
+            hw = items[0].layer_input.shape[1] - 1
+            starts = torch.tensor([0, *(item.views[0] for item in items[:-1])]).cumsum(0).tolist()
+            items = [replace(item, sources=item.sources + start * hw) for item, start in zip(items, starts)]
+        return super().join(items)
 
 
 def _zip_layer(config: Any) -> int | None:
@@ -114,9 +135,9 @@ class LlavaAdapter(Adapter):
         if allowed.shape != mask.shape:  # an unusual layout: do not guess, allow everything
             allowed = mask
         layer_input, layer_cls = read_layer(config, out.hidden_states) or (None, None)
-        sources = torch.arange(mask.numel(), device=vision.device).view(mask.shape)
-        return ClipVisionTokens(vision=vision, features=features, mask=mask, allowed=allowed,
-                                layer_input=layer_input, layer_cls=layer_cls, sources=sources)
+        sources = None if layer_input is None else torch.arange(mask.numel(), device=vision.device).view(mask.shape)
+        return ClipVisionTokens(vision=vision, features=features, mask=mask, allowed=allowed, layer_input=layer_input,
+                                layer_cls=layer_cls, sources=sources, views=[1] * len(vision))
 
     def visionzip_inputs(self, prepared: Prepared, tokens: VisionTokens) -> ZipInputs:
         assert isinstance(tokens, ClipVisionTokens)

@@ -24,7 +24,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from ..baselines import ZipInputs
 from ..errors import MmtokError
 from ..selection import TAU_T_LLAVA
-from .base import Adapter, Prepared, VisionTokens, drop_placeholders
+from .base import Adapter, Prepared, VisionTokens, drop_placeholders, per_image
 from .llava import ClipVisionTokens, clip_zip_inputs, hidden_states_to_keep, projector_input, read_layer
 from .regions import Box, Placement, TokenRegions, cell_box, clip, resize_and_crop, size_value
 
@@ -36,7 +36,7 @@ _NEWLINE, _Y, _X, _VIEW = 0, 1, 2, 3
 class NextVisionTokens(ClipVisionTokens):
     """`parts`: 0 = base view, 1.. = crops."""
 
-    packed: list[torch.Tensor] | None = None
+    packed: list[torch.Tensor] | None = per_image()
     """Each image's packed sequence as the model builds it, newlines included: what k >= n feeds."""
 
 
@@ -88,6 +88,7 @@ class LlavaNextAdapter(Adapter):
             allowed=mask,
             parts=pad_sequence(parts, batch_first=True, padding_value=-1),
             packed=packed,
+            views=views,
         )
 
     def visionzip_inputs(self, prepared: Prepared, tokens: VisionTokens) -> ZipInputs:

@@ -23,15 +23,13 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from ..selection import TAU_T_QWEN
-from .base import Adapter, Prepared, VisionTokens, compact, placeholder_stays
+from .base import Adapter, Prepared, VisionTokens, compact, per_layer, placeholder_stays
 from .regions import Placement, TokenRegions, cell_box, clip
 
 
 @dataclass
 class QwenVisionTokens(VisionTokens):
-    per_image: list[torch.Tensor] | None = None
-    """Each image's V, unpadded (n_i, d)."""
-    deepstack: list[list[torch.Tensor]] | None = None
+    deepstack: list[list[torch.Tensor]] | None = per_layer()
     """Qwen3-VL: per deepstack layer, each image's (n_i, d) features injected into the LLM."""
 
 
@@ -84,9 +82,12 @@ class QwenVLAdapter(Adapter):
             features=pad_sequence(list(features), batch_first=True),
             mask=mask,
             allowed=mask,
-            per_image=per_image,
             deepstack=[list(layer) for layer in deepstack] if deepstack else None,
         )
+
+    def pixel_rows(self, prepared: Prepared) -> list[int]:
+        """Each image's t * h * w patches, concatenated over the batch."""
+        return prepared.inputs["image_grid_thw"].prod(-1).tolist()
 
     def _merged_groups(self, hidden: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         """(N, e) ViT features before the merger, mean-pooled over each merged group, in V's order."""
@@ -156,7 +157,7 @@ class QwenVLAdapter(Adapter):
     def _encoder_outputs(self, tokens: QwenVisionTokens, kept: list[torch.Tensor]) -> Any:
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-        return BaseModelOutputWithPooling(pooler_output=[v[idx] for v, idx in zip(tokens.per_image, kept)])
+        return BaseModelOutputWithPooling(pooler_output=[v[idx] for v, idx in zip(tokens.vision, kept)])
 
 
 class Qwen3VLAdapter(QwenVLAdapter):
@@ -185,7 +186,7 @@ class Qwen3VLAdapter(QwenVLAdapter):
 
         # The deepstack features sit on the same image positions as V, so they take the same indices.
         return BaseModelOutputWithDeepstackFeatures(
-            pooler_output=[v[idx] for v, idx in zip(tokens.per_image, kept)],
+            pooler_output=[v[idx] for v, idx in zip(tokens.vision, kept)],
             deepstack_features=[[f[idx] for f, idx in zip(layer, kept)] for layer in tokens.deepstack or []],
         )
 
