@@ -291,6 +291,8 @@ class BatchRunner:
                 preprocess_ms = (time.perf_counter() - start) * 1e3
             return self._results(entries, prepared, preprocess_ms)
         except torch.cuda.OutOfMemoryError:
+            if self.engine.cache is not None:  # cached vision tokens yield to the batch (they may be on the GPU)
+                self.engine.cache.clear()
             if self.engine.device.type == "cuda":
                 torch.cuda.empty_cache()
             if len(entries) == 1:

@@ -84,6 +84,7 @@ def test_answer_words_drop_stop_words_without_fallback(engine):
 
 def test_agent_words_reach_the_selection_and_vision_is_encoded_once(engine, pictures, monkeypatch):
     plain = engine.run(pictures, QUESTIONS, tokens=8, max_new_tokens=4)
+    engine.cache.clear()  # the run above filled it: the agent's run must encode the images itself, once
     encodes = spy(monkeypatch, engine.adapter, "encode")
     selects = spy(monkeypatch, engine.adapter, "select")
     answers = engine.run(pictures, QUESTIONS, tokens=8, max_new_tokens=4, agent=True)
