@@ -12,6 +12,7 @@ from mmtok_cli.text import all_words, question_words
 
 from . import reference
 from .conftest import noise_image
+from .device import TEST_DEVICE
 
 runner = CliRunner()
 
@@ -70,12 +71,12 @@ def test_budget_counts_per_view_in_batch_records(tiny_next, tmp_path):
     for budget in ("total", "per-view", "global"):
         out = tmp_path / f"{budget}.jsonl"
         result = runner.invoke(app, ["batch", str(data), "--out", str(out), "--model", str(tiny_next), "--device",
-                                     "cpu", "--tokens", "7", "--max-new-tokens", "1", "--budget", budget])
+                                     TEST_DEVICE, "--tokens", "7", "--max-new-tokens", "1", "--budget", budget])
         assert result.exit_code == 0, result.output
         records[budget] = json.loads(out.read_text())
     from mmtok_cli.engine import Engine
 
-    engine = Engine(str(tiny_next), device="cpu", dtype="float32")
+    engine = Engine(str(tiny_next), device=TEST_DEVICE, dtype="float32")
     from PIL import Image
 
     vt = engine.adapter.encode(engine.prepare([Image.open(picture)], ["Is there a cat?"]))

@@ -21,6 +21,7 @@ from mmtok_cli.models.views import split_evenly
 from . import reference
 from .checks import assert_batch_equals_one_by_one, ray_and_local_records
 from .conftest import noise_image
+from .device import TEST_DEVICE
 from .test_show import _unnormalize, ramp
 
 QUESTION = "What colour is the cat on the sofa?"
@@ -40,7 +41,7 @@ def paths(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engines(paths):
-    return {scan: Engine(str(path), device="cpu", dtype="float32") for scan, path in paths.items()}
+    return {scan: Engine(str(path), device=TEST_DEVICE, dtype="float32") for scan, path in paths.items()}
 
 
 @pytest.fixture(scope="module")
@@ -284,7 +285,7 @@ def test_eval_runs_every_method(paths, tmp_path):
     generate(tmp_path / "synth", 2, seed=0)
     out = tmp_path / "eval.json"
     result = runner.invoke(app, ["eval", str(tmp_path / "synth" / "questions.jsonl"), "--model", str(paths[True]),
-                                 "--device", "cpu", "--tokens", "4", "--methods", "mmtok,divprune",
+                                 "--device", TEST_DEVICE, "--tokens", "4", "--methods", "mmtok,divprune",
                                  "--max-new-tokens", "2", "--json", str(out)])
     assert result.exit_code == 0, result.output
     rows = json.loads(out.read_text())["results"]
@@ -357,7 +358,7 @@ def test_ask_batch_and_show_on_an_independently_built_checkpoint(tmp_path):
     path = str(_independent_checkpoint(tmp_path / "independent"))
     image = tmp_path / "cat.png"
     noise_image(9, (150, 100)).save(image)
-    common = ["--model", path, "--device", "cpu", "--dtype", "float32", "--max-new-tokens", "3"]
+    common = ["--model", path, "--device", TEST_DEVICE, "--dtype", "float32", "--max-new-tokens", "3"]
 
     asked = runner.invoke(app, ["ask", str(image), "what is in the image ?", "--tokens", "5", "--json", *common])
     assert asked.exit_code == 0, asked.stderr
@@ -381,7 +382,7 @@ def test_ask_batch_and_show_on_an_independently_built_checkpoint(tmp_path):
                             for n, k in zip(names, [4, 36, 9])))
     batch = runner.invoke(app, ["batch", str(data), "--batch-size", "3", *common])
     assert batch.exit_code == 0, batch.stderr
-    engine = Engine(path, device="cpu", dtype="float32")
+    engine = Engine(path, device=TEST_DEVICE, dtype="float32")
     for rec, name, k in zip(_records(batch.stdout), names, [4, 36, 9]):
         alone = engine.ask(Image.open(tmp_path / name).convert("RGB"), "what colour is it ?", tokens=k,
                            max_new_tokens=3)

@@ -19,6 +19,7 @@ from mmtok_cli.models.views import split_evenly
 from . import reference
 from .checks import QUESTIONS, assert_batch_equals_one_by_one, ray_and_local_records
 from .conftest import noise_image
+from .device import TEST_DEVICE
 
 QUESTION = "What colour is the cat on the sofa?"
 WORDS = ["colour", "cat", "on", "sofa"]
@@ -40,7 +41,7 @@ def path(tmp_path_factory):
 def engine(path):
     from mmtok_cli.engine import Engine
 
-    return Engine(str(path), device="cpu", dtype="float32")
+    return Engine(str(path), device=TEST_DEVICE, dtype="float32")
 
 
 @pytest.fixture(scope="module")
@@ -252,7 +253,7 @@ def test_eval_runs(path, tmp_path):
     generate(tmp_path / "synth", 2, seed=0)
     out = tmp_path / "eval.json"
     result = runner.invoke(app, ["eval", str(tmp_path / "synth" / "questions.jsonl"), "--model", str(path),
-                                 "--device", "cpu", "--tokens", "8", "--methods", "mmtok,random",
+                                 "--device", TEST_DEVICE, "--tokens", "8", "--methods", "mmtok,random",
                                  "--max-new-tokens", "2", "--json", str(out)])
     assert result.exit_code == 0, result.output
     rows = json.loads(out.read_text())["results"]
@@ -352,7 +353,7 @@ def test_ask_batch_and_show_on_an_independently_built_checkpoint(independent, tm
                                 "--batch-size", "4"])
     assert batch.exit_code == 0, batch.stderr
     rows = [json.loads(line) for line in batch.stdout.splitlines()]
-    engine = Engine(str(independent), device="cpu")
+    engine = Engine(str(independent), device=TEST_DEVICE, dtype="float32")
     totals = set()
     for i, (row, k) in enumerate(zip(rows, budgets)):
         alone = engine.ask(load_image(str(tmp_path / f"img{i}.png")), "what colour is the cat ?", tokens=k,

@@ -6,6 +6,7 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from . import reference
 from .conftest import noise_image
+from .device import TEST_DEVICE
 
 QUESTION = "What colour is the cat on the sofa?"
 NEW = 8
@@ -131,7 +132,7 @@ def padded_engine(tmp_path_factory):
     from mmtok_cli.tiny import build_tiny_llava
 
     path = build_tiny_llava(tmp_path_factory.mktemp("padded") / "llava-pad", seed=1, pad_to_square=True)
-    return Engine(str(path), device="cpu")
+    return Engine(str(path), device=TEST_DEVICE, dtype="float32")
 
 
 def test_pad_to_square_padding_patches_are_never_kept(padded_engine):
@@ -159,7 +160,7 @@ def test_checkpoint_without_chat_template_uses_llava_conversation_format(tmp_pat
     from mmtok_cli.tiny import build_tiny_llava
 
     path = build_tiny_llava(tmp_path / "no-template", chat_template=False)
-    engine = Engine(str(path), device="cpu")
+    engine = Engine(str(path), device=TEST_DEVICE, dtype="float32")
     assert engine.adapter.prompt("Is it red?") == "USER: <image>\nIs it red? ASSISTANT:"
     answer = engine.ask(noise_image(7), "Is it red?", tokens=4, max_new_tokens=2)
     assert answer.vision_kept == 4
@@ -174,7 +175,7 @@ def test_feature_layouts_u_is_the_projector_input(tmp_path, layout):
     from mmtok_cli.tiny import build_tiny_llava
 
     path = build_tiny_llava(tmp_path / "layout", seed=2, **layout)
-    engine = Engine(str(path), device="cpu")
+    engine = Engine(str(path), device=TEST_DEVICE, dtype="float32")
     adapter = engine.adapter
     seen = []
     hook = adapter.model.model.multi_modal_projector.register_forward_pre_hook(lambda m, args: seen.append(args[0]))

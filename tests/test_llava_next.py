@@ -14,6 +14,7 @@ from mmtok_cli.models.views import split_evenly
 from . import reference
 from .checks import assert_batch_equals_one_by_one
 from .conftest import noise_image
+from .device import TEST_DEVICE
 
 QUESTION = "What colour is the cat on the sofa?"
 WORDS = ["colour", "cat", "on", "sofa"]
@@ -33,7 +34,7 @@ def next_path(tmp_path_factory):
 def next_engine(next_path):
     from mmtok_cli.engine import Engine
 
-    return Engine(str(next_path), device="cpu", dtype="float32")
+    return Engine(str(next_path), device=TEST_DEVICE, dtype="float32")
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from mmtok_cli.models.views import split_evenly
 
 from .checks import assert_batch_equals_one_by_one
 from .conftest import noise_image
+from .device import TEST_DEVICE
 from .test_llava_next import NEW, QUESTION, SIDE, SIZES, _until_eos, check_pruned_against_reference
 
 runner = CliRunner()
@@ -33,7 +34,7 @@ def onevision(request, tmp_path_factory):
 
     aspect = request.param
     path = build_tiny_llava_onevision(tmp_path_factory.mktemp("ov") / aspect, seed=5, vision_aspect_ratio=aspect)
-    engine = Engine(str(path), device="cpu", dtype="float32")
+    engine = Engine(str(path), device=TEST_DEVICE, dtype="float32")
     return aspect, path, engine, engine.adapter.model_class().from_pretrained(path).eval()
 
 
@@ -194,7 +195,7 @@ def test_eval_runs(onevision, tmp_path):
     generate(tmp_path / "synth", 2, seed=0)
     report = tmp_path / "eval.json"
     result = runner.invoke(app, ["eval", str(tmp_path / "synth" / "questions.jsonl"), "--model", str(path),
-                                 "--device", "cpu", "--tokens", "6", "--methods", "mmtok,uniform",
+                                 "--device", TEST_DEVICE, "--tokens", "6", "--methods", "mmtok,uniform",
                                  "--max-new-tokens", "2", "--batch-size", "4", "--json", str(report)])
     assert result.exit_code == 0, result.output
     rows = json.loads(report.read_text())["results"]
@@ -276,7 +277,7 @@ def test_ask_batch_and_show_on_an_independently_built_checkpoint(tmp_path):
     sizes = [(150, 100), (60, 200), (126, 126)]  # a 2x2, a 2x1 and a shrunk 3x3 grid of views
     for i, size in enumerate(sizes):
         noise_image(40 + i, size).save(tmp_path / f"img{i}.png")
-    common = ["--model", str(folder), "--max-new-tokens", "4", "--device", "cpu", "--dtype", "float32"]
+    common = ["--model", str(folder), "--max-new-tokens", "4", "--device", TEST_DEVICE, "--dtype", "float32"]
 
     asked = runner.invoke(app, ["ask", str(tmp_path / "img2.png"), "What is in the image?", "--tokens", "5", "--json",
                                 *common])
@@ -290,7 +291,7 @@ def test_ask_batch_and_show_on_an_independently_built_checkpoint(tmp_path):
              for i, k in enumerate(budgets)]
     batch = runner.invoke(app, ["batch", str(write_jsonl(tmp_path / "q.jsonl", lines)), "--batch-size", "3", *common])
     assert batch.exit_code == 0, batch.output
-    engine = Engine(str(folder), device="cpu", dtype="float32")
+    engine = Engine(str(folder), device=TEST_DEVICE, dtype="float32")
     for i, (k, got) in enumerate(zip(budgets, records(batch.stdout))):
         image = noise_image(40 + i, sizes[i])
         alone = engine.ask(image, "Where is the red cat?", tokens=k, max_new_tokens=4)

@@ -20,6 +20,7 @@ from mmtok_cli.cli import app
 from . import test_show
 from .checks import ray_and_local_records
 from .conftest import noise_image
+from .device import TEST_DEVICE
 from .test_batch import records, write_jsonl
 from .test_qwen_vl import (  # noqa: F401  (collected here, on the Qwen3.5 fixture below)
     QUESTION,
@@ -46,7 +47,7 @@ def qwen(request, tmp_path_factory):
     from mmtok_cli.tiny import build_tiny_qwen_vl
 
     path = build_tiny_qwen_vl(tmp_path_factory.mktemp("qwen35") / "tiny-qwen3.5", version=request.param, seed=3)
-    engine = Engine(str(path), device="cpu", dtype="float32")
+    engine = Engine(str(path), device=TEST_DEVICE, dtype="float32")
     model = engine.adapter.model_class().from_pretrained(path).eval()
     return request.param, path, engine, model
 
@@ -134,7 +135,7 @@ def test_moe_variant_equals_plain_generate_and_prunes(tmp_path):
     from mmtok_cli.tiny import build_tiny_qwen_vl
 
     path = build_tiny_qwen_vl(tmp_path / "moe", version="3.5-moe", seed=5)
-    engine = Engine(str(path), device="cpu", dtype="float32")
+    engine = Engine(str(path), device=TEST_DEVICE, dtype="float32")
     assert engine.adapter.family == "qwen3.5-moe"
     model = engine.adapter.model_class().from_pretrained(path).eval()
     images = [noise_image(40, SIZES[0]), noise_image(41, SIZES[1])]
@@ -171,7 +172,7 @@ def test_eval_runs_on_it(qwen, tmp_path):
     generate(tmp_path / "synth", 2, seed=0)
     data = tmp_path / "synth" / "questions.jsonl"
     out = tmp_path / "eval.json"
-    result = runner.invoke(app, ["eval", str(data), "--model", str(path), "--device", "cpu", "--tokens", "4",
+    result = runner.invoke(app, ["eval", str(data), "--model", str(path), "--device", TEST_DEVICE, "--tokens", "4",
                                  "--methods", "mmtok,divprune", "--max-new-tokens", "2", "--json", str(out)])
     assert result.exit_code == 0, result.output
     rows = json.loads(out.read_text())["results"]
@@ -247,7 +248,7 @@ def test_ask_batch_and_show_on_a_checkpoint_built_without_mmtok(tmp_path):
     sizes = [(96, 64), (48, 112), (300, 300)]  # 24, 21 and (capped) 36 tokens
     for i, size in enumerate(sizes):
         noise_image(70 + i, size).save(tmp_path / f"img{i}.png")
-    common = ["--model", str(path), "--device", "cpu", "--dtype", "float32", "--max-new-tokens", "4"]
+    common = ["--model", str(path), "--device", TEST_DEVICE, "--dtype", "float32", "--max-new-tokens", "4"]
 
     # ask, keeping every token: exactly plain `generate` on inputs made from the image processor and tokenizer
     ip, tok = AutoImageProcessor.from_pretrained(path), AutoTokenizer.from_pretrained(path)

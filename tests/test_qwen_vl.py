@@ -18,6 +18,7 @@ from mmtok_cli.cli import app
 from . import reference
 from .checks import assert_batch_equals_one_by_one
 from .conftest import noise_image
+from .device import TEST_DEVICE
 
 QUESTION = "What colour is the cat on the sofa?"
 WORDS = ["colour", "cat", "on", "sofa"]  # the question's content words
@@ -33,7 +34,7 @@ def qwen(request, tmp_path_factory):
 
     version = request.param
     path = build_tiny_qwen_vl(tmp_path_factory.mktemp("qwen") / f"tiny-qwen{version}", version=version, seed=3)
-    engine = Engine(str(path), device="cpu", dtype="float32")
+    engine = Engine(str(path), device=TEST_DEVICE, dtype="float32")
     model = engine.adapter.model_class().from_pretrained(path).eval()
     return version, path, engine, model
 
@@ -251,7 +252,7 @@ def test_checkpoints_with_other_chat_template_layouts(tmp_path, layout):
     if layout == "chat_template.json":
         (path / "chat_template.json").write_text(json.dumps({"chat_template": template.read_text()}))
     template.unlink()
-    engine = Engine(str(path), device="cpu")
+    engine = Engine(str(path), device=TEST_DEVICE, dtype="float32")
     assert engine.adapter.prompt("Is it red?") == (
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
         "<|vision_start|><|image_pad|><|vision_end|>Is it red?<|im_end|>\n<|im_start|>assistant\n"

@@ -17,6 +17,8 @@ from mmtok_cli import show
 from mmtok_cli.models.base import Prepared
 from mmtok_cli.models.regions import area
 
+from .device import TEST_DEVICE
+
 
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory, engine):
@@ -41,7 +43,7 @@ def engines(tmp_path_factory, engine):
         # every multi-crop grid shrunk: crop tokens blend neighbouring patches
         "llava-onevision-shrunk": build_tiny_llava_onevision(root / "shrunk", vision_aspect_ratio="anyres_max_1"),
     }
-    return {"llava": engine, **{name: Engine(str(p), device="cpu", dtype="float32") for name, p in paths.items()}}
+    return {"llava": engine, **{name: Engine(str(p), device=TEST_DEVICE, dtype="float32") for name, p in paths.items()}}
 
 
 def ramp(width: int, height: int) -> Image.Image:

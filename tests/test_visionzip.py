@@ -11,6 +11,7 @@ from mmtok_cli.baselines import visionzip_split
 from mmtok_cli.errors import MmtokError
 
 from .conftest import noise_image
+from .device import TEST_DEVICE
 
 QUESTION = "What colour is the cat on the sofa?"
 NEW = 8
@@ -145,7 +146,7 @@ def next_engine(tmp_path_factory):
     from mmtok_cli.tiny import build_tiny_llava_next
 
     path = build_tiny_llava_next(tmp_path_factory.mktemp("next") / "tiny-llava-next", seed=4)
-    return Engine(str(path), device="cpu", dtype="float32")
+    return Engine(str(path), device=TEST_DEVICE, dtype="float32")
 
 
 def test_llava_next_zips_every_view(next_engine):
