@@ -65,8 +65,8 @@ def extended_text(engine, questions, agent_answers):
     adapter = engine.adapter
     ids = [content_token_ids(q, adapter.tokenizer, agent_answer=a) for q, a in zip(questions, agent_answers)]
     m = max(len(i) for i in ids)
-    padded = torch.zeros(len(ids), m, dtype=torch.long)
-    mask = torch.zeros(len(ids), m, dtype=torch.bool)
+    padded = torch.zeros(len(ids), m, dtype=torch.long, device=engine.device)
+    mask = torch.zeros(len(ids), m, dtype=torch.bool, device=engine.device)
     for row, row_ids in enumerate(ids):
         padded[row, : len(row_ids)] = torch.tensor(row_ids)
         mask[row, : len(row_ids)] = True

@@ -33,19 +33,19 @@ def test_all_words_is_the_reference_rule(question, words):
 
 
 def test_question_words_all_selects_with_every_word(engine, tiny_llava):
-    model = LlavaForConditionalGeneration.from_pretrained(tiny_llava).eval()
+    model = LlavaForConditionalGeneration.from_pretrained(tiny_llava).eval().to(TEST_DEVICE)
     processor = AutoProcessor.from_pretrained(tiny_llava)
     question, image, k = "Is the cat on the sofa?", noise_image(8), 6
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    pixels = processor(images=[image], text=[prompt], return_tensors="pt")["pixel_values"]
+    pixels = processor(images=[image], text=[prompt], return_tensors="pt")["pixel_values"].to(TEST_DEVICE)
     with torch.no_grad():
         hidden = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states
         U = hidden[-2][0, 1:]
         V = model.model.multi_modal_projector(U)
         words = ["Question:", "Is", "the", "cat", "on", "the", "sofa?"]
         ids = processor.tokenizer(words, is_split_into_words=True, add_special_tokens=False)["input_ids"]
-        T = model.get_input_embeddings()(torch.tensor(ids))
+        T = model.get_input_embeddings()(torch.tensor(ids, device=TEST_DEVICE))
     answer = engine.ask(image, question, tokens=k, max_new_tokens=1, question_words="all")
     assert answer.kept_indices == [reference.mmtok_indices(V, U, T, k)]
     assert answer.conventions == {"question_words": "all"}  # one view: the budget convention does not apply

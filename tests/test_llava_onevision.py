@@ -19,7 +19,7 @@ from mmtok_cli.models.views import split_evenly
 
 from .checks import assert_batch_equals_one_by_one
 from .conftest import noise_image
-from .device import TEST_DEVICE
+from .device import TEST_DEVICE, to_device
 from .test_llava_next import NEW, QUESTION, SIDE, SIZES, _until_eos, check_pruned_against_reference
 
 runner = CliRunner()
@@ -35,7 +35,7 @@ def onevision(request, tmp_path_factory):
     aspect = request.param
     path = build_tiny_llava_onevision(tmp_path_factory.mktemp("ov") / aspect, seed=5, vision_aspect_ratio=aspect)
     engine = Engine(str(path), device=TEST_DEVICE, dtype="float32")
-    return aspect, path, engine, engine.adapter.model_class().from_pretrained(path).eval()
+    return aspect, path, engine, engine.adapter.model_class().from_pretrained(path).eval().to(TEST_DEVICE)
 
 
 def _plain_inputs(path, model, images, questions):
@@ -44,7 +44,9 @@ def _plain_inputs(path, model, images, questions):
     ip, tok = AutoImageProcessor.from_pretrained(path), AutoTokenizer.from_pretrained(path)
     pixels = ip(images=images, return_tensors="pt")
     with torch.no_grad():
-        counts = [len(f) for f in model.get_image_features(pixels["pixel_values"], pixels["image_sizes"]).pooler_output]
+        on_device = to_device({key: pixels[key] for key in ("pixel_values", "image_sizes")})
+        features = model.get_image_features(on_device["pixel_values"], on_device["image_sizes"])
+        counts = [len(f) for f in features.pooler_output]
     rows = []
     for n, question in zip(counts, questions):
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
@@ -91,7 +93,7 @@ def test_processor_is_assembled_with_its_settings_when_the_full_one_cannot_load(
     got = engine.adapter.preprocess(images, [QUESTION] * 3).inputs
     want, _ = _plain_inputs(path, model, images, [QUESTION] * 3)
     for key in ("input_ids", "attention_mask", "pixel_values", "image_sizes"):
-        assert torch.equal(got[key].to(want[key].dtype), want[key]), key
+        assert torch.equal(got[key].cpu().to(want[key].dtype), want[key]), key
 
 
 def test_videos_without_torchvision_get_a_clear_error(onevision):
@@ -111,7 +113,7 @@ def test_unpruned_batch_equals_plain_generate(onevision, method, k):
     questions = [QUESTION, "Is there a red circle?", "Describe the photo in detail."]
     inputs, tok = _plain_inputs(path, model, images, questions)
     with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=NEW, do_sample=False)
+        out = model.generate(**to_device(inputs), max_new_tokens=NEW, do_sample=False)
     width = inputs["input_ids"].shape[1]
     answers = engine.run(images, questions, method=method, tokens=k, max_new_tokens=NEW)
     for row, answer in enumerate(answers):
@@ -129,8 +131,8 @@ def test_pruned_run_equals_hand_built_reference(onevision, size, k, mode):
     aspect, path, engine, model = onevision
     image = noise_image(3, size)
     inputs, tok = _plain_inputs(path, model, [image], [QUESTION])
-    check_pruned_against_reference(engine, model, tok, inputs, image, k, mode, select=lambda hidden: hidden[-1],
-                                   resample=_shrink(aspect))
+    check_pruned_against_reference(engine, model, tok, to_device(inputs), image, k, mode,
+                                   select=lambda hidden: hidden[-1], resample=_shrink(aspect))
 
 
 def test_resampled_crops_are_fewer_tokens_than_patches(onevision):
