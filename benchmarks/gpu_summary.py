@@ -98,7 +98,8 @@ def summarise(out: Path, total_s: float | None) -> tuple[dict, str]:
     else:
         lines.append(f"| cache on/off, llava-1.5-7b | {_why(stages.get('cache'))} |")
     lines += ["", "| stage | status | seconds |", "| --- | --- | --- |"]
-    lines += [f"| {s['stage']} | {_why(s) if s['status'] != 'ok' else 'ok'} | {s['seconds']} |" for s in stages.values()]
+    lines += [f"| {s['stage']} | {'ok' if s['status'] == 'ok' else _why(s)} | {s['seconds']} |"
+              for s in stages.values()]
     if total_s is not None:
         lines.append(f"| total | | {total_s} |")
     return summary, "\n".join(lines) + "\n"
