@@ -1,6 +1,6 @@
 """Time `mmtok_cli.selection.select` on random tensors of real sizes.
 
-    python benchmarks/selection.py --n 576 --k 64 --m 10 --batch 1,16
+    python benchmarks/selection.py --n 576 --k 64 --m 10 --batch 1,16 [--device cuda] [--json out.json]
 
 Reports median and interquartile spread per image over repeats (warm-up excluded). Random
 tensors are faithful here: the work done does not depend on the values.
@@ -9,6 +9,7 @@ tensors are faithful here: the work done does not depend on the values.
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import statistics
 import time
@@ -47,16 +48,26 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--json", metavar="PATH", help="also write the rows (and the settings) to this JSON file")
     args = parser.parse_args()
 
     print(f"torch {torch.__version__} · {args.device} · threads {torch.get_num_threads()} · {platform.processor() or platform.machine()}")
     print(f"n={args.n} k={args.k} m={args.m} d={args.d} e={args.e}, float32 inputs")
     print(f"{'batch':>5}  {'ms/batch (median)':>17}  {'ms/image':>8}  {'IQR ms/batch':>14}")
+    rows = []
     for batch in (int(b) for b in args.batch.split(",")):
         t = bench(args.n, args.k, args.m, batch, args.d, args.e, args.device, args.warmup, args.repeats)
         q = statistics.quantiles(t, n=4)
         med = statistics.median(t)
         print(f"{batch:>5}  {med:>17.2f}  {med / batch:>8.2f}  {q[0]:>6.2f}-{q[2]:<7.2f}")
+        rows.append({"batch": batch, "ms_per_batch": round(med, 4), "ms_per_image": round(med / batch, 4),
+                     "iqr_ms_per_batch": [round(q[0], 4), round(q[2], 4)]})
+    if args.json:
+        device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.machine()
+        settings = {k: getattr(args, k) for k in ("n", "k", "m", "d", "e", "device", "warmup", "repeats")}
+        with open(args.json, "w") as f:
+            json.dump({**settings, "device_name": device_name, "torch": torch.__version__, "inputs": "float32",
+                       "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -111,9 +111,16 @@ TokensOpt = Annotated[
 METHODS_HELP = "\n".join(f"- {m}: {METHOD_HELP[m]}" for m in METHODS)
 MethodOpt = Annotated[str, typer.Option("--method", help=f"Token selection.\n\n{METHODS_HELP}")]
 MaxNewOpt = Annotated[int, typer.Option("--max-new-tokens", help="Most tokens to generate (greedy decoding).")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda (auto picks cuda when available).")]
+# The environment variables let a whole session (the test suite on a GPU, a shell) pick the device once.
+DeviceOpt = Annotated[
+    str, typer.Option("--device", envvar="MMTOK_DEVICE", help="auto | cpu | cuda (auto picks cuda when available).")
+]
 DtypeOpt = Annotated[
-    str, typer.Option("--dtype", help="auto | float32 | bfloat16 | float16 (auto: bfloat16 on GPU, float32 on CPU).")
+    str,
+    typer.Option(
+        "--dtype", envvar="MMTOK_DTYPE",
+        help="auto | float32 | bfloat16 | float16 (auto: bfloat16 on GPU, float32 on CPU).",
+    ),
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks and library warnings.")]
 CacheOpt = Annotated[

@@ -3,6 +3,7 @@
 import json
 
 from .conftest import noise_image
+from .device import TEST_DEVICE
 
 SIZES = [(160, 120), (90, 200), (300, 300)]  # different aspect ratios and sizes
 QUESTIONS = ["What is on the table?", "Is there a red circle?", "Describe the photo in detail."]
@@ -32,7 +33,7 @@ def ray_and_local_records(data, model, *, workers: int = 1, batch_size: int = 2)
 
     runner = CliRunner()
     common = [str(data), "--model", str(model), "--max-new-tokens", "3", "--batch-size", str(batch_size),
-              "--device", "cpu", "--dtype", "float32"]
+              "--device", TEST_DEVICE, "--dtype", "float32"]
     local = runner.invoke(app, ["batch", *common])
     out = data.with_name("ray.jsonl")
     distributed = runner.invoke(app, ["batch", *common, "--out", str(out), "--ray", "--workers", str(workers)])

@@ -10,7 +10,7 @@ import torch
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
-    x = x.double()
+    x = x.double().cpu()  # the reference runs on the CPU, whatever device the tensors come from
     return x / x.norm(dim=-1, keepdim=True)
 
 
@@ -31,6 +31,7 @@ def objective(C: torch.Tensor, subset) -> float:
 
 def greedy(C: torch.Tensor, k: int, allowed=None) -> tuple[list[int], list[float]]:
     """Pick order and marginal gains of the greedy rule, one column at a time."""
+    C = C.cpu()
     n = C.shape[1]
     allowed = [True] * n if allowed is None else [bool(a) for a in allowed]
     best = torch.zeros(C.shape[0], dtype=torch.float64)

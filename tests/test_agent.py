@@ -16,6 +16,7 @@ from mmtok_cli.selection import ALPHA, TAU_V
 from mmtok_cli.text import answer_words, content_token_ids
 
 from .conftest import noise_image
+from .device import TEST_DEVICE
 from .test_batch import records, write_jsonl
 
 runner = CliRunner()
@@ -38,12 +39,12 @@ def tiny_qwen(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def qwen_engine(tiny_qwen):
-    return Engine(str(tiny_qwen), device="cpu", dtype="float32")
+    return Engine(str(tiny_qwen), device=TEST_DEVICE, dtype="float32")
 
 
 @pytest.fixture(scope="module")
 def two_model_engine(tiny_llava, qwen_engine):
-    return Engine(str(tiny_llava), device="cpu", dtype="float32", agent_model=qwen_engine)
+    return Engine(str(tiny_llava), device=TEST_DEVICE, dtype="float32", agent_model=qwen_engine)
 
 
 def spy(monkeypatch, adapter, name):
@@ -64,8 +65,8 @@ def extended_text(engine, questions, agent_answers):
     adapter = engine.adapter
     ids = [content_token_ids(q, adapter.tokenizer, agent_answer=a) for q, a in zip(questions, agent_answers)]
     m = max(len(i) for i in ids)
-    padded = torch.zeros(len(ids), m, dtype=torch.long)
-    mask = torch.zeros(len(ids), m, dtype=torch.bool)
+    padded = torch.zeros(len(ids), m, dtype=torch.long, device=engine.device)
+    mask = torch.zeros(len(ids), m, dtype=torch.bool, device=engine.device)
     for row, row_ids in enumerate(ids):
         padded[row, : len(row_ids)] = torch.tensor(row_ids)
         mask[row, : len(row_ids)] = True
@@ -163,7 +164,7 @@ def test_agent_in_the_other_families(family, tiny_qwen, tmp_path, pictures):
         from mmtok_cli.tiny import build_tiny_llava_next
 
         folder = build_tiny_llava_next(tmp_path / "next", seed=0)
-    main = Engine(str(folder), device="cpu", dtype="float32")
+    main = Engine(str(folder), device=TEST_DEVICE, dtype="float32")
     batch = main.run(pictures[:2], QUESTIONS[:2], tokens=[6, 10], max_new_tokens=3, agent=True)
     for picture, question, k, got in zip(pictures, QUESTIONS, [6, 10], batch):
         alone = main.ask(picture, question, tokens=k, max_new_tokens=3, agent=True)
@@ -215,7 +216,8 @@ def test_second_agent_model(two_model_engine, qwen_engine, pictures, monkeypatch
 def test_ask_agent_json(tiny_llava, image_file, engine):
     from mmtok_cli.io import load_image
 
-    result = runner.invoke(app, ["ask", str(image_file), QUESTIONS[0], "--model", str(tiny_llava), "--device", "cpu",
+    result = runner.invoke(app, ["ask", str(image_file), QUESTIONS[0], "--model", str(tiny_llava),
+                                 "--device", TEST_DEVICE,
                                  "--tokens", "8", "--max-new-tokens", "3", "--agent", "--json"])
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
@@ -223,7 +225,8 @@ def test_ask_agent_json(tiny_llava, image_file, engine):
     assert record["agent_answer"] == direct.agent_answer and record["answer"] == direct.answer
     assert record["kept_indices"] == direct.kept_indices
     assert record["timings_ms"]["agent"] > 0
-    human = runner.invoke(app, ["ask", str(image_file), QUESTIONS[0], "--model", str(tiny_llava), "--device", "cpu",
+    human = runner.invoke(app, ["ask", str(image_file), QUESTIONS[0], "--model", str(tiny_llava),
+                                "--device", TEST_DEVICE,
                                 "--tokens", "8", "--max-new-tokens", "3", "--agent"])
     assert human.exit_code == 0 and f"agent answered {direct.agent_answer!r} first" in human.stderr
 
@@ -239,7 +242,8 @@ def test_agent_options_from_a_config_file(tiny_llava, image_file, tmp_path):
 def test_ask_with_a_second_agent_model(tiny_llava, tiny_qwen, image_file, qwen_engine):
     from mmtok_cli.io import load_image
 
-    result = runner.invoke(app, ["ask", str(image_file), QUESTIONS[0], "--model", str(tiny_llava), "--device", "cpu",
+    result = runner.invoke(app, ["ask", str(image_file), QUESTIONS[0], "--model", str(tiny_llava),
+                                 "--device", TEST_DEVICE,
                                  "--tokens", "8", "--max-new-tokens", "2", "--agent", "--agent-model", str(tiny_qwen),
                                  "--json"])
     assert result.exit_code == 0, result.output
@@ -253,7 +257,8 @@ def test_batch_agent_records_equal_one_at_a_time(tiny_llava, engine, pictures, t
     for i, picture in enumerate(pictures):
         picture.save(tmp_path / f"p{i}.png")
     data = write_jsonl(tmp_path / "q.jsonl", [{"image": f"p{i}.png", "question": q} for i, q in enumerate(QUESTIONS)])
-    result = runner.invoke(app, ["batch", str(data), "--model", str(tiny_llava), "--device", "cpu", "--tokens", "6",
+    result = runner.invoke(app, ["batch", str(data), "--model", str(tiny_llava),
+                                 "--device", TEST_DEVICE, "--tokens", "6",
                                  "--max-new-tokens", "3", "--batch-size", "3", "--agent"])
     assert result.exit_code == 0, result.output
     recs = records(result.stdout)
@@ -263,7 +268,8 @@ def test_batch_agent_records_equal_one_at_a_time(tiny_llava, engine, pictures, t
         assert rec["timings_ms"]["agent"] > 0 and list(rec)[:5] == ["id", "image", "question", "answer",
                                                                     "agent_answer"]
     assert "the agent's first pass took" in result.stderr
-    plain = runner.invoke(app, ["batch", str(data), "--model", str(tiny_llava), "--device", "cpu", "--tokens", "6",
+    plain = runner.invoke(app, ["batch", str(data), "--model", str(tiny_llava),
+                                "--device", TEST_DEVICE, "--tokens", "6",
                                 "--max-new-tokens", "3"])
     assert "agent_answer" not in records(plain.stdout)[0] and "agent" not in plain.stderr
 
@@ -273,7 +279,8 @@ def test_eval_compares_with_and_without_the_agent(tiny_llava, tmp_path):
 
     generate(tmp_path, 2, seed=0)
     data, out = tmp_path / "questions.jsonl", tmp_path / "eval.json"
-    result = runner.invoke(app, ["eval", str(data), "--model", str(tiny_llava), "--device", "cpu", "--tokens", "8,2",
+    result = runner.invoke(app, ["eval", str(data), "--model", str(tiny_llava),
+                                 "--device", TEST_DEVICE, "--tokens", "8,2",
                                  "--methods", "mmtok,random", "--max-new-tokens", "2", "--agent", "--json", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
@@ -309,14 +316,14 @@ def test_unknown_agent_model_is_one_line_before_the_model_loads(tiny_llava, imag
     data = write_jsonl(tmp_path / "d.jsonl", [{"image": str(image_file), "question": "Is it?"}])
     where = [str(image_file), "What?"] if command == "ask" else [str(data), "--out", str(tmp_path / "out.jsonl")]
     missing = tmp_path / "no-such-agent"
-    result = runner.invoke(app, [command, *where, "--model", str(tiny_llava), "--device", "cpu", "--agent",
+    result = runner.invoke(app, [command, *where, "--model", str(tiny_llava), "--device", TEST_DEVICE, "--agent",
                                  "--agent-model", str(missing)])
     assert result.exit_code == 1, result.output
     (line,) = result.output.strip().splitlines()
     assert line == f"error: agent model: no model folder at '{missing}'"
     file = tmp_path / "file.txt"
     file.write_text("x")
-    result = runner.invoke(app, [command, *where, "--model", str(tiny_llava), "--device", "cpu", "--agent",
+    result = runner.invoke(app, [command, *where, "--model", str(tiny_llava), "--device", TEST_DEVICE, "--agent",
                                  "--agent-model", str(file)])
     assert result.exit_code == 1 and "--agent-model must be a checkpoint folder" in result.output
 
@@ -327,7 +334,7 @@ def test_ray_workers_run_the_agent_like_the_local_batch(tiny_llava, tiny_qwen, p
     for i, picture in enumerate(pictures):
         picture.save(tmp_path / f"p{i}.png")
     data = write_jsonl(tmp_path / "q.jsonl", [{"image": f"p{i}.png", "question": q} for i, q in enumerate(QUESTIONS)])
-    common = [str(data), "--model", str(tiny_llava), "--device", "cpu", "--dtype", "float32", "--tokens", "6",
+    common = [str(data), "--model", str(tiny_llava), "--device", TEST_DEVICE, "--dtype", "float32", "--tokens", "6",
               "--max-new-tokens", "3", "--batch-size", "2", "--agent", "--agent-model", str(tiny_qwen)]
     local = runner.invoke(app, ["batch", *common])
     out = tmp_path / "ray.jsonl"

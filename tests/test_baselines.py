@@ -176,15 +176,15 @@ def test_divprune_end_to_end_on_the_projected_tokens(engine):
 
     from .conftest import noise_image
 
-    model = LlavaForConditionalGeneration.from_pretrained(engine.model_name).eval()
+    model = LlavaForConditionalGeneration.from_pretrained(engine.model_name).eval().to(engine.device)
     processor = AutoProcessor.from_pretrained(engine.model_name)
     image = noise_image(6)
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Is there a cat?"}]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    pixels = processor(images=[image], text=[prompt], return_tensors="pt")["pixel_values"]
+    pixels = processor(images=[image], text=[prompt], return_tensors="pt")["pixel_values"].to(engine.device)
     with torch.no_grad():
         hidden = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states
-        V = model.model.multi_modal_projector(hidden[-2][0, 1:])  # the tokens the LLM would receive
+        V = model.model.multi_modal_projector(hidden[-2][0, 1:]).cpu()  # the tokens the LLM would receive
     for k in (4, 16):
         answer = engine.ask(image, "Is there a cat?", method="divprune", tokens=k, max_new_tokens=1)
         assert answer.kept_order == [_authors_divprune(V, k)]

@@ -20,6 +20,7 @@ from mmtok_cli.flops import estimated_speedup, prefill_flops
 from mmtok_cli.io import load_image, read_jsonl
 
 from .conftest import noise_image
+from .device import TEST_DEVICE
 
 runner = CliRunner()
 SIZES = [(160, 120), (90, 200), (112, 112), (300, 80), (64, 64)]
@@ -101,7 +102,7 @@ def test_200_lines_10_broken_match_one_at_a_time(tiny_llava, engine, images, tmp
     out = tmp_path / "answers.jsonl"
 
     result = invoke(str(data), "--out", str(out), "--model", str(tiny_llava), "--tokens", "8",
-                    "--max-new-tokens", "6", "--batch-size", "8", "--device", "cpu", "--dtype", "float32")
+                    "--max-new-tokens", "6", "--batch-size", "8", "--device", TEST_DEVICE, "--dtype", "float32")
 
     assert result.exit_code == 1, result.stderr  # some items failed
     assert result.stdout == ""
@@ -132,7 +133,7 @@ def test_batch_of_8_equals_batch_of_1(tiny_llava, images):
     answers = {}
     for b in ("1", "8"):
         result = invoke(str(data), "--model", str(tiny_llava), "--max-new-tokens", "8", "--batch-size", b,
-                        "--device", "cpu", "--dtype", "float32")
+                        "--device", TEST_DEVICE, "--dtype", "float32")
         assert result.exit_code == 0, result.stderr
         answers[b] = [(r["answer"], r["vision_tokens"], r["prompt_tokens"]) for r in records(result.stdout)]
     assert answers["1"] == answers["8"]
@@ -151,7 +152,7 @@ def test_relative_paths_urls_and_carried_keys(tiny_llava, images, server, tmp_pa
         {"id": "e", "image": f"{server}/corrupt.jpg", "question": "what is this ?"},
     ]
     data = write_jsonl(nested / "q.jsonl", lines)
-    result = invoke(str(data), "--model", str(tiny_llava), "--max-new-tokens", "3", "--device", "cpu")
+    result = invoke(str(data), "--model", str(tiny_llava), "--max-new-tokens", "3", "--device", TEST_DEVICE)
     recs = {r["id"]: r for r in records(result.stdout)}
     assert result.exit_code == 1
     assert [r["error"] for r in recs.values()][:3] == [None, None, None]
@@ -161,7 +162,7 @@ def test_relative_paths_urls_and_carried_keys(tiny_llava, images, server, tmp_pa
     # The URL image is the same picture as the local file it serves.
     local = invoke(str(write_jsonl(tmp_path / "l.jsonl", [{"image": str(images / "img3.png"),
                                                            "question": "what is this ?"}])),
-                   "--model", str(tiny_llava), "--max-new-tokens", "3", "--device", "cpu")
+                   "--model", str(tiny_llava), "--max-new-tokens", "3", "--device", TEST_DEVICE)
     assert records(local.stdout)[0]["answer"] == recs["c"]["answer"]
 
 
@@ -172,7 +173,7 @@ def test_folder_input_with_question(tiny_llava, images, tmp_path):
         (folder / name).write_bytes((images / "img0.png").read_bytes())
     (folder / "notes.txt").write_text("not an image")
     result = invoke(str(folder), "--question", "what is in this image ?", "--model", str(tiny_llava),
-                    "--max-new-tokens", "3", "--device", "cpu")
+                    "--max-new-tokens", "3", "--device", TEST_DEVICE)
     assert result.exit_code == 0, result.stderr
     recs = records(result.stdout)
     assert [r["id"] for r in recs] == ["a.png", "b.png"]
@@ -186,7 +187,7 @@ def test_stdin_to_stdout_through_a_real_pipe(tiny_llava, images):
     lines = [{"image": str(images / f"img{i}.png"), "question": "what is this ?"} for i in range(3)] + ["oops"]
     proc = subprocess.run(
         [sys.executable, "-m", "mmtok_cli", "batch", "-", "--out", "-", "--model", str(tiny_llava),
-         "--max-new-tokens", "3", "--device", "cpu"],
+         "--max-new-tokens", "3", "--device", TEST_DEVICE],
         input="".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines),
         capture_output=True, text=True, timeout=120,
     )
@@ -201,7 +202,7 @@ def test_reader_closing_the_pipe_stops_quietly(tiny_llava, images):
     """`mmtok batch ... | head -1`: no traceback, no error line, the SIGPIPE status."""
     lines = "".join(json.dumps({"image": str(images / "img0.png"), "question": "what ?"}) + "\n" for _ in range(60))
     proc = subprocess.Popen([sys.executable, "-m", "mmtok_cli", "batch", "-", "--model", str(tiny_llava),
-                             "--max-new-tokens", "2", "--batch-size", "1", "--device", "cpu"],
+                             "--max-new-tokens", "2", "--batch-size", "1", "--device", TEST_DEVICE],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     proc.stdin.write(lines)
     proc.stdin.close()
@@ -230,7 +231,7 @@ def test_interrupt_kill_and_resume_give_every_id_once(tiny_llava, images, tmp_pa
     data.write_text("".join(lines))
     out = tmp_path / "answers.jsonl"
     common = ["--out", str(out), "--model", str(tiny_llava), "--max-new-tokens", "4", "--batch-size", "2",
-              "--device", "cpu"]
+              "--device", TEST_DEVICE]
 
     # Ctrl-C while more input is still to come: exit 130 and whole lines only.
     first = subprocess.Popen([sys.executable, "-m", "mmtok_cli", "batch", "-", *common], stdin=subprocess.PIPE,
@@ -267,7 +268,7 @@ def test_existing_output_needs_resume_or_overwrite(tiny_llava, images, tmp_path)
     assert refused.exit_code == 2 and "--resume" in refused.stderr
     assert out.read_text() == '{"id": 5}\n'  # untouched
     replaced = invoke(str(data), "--out", str(out), "--overwrite", "--model", str(tiny_llava),
-                      "--max-new-tokens", "2", "--device", "cpu")
+                      "--max-new-tokens", "2", "--device", TEST_DEVICE)
     assert replaced.exit_code == 0, replaced.stderr
     assert [r["id"] for r in records(out.read_text())] == [1]
     assert invoke("-", "--out", "-", "--resume", "--model", str(tiny_llava), input="").exit_code == 2
@@ -323,7 +324,7 @@ def test_out_of_memory_halves_the_batch_and_loses_nothing(engine, images):
 def test_compare_measures_speedup_and_agreement(tiny_llava, images):
     data = write_jsonl(images / "cmp.jsonl", [{"image": "img0.png", "question": "what is this ?"}])
     result = invoke(str(data), "--model", str(tiny_llava), "--tokens", "64", "--compare", "--max-new-tokens", "4",
-                    "--device", "cpu")
+                    "--device", TEST_DEVICE)
     rec = records(result.stdout)[0]
     assert rec["compare"]["agree"] is True  # 64 of 64 tokens: nothing pruned, same answer
     assert rec["compare"]["answer"] == rec["answer"]
@@ -387,11 +388,11 @@ def test_other_families_batch_equals_one_at_a_time(family, images, tmp_path):
     lines.insert(3, {"image": "corrupt.jpg", "question": "what ?"})
     data = write_jsonl(images / f"{family}.jsonl", lines)
     result = invoke(str(data), "--model", str(path), "--max-new-tokens", "4", "--batch-size", "4",
-                    "--device", "cpu", "--dtype", "float32")
+                    "--device", TEST_DEVICE, "--dtype", "float32")
     assert result.exit_code == 1, result.stderr
     recs = records(result.stdout)
     assert len(recs) == 8 and recs[3]["error"] and all(r["error"] is None for i, r in enumerate(recs) if i != 3)
-    engine = Engine(str(path), device="cpu", dtype="float32")
+    engine = Engine(str(path), device=TEST_DEVICE, dtype="float32")
     for rec, line in zip(recs, lines):
         if rec["error"]:
             continue
@@ -419,7 +420,8 @@ def test_resume_with_retry_errors_reruns_only_failed_items(tiny_llava, images, t
         {"id": "late", "image": str(late), "question": "what ?"},
     ])
     out = tmp_path / "answers.jsonl"
-    common = [str(data), "--out", str(out), "--model", str(tiny_llava), "--max-new-tokens", "2", "--device", "cpu"]
+    common = [str(data), "--out", str(out), "--model", str(tiny_llava), "--max-new-tokens", "2",
+              "--device", TEST_DEVICE]
     assert invoke(*common).exit_code == 1
     first = out.read_text().splitlines()
     assert json.loads(first[1])["error"]

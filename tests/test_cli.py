@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 from mmtok_cli.cli import app
 
 from .conftest import noise_image
+from .device import TEST_DEVICE
 
 runner = CliRunner()
 
@@ -27,7 +28,7 @@ def test_json_output_has_every_field(tiny_llava, image_file, engine):
     assert len(kept) == 8 and kept == sorted(set(kept)) and all(0 <= i < 64 for i in kept)
     assert record["prompt_tokens"]["pruned"] == record["prompt_tokens"]["unpruned"] - 56
     assert set(record["timings_ms"]) >= {"vision", "select", "prefill", "decode", "total"}
-    assert record["device"] == "cpu" and record["dtype"] == "float32"
+    assert record["device"] == TEST_DEVICE and record["dtype"] == "float32"
     # the CLI reports exactly what the library computes
     from mmtok_cli.io import load_image
 

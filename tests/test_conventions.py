@@ -12,6 +12,7 @@ from mmtok_cli.text import all_words, question_words
 
 from . import reference
 from .conftest import noise_image
+from .device import TEST_DEVICE
 
 runner = CliRunner()
 
@@ -32,19 +33,19 @@ def test_all_words_is_the_reference_rule(question, words):
 
 
 def test_question_words_all_selects_with_every_word(engine, tiny_llava):
-    model = LlavaForConditionalGeneration.from_pretrained(tiny_llava).eval()
+    model = LlavaForConditionalGeneration.from_pretrained(tiny_llava).eval().to(TEST_DEVICE)
     processor = AutoProcessor.from_pretrained(tiny_llava)
     question, image, k = "Is the cat on the sofa?", noise_image(8), 6
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    pixels = processor(images=[image], text=[prompt], return_tensors="pt")["pixel_values"]
+    pixels = processor(images=[image], text=[prompt], return_tensors="pt")["pixel_values"].to(TEST_DEVICE)
     with torch.no_grad():
         hidden = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states
         U = hidden[-2][0, 1:]
         V = model.model.multi_modal_projector(U)
         words = ["Question:", "Is", "the", "cat", "on", "the", "sofa?"]
         ids = processor.tokenizer(words, is_split_into_words=True, add_special_tokens=False)["input_ids"]
-        T = model.get_input_embeddings()(torch.tensor(ids))
+        T = model.get_input_embeddings()(torch.tensor(ids, device=TEST_DEVICE))
     answer = engine.ask(image, question, tokens=k, max_new_tokens=1, question_words="all")
     assert answer.kept_indices == [reference.mmtok_indices(V, U, T, k)]
     assert answer.conventions == {"question_words": "all"}  # one view: the budget convention does not apply
@@ -70,12 +71,12 @@ def test_budget_counts_per_view_in_batch_records(tiny_next, tmp_path):
     for budget in ("total", "per-view", "global"):
         out = tmp_path / f"{budget}.jsonl"
         result = runner.invoke(app, ["batch", str(data), "--out", str(out), "--model", str(tiny_next), "--device",
-                                     "cpu", "--tokens", "7", "--max-new-tokens", "1", "--budget", budget])
+                                     TEST_DEVICE, "--tokens", "7", "--max-new-tokens", "1", "--budget", budget])
         assert result.exit_code == 0, result.output
         records[budget] = json.loads(out.read_text())
     from mmtok_cli.engine import Engine
 
-    engine = Engine(str(tiny_next), device="cpu", dtype="float32")
+    engine = Engine(str(tiny_next), device=TEST_DEVICE, dtype="float32")
     from PIL import Image
 
     vt = engine.adapter.encode(engine.prepare([Image.open(picture)], ["Is there a cat?"]))

@@ -10,6 +10,8 @@ from mmtok_cli.cli import app
 from mmtok_cli.metrics import is_correct
 from mmtok_cli.synth import draw, make_scenes, questions
 
+from .device import TEST_DEVICE
+
 runner = CliRunner()
 # Never used by training (seeds >= 10**6) nor by other tests.
 FRESH_SEED = 777
@@ -37,7 +39,7 @@ def test_demo_answers_fresh_scenes_at_full_tokens():
     scenes = make_scenes(8, FRESH_SEED)
     items = questions(scenes, FRESH_SEED)
     images = {s.image: draw(s) for s in scenes}
-    answers = Engine("demo", device="cpu").run(
+    answers = Engine("demo", device=TEST_DEVICE, dtype="float32").run(
         [images[it["image"]] for it in items], [it["question"] for it in items], tokens=10**6, max_new_tokens=4
     )
     wrong = [(it["question"], it["answer"], a.answer) for a, it in zip(answers, items)
@@ -48,7 +50,7 @@ def test_demo_answers_fresh_scenes_at_full_tokens():
 def test_readme_command_answers_yes():
     def ask(method):
         result = runner.invoke(app, ["ask", "sample_images/scene.png", "Is there a red circle?", "--model", "demo",
-                                     "--tokens", "8", "--device", "cpu", "--json", "--method", method])
+                                     "--tokens", "8", "--device", TEST_DEVICE, "--json", "--method", method])
         assert result.exit_code == 0, result.output
         return json.loads(result.stdout)
 
@@ -67,7 +69,7 @@ def test_training_script_runs_every_stage_and_resumes(tmp_path):
                 "--init", str(tmp_path / "ckpt" / "stages" / "align")])
     log = json.loads((tmp_path / "ckpt" / "training.json").read_text())
     assert [s["stage"] for s in log["stages"]] == ["text", "align", "instruct"]  # the earlier run's stages carried
-    answer = Engine(str(tmp_path / "ckpt"), device="cpu").run(
+    answer = Engine(str(tmp_path / "ckpt"), device=TEST_DEVICE, dtype="float32").run(
         [draw(make_scenes(1, FRESH_SEED)[0])], ["Is there a red circle?"], tokens=8, max_new_tokens=2
     )[0]
     assert answer.vision_total == 144 and answer.vision_kept == 8

@@ -8,6 +8,8 @@ from typer.testing import CliRunner
 from mmtok_cli.cli import app
 from mmtok_cli.synth import generate
 
+from .device import TEST_DEVICE
+
 runner = CliRunner()
 
 
@@ -21,7 +23,7 @@ def synth_set(tmp_path_factory):
 def test_eval_table_json_predictions_and_plot(tiny_llava, synth_set, tmp_path):
     out, preds, plot = tmp_path / "eval.json", tmp_path / "preds.jsonl", tmp_path / "eval.png"
     result = runner.invoke(app, [
-        "eval", str(synth_set), "--model", str(tiny_llava), "--device", "cpu", "--tokens", "8,2",
+        "eval", str(synth_set), "--model", str(tiny_llava), "--device", TEST_DEVICE, "--tokens", "8,2",
         "--methods", "mmtok,random,uniform,vision,text,divprune", "--max-new-tokens", "2", "--batch-size", "4",
         "--json", str(out), "--predictions", str(preds), "--plot", str(plot),
     ])
@@ -50,7 +52,7 @@ def test_selection_parameters_are_used_and_reported(tiny_llava, synth_set, tmp_p
     def run(*extra):
         out, preds = tmp_path / "eval.json", tmp_path / "preds.jsonl"
         result = runner.invoke(app, [
-            "eval", str(synth_set), "--model", str(tiny_llava), "--device", "cpu", "--tokens", "4",
+            "eval", str(synth_set), "--model", str(tiny_llava), "--device", TEST_DEVICE, "--tokens", "4",
             "--methods", "mmtok,text", "--max-new-tokens", "2", "--json", str(out), "--predictions", str(preds),
             *extra,
         ])

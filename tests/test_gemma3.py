@@ -21,6 +21,7 @@ from mmtok_cli.models.views import split_evenly
 from . import reference
 from .checks import assert_batch_equals_one_by_one, ray_and_local_records
 from .conftest import noise_image
+from .device import TEST_DEVICE, to_device
 from .test_show import _unnormalize, ramp
 
 QUESTION = "What colour is the cat on the sofa?"
@@ -40,13 +41,14 @@ def paths(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engines(paths):
-    return {scan: Engine(str(path), device="cpu", dtype="float32") for scan, path in paths.items()}
+    return {scan: Engine(str(path), device=TEST_DEVICE, dtype="float32") for scan, path in paths.items()}
 
 
 @pytest.fixture(scope="module")
 def plain(paths):
     path = paths[False]  # same weights in both folders (same seed); only the image processor differs
-    return Gemma3ForConditionalGeneration.from_pretrained(path).eval(), AutoProcessor.from_pretrained(path)
+    model = Gemma3ForConditionalGeneration.from_pretrained(path).eval().to(TEST_DEVICE)
+    return model, AutoProcessor.from_pretrained(path)
 
 
 def _inputs(processor, images, questions, scan):
@@ -56,8 +58,9 @@ def _inputs(processor, images, questions, scan):
     processor.tokenizer.padding_side = "left"
     # Gemma3Processor's own defaults (no pan-and-scan, 256-px crops) apply unless the call says otherwise.
     scan_options = {"do_pan_and_scan": True, "pan_and_scan_min_crop_size": 32} if scan else {}
-    return processor.apply_chat_template(conversations, add_generation_prompt=True, tokenize=True, return_dict=True,
-                                         return_tensors="pt", processor_kwargs={"padding": True, **scan_options})
+    return to_device(processor.apply_chat_template(
+        conversations, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+        processor_kwargs={"padding": True, **scan_options}))
 
 
 def _until_eos(ids, eos):
@@ -91,7 +94,7 @@ def _by_hand(model, inputs):
     views, _, e = hidden.shape
     U = F.avg_pool2d(hidden.transpose(1, 2).reshape(views, e, 8, 8), 2).reshape(views, e, 16).transpose(1, 2)
     V = model.model.multi_modal_projector(hidden)
-    view = torch.arange(views).repeat_interleave(16)
+    view = torch.arange(views, device=V.device).repeat_interleave(16)
     return V.reshape(-1, V.shape[-1]), U.reshape(-1, e), view
 
 
@@ -109,7 +112,7 @@ def _shortened(model, inputs, V, kept):
         elif int(rank[pos]) in kept:
             embeds.append(V[rank[pos]])
             new_types.append(1)
-    return torch.stack(embeds)[None], torch.tensor([new_types])
+    return torch.stack(embeds)[None], torch.tensor([new_types], device=ids.device)
 
 
 def _greedy(model, embeds, types, eos):
@@ -121,7 +124,7 @@ def _greedy(model, embeds, types, eos):
         ids.append(int(out.logits[0, -1].argmax()))
         if ids[-1] in eos:
             break
-        out = model(input_ids=torch.tensor([ids[-1:]]), cache=out.cache, use_cache=True)
+        out = model(input_ids=torch.tensor([ids[-1:]], device=embeds.device), cache=out.cache, use_cache=True)
     return ids
 
 
@@ -136,12 +139,12 @@ def test_pruned_run_equals_hand_built_reference_with_shortened_token_type_ids(en
         got = model.get_image_features(inputs["pixel_values"]).pooler_output
         torch.testing.assert_close(V, got.reshape(V.shape))  # the hand-written layout is the model's
         T = model.get_input_embeddings()(torch.tensor(processor.tokenizer(
-            WORDS, is_split_into_words=True, add_special_tokens=False)["input_ids"]))
+            WORDS, is_split_into_words=True, add_special_tokens=False)["input_ids"], device=TEST_DEVICE))
         members = [(view == v).nonzero().flatten() for v in range(int(view.max()) + 1)]
         shares = [k // len(members) + (i < k % len(members)) for i in range(len(members))]
         kept = sorted(int(m[j]) for m, s in zip(members, shares) for j in reference.mmtok_indices(V[m], U[m], T, s))
         short, types = _shortened(model, inputs, V, kept)
-        mask = torch.ones(short.shape[:2], dtype=torch.long)
+        mask = torch.ones(short.shape[:2], dtype=torch.long, device=TEST_DEVICE)
         expected = _greedy(model, short, types, model.generation_config.eos_token_id)
         bidirectional = model(inputs_embeds=short, attention_mask=mask, token_type_ids=types).logits[0, -1]
         causal = model(inputs_embeds=short, attention_mask=mask).logits[0, -1]
@@ -159,7 +162,7 @@ def test_pruned_run_equals_hand_built_reference_with_shortened_token_type_ids(en
     adapter = engine.adapter
     prepared = engine.prepare([image], [QUESTION])
     with torch.no_grad():
-        gen = adapter.generation_inputs(prepared, adapter.encode(prepared), [torch.tensor(kept)])
+        gen = adapter.generation_inputs(prepared, adapter.encode(prepared), [torch.tensor(kept, device=TEST_DEVICE)])
         logits = adapter.model(**gen).logits[0, -1]
     assert gen["token_type_ids"].tolist() == types.tolist()
     torch.testing.assert_close(logits, bidirectional)
@@ -284,7 +287,7 @@ def test_eval_runs_every_method(paths, tmp_path):
     generate(tmp_path / "synth", 2, seed=0)
     out = tmp_path / "eval.json"
     result = runner.invoke(app, ["eval", str(tmp_path / "synth" / "questions.jsonl"), "--model", str(paths[True]),
-                                 "--device", "cpu", "--tokens", "4", "--methods", "mmtok,divprune",
+                                 "--device", TEST_DEVICE, "--tokens", "4", "--methods", "mmtok,divprune",
                                  "--max-new-tokens", "2", "--json", str(out)])
     assert result.exit_code == 0, result.output
     rows = json.loads(out.read_text())["results"]
@@ -357,7 +360,7 @@ def test_ask_batch_and_show_on_an_independently_built_checkpoint(tmp_path):
     path = str(_independent_checkpoint(tmp_path / "independent"))
     image = tmp_path / "cat.png"
     noise_image(9, (150, 100)).save(image)
-    common = ["--model", path, "--device", "cpu", "--dtype", "float32", "--max-new-tokens", "3"]
+    common = ["--model", path, "--device", TEST_DEVICE, "--dtype", "float32", "--max-new-tokens", "3"]
 
     asked = runner.invoke(app, ["ask", str(image), "what is in the image ?", "--tokens", "5", "--json", *common])
     assert asked.exit_code == 0, asked.stderr
@@ -368,6 +371,7 @@ def test_ask_batch_and_show_on_an_independently_built_checkpoint(tmp_path):
     full = json.loads(full.stdout)
     assert full["prompt_tokens"]["unpruned"] == record["prompt_tokens"]["unpruned"]
     model, processor = Gemma3ForConditionalGeneration.from_pretrained(path), AutoProcessor.from_pretrained(path)
+    model = model.to(TEST_DEVICE)
     inputs = _inputs(processor, [Image.open(image).convert("RGB")], ["what is in the image ?"], scan=False)
     assert inputs["input_ids"][0].tolist().count(2) == 1  # one BOS, the template's
     plain = model.generate(**inputs, max_new_tokens=3, do_sample=False)[0, inputs["input_ids"].shape[1]:].tolist()
@@ -381,7 +385,7 @@ def test_ask_batch_and_show_on_an_independently_built_checkpoint(tmp_path):
                             for n, k in zip(names, [4, 36, 9])))
     batch = runner.invoke(app, ["batch", str(data), "--batch-size", "3", *common])
     assert batch.exit_code == 0, batch.stderr
-    engine = Engine(path, device="cpu", dtype="float32")
+    engine = Engine(path, device=TEST_DEVICE, dtype="float32")
     for rec, name, k in zip(_records(batch.stdout), names, [4, 36, 9]):
         alone = engine.ask(Image.open(tmp_path / name).convert("RGB"), "what colour is it ?", tokens=k,
                            max_new_tokens=3)

@@ -20,6 +20,7 @@ from mmtok_cli.evaluate import load_labelled
 from mmtok_cli.io import MAX_SIDE, _decode, fetch_image
 
 from .conftest import noise_image
+from .device import cpu_only
 
 runner = CliRunner()
 
@@ -210,6 +211,7 @@ def test_huge_images_are_decoded_no_larger_than_needed():
     assert _decode(io.BytesIO(_png(5000, 1000)), "wide.png").size == (MAX_SIDE, round(1000 * MAX_SIDE / 5000))
 
 
+@cpu_only  # host RSS; a CUDA context alone would change it
 def test_a_batch_of_bombs_stays_within_the_memory_bound(tiny_llava, tmp_path, bomb):
     """Three 144-Mpixel PNGs (420 KB each) in one batch: error records, and a peak far below what decoding costs."""
     rows = []

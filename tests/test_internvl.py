@@ -19,6 +19,7 @@ from mmtok_cli.models.views import split_evenly
 from . import reference
 from .checks import QUESTIONS, assert_batch_equals_one_by_one, ray_and_local_records
 from .conftest import noise_image
+from .device import TEST_DEVICE, to_device
 
 QUESTION = "What colour is the cat on the sofa?"
 WORDS = ["colour", "cat", "on", "sofa"]
@@ -40,12 +41,12 @@ def path(tmp_path_factory):
 def engine(path):
     from mmtok_cli.engine import Engine
 
-    return Engine(str(path), device="cpu", dtype="float32")
+    return Engine(str(path), device=TEST_DEVICE, dtype="float32")
 
 
 @pytest.fixture(scope="module")
 def model(path):
-    return InternVLForConditionalGeneration.from_pretrained(path).eval()
+    return InternVLForConditionalGeneration.from_pretrained(path).eval().to(TEST_DEVICE)
 
 
 def _plain_inputs(path, images, questions):
@@ -77,10 +78,10 @@ def _vision_by_hand(model, pixel_values):
     seen = []
     hook = model.model.multi_modal_projector.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
     try:
-        V = model.get_image_features(pixel_values=pixel_values).pooler_output
+        V = model.get_image_features(pixel_values=pixel_values.to(model.device)).pooler_output
     finally:
         hook.remove()
-    view = torch.arange(len(V))[:, None].expand(-1, V.shape[1])
+    view = torch.arange(len(V), device=V.device)[:, None].expand(-1, V.shape[1])
     return V.flatten(0, 1), seen[0].flatten(0, 1), view.flatten()
 
 
@@ -97,7 +98,7 @@ def test_processor_is_assembled_when_the_full_one_cannot_load(engine, path):
     got = engine.adapter.preprocess(images, [QUESTION, "Is it red?", "Describe it."]).inputs
     want, _ = _plain_inputs(path, images, [QUESTION, "Is it red?", "Describe it."])
     for key in ("input_ids", "attention_mask", "pixel_values"):
-        assert torch.equal(got[key].to(want[key].dtype), want[key]), key
+        assert torch.equal(got[key].cpu().to(want[key].dtype), want[key]), key
     assert (want["input_ids"] == engine.adapter.image_token_id).sum(1).tolist() == [PER_VIEW * v for v in VIEWS]
 
 
@@ -117,7 +118,7 @@ def test_unpruned_batch_equals_plain_generate(engine, model, path, method, k):
     questions = [QUESTION, "Is there a red circle?", "Describe the photo in detail."]
     inputs, tok = _plain_inputs(path, images, questions)
     with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=NEW, do_sample=False)
+        out = model.generate(**to_device(inputs), max_new_tokens=NEW, do_sample=False)
     width = inputs["input_ids"].shape[1]
     answers = engine.run(images, questions, method=method, tokens=k, max_new_tokens=NEW)
     for row, answer in enumerate(answers):
@@ -146,10 +147,12 @@ def test_u_is_the_projector_input_and_v_its_output(engine, model, path):
 def test_pruned_run_equals_hand_built_reference(engine, model, path, size, k, mode):
     image = noise_image(3, size)
     inputs, tok = _plain_inputs(path, [image], [QUESTION])
+    inputs = to_device(inputs)
     with torch.no_grad():
         V, U, view = _vision_by_hand(model, inputs["pixel_values"])
         embed = model.get_input_embeddings()
-        T = embed(torch.tensor(tok(WORDS, is_split_into_words=True, add_special_tokens=False)["input_ids"]))
+        word_ids = tok(WORDS, is_split_into_words=True, add_special_tokens=False)["input_ids"]
+        T = embed(torch.tensor(word_ids, device=TEST_DEVICE))
         if mode == "global":
             kept = reference.mmtok_indices(V, U, T, k)
         else:
@@ -160,7 +163,8 @@ def test_pruned_run_equals_hand_built_reference(engine, model, path, size, k, mo
         run = (ids == model.config.image_token_id).nonzero().flatten()
         row = embed(ids)
         short = torch.cat([row[: run[0]], V[kept], row[run[-1] + 1 :]])[None]  # <img> and </img> stay
-        out = model.generate(inputs_embeds=short, attention_mask=torch.ones(short.shape[:2], dtype=torch.long),
+        out = model.generate(inputs_embeds=short,
+                             attention_mask=torch.ones(short.shape[:2], dtype=torch.long, device=TEST_DEVICE),
                              max_new_tokens=NEW, do_sample=False)
     expected = _until_eos(out[0].tolist(), tok.eos_token_id)
 
@@ -252,7 +256,7 @@ def test_eval_runs(path, tmp_path):
     generate(tmp_path / "synth", 2, seed=0)
     out = tmp_path / "eval.json"
     result = runner.invoke(app, ["eval", str(tmp_path / "synth" / "questions.jsonl"), "--model", str(path),
-                                 "--device", "cpu", "--tokens", "8", "--methods", "mmtok,random",
+                                 "--device", TEST_DEVICE, "--tokens", "8", "--methods", "mmtok,random",
                                  "--max-new-tokens", "2", "--json", str(out)])
     assert result.exit_code == 0, result.output
     rows = json.loads(out.read_text())["results"]
@@ -352,7 +356,7 @@ def test_ask_batch_and_show_on_an_independently_built_checkpoint(independent, tm
                                 "--batch-size", "4"])
     assert batch.exit_code == 0, batch.stderr
     rows = [json.loads(line) for line in batch.stdout.splitlines()]
-    engine = Engine(str(independent), device="cpu")
+    engine = Engine(str(independent), device=TEST_DEVICE, dtype="float32")
     totals = set()
     for i, (row, k) in enumerate(zip(rows, budgets)):
         alone = engine.ask(load_image(str(tmp_path / f"img{i}.png")), "what colour is the cat ?", tokens=k,

@@ -6,6 +6,7 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from . import reference
 from .conftest import noise_image
+from .device import TEST_DEVICE, to_device
 
 QUESTION = "What colour is the cat on the sofa?"
 NEW = 8
@@ -14,14 +15,14 @@ NEW = 8
 @pytest.fixture(scope="module")
 def plain(tiny_llava):
     """The checkpoint loaded independently of mmtok, straight through transformers."""
-    model = LlavaForConditionalGeneration.from_pretrained(tiny_llava).eval()
+    model = LlavaForConditionalGeneration.from_pretrained(tiny_llava).eval().to(TEST_DEVICE)
     return model, AutoProcessor.from_pretrained(tiny_llava)
 
 
 def _processor_inputs(processor, image, question):
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return processor(images=[image], text=[prompt], return_tensors="pt")
+    return to_device(processor(images=[image], text=[prompt], return_tensors="pt"))
 
 
 def _until_eos(ids, eos):
@@ -58,7 +59,7 @@ def test_pruned_run_equals_hand_built_reference(engine, plain, k):
             ["colour", "cat", "on", "sofa"], is_split_into_words=True, add_special_tokens=False
         )["input_ids"]
         embed = model.get_input_embeddings()
-        T = embed(torch.tensor(word_ids))
+        T = embed(torch.tensor(word_ids, device=TEST_DEVICE))
         kept = reference.mmtok_indices(V, U, T, k)
         # shortened input: the image's run of 64 embeddings replaced by the k kept ones
         ids = inputs["input_ids"][0]
@@ -66,7 +67,7 @@ def test_pruned_run_equals_hand_built_reference(engine, plain, k):
         row = embed(ids)
         short = torch.cat([row[: run[0]], V[kept], row[run[-1] + 1 :]])[None]
         out = model.generate(
-            inputs_embeds=short, attention_mask=torch.ones(short.shape[:2], dtype=torch.long),
+            inputs_embeds=short, attention_mask=torch.ones(short.shape[:2], dtype=torch.long, device=TEST_DEVICE),
             max_new_tokens=NEW, do_sample=False,
         )
     expected = _until_eos(out[0].tolist(), model.generation_config.eos_token_id)
@@ -131,7 +132,7 @@ def padded_engine(tmp_path_factory):
     from mmtok_cli.tiny import build_tiny_llava
 
     path = build_tiny_llava(tmp_path_factory.mktemp("padded") / "llava-pad", seed=1, pad_to_square=True)
-    return Engine(str(path), device="cpu")
+    return Engine(str(path), device=TEST_DEVICE, dtype="float32")
 
 
 def test_pad_to_square_padding_patches_are_never_kept(padded_engine):
@@ -159,7 +160,7 @@ def test_checkpoint_without_chat_template_uses_llava_conversation_format(tmp_pat
     from mmtok_cli.tiny import build_tiny_llava
 
     path = build_tiny_llava(tmp_path / "no-template", chat_template=False)
-    engine = Engine(str(path), device="cpu")
+    engine = Engine(str(path), device=TEST_DEVICE, dtype="float32")
     assert engine.adapter.prompt("Is it red?") == "USER: <image>\nIs it red? ASSISTANT:"
     answer = engine.ask(noise_image(7), "Is it red?", tokens=4, max_new_tokens=2)
     assert answer.vision_kept == 4
@@ -174,7 +175,7 @@ def test_feature_layouts_u_is_the_projector_input(tmp_path, layout):
     from mmtok_cli.tiny import build_tiny_llava
 
     path = build_tiny_llava(tmp_path / "layout", seed=2, **layout)
-    engine = Engine(str(path), device="cpu")
+    engine = Engine(str(path), device=TEST_DEVICE, dtype="float32")
     adapter = engine.adapter
     seen = []
     hook = adapter.model.model.multi_modal_projector.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
@@ -187,7 +188,7 @@ def test_feature_layouts_u_is_the_projector_input(tmp_path, layout):
     n = 65 if layout.get("select_strategy") == "full" else 64
     assert tokens.vision.shape[1] == n
 
-    model = LlavaForConditionalGeneration.from_pretrained(path).eval()
+    model = LlavaForConditionalGeneration.from_pretrained(path).eval().to(TEST_DEVICE)
     inputs = _processor_inputs(AutoProcessor.from_pretrained(path), noise_image(8), QUESTION)
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=NEW, do_sample=False)

@@ -14,6 +14,7 @@ from mmtok_cli.models.views import split_evenly
 from . import reference
 from .checks import assert_batch_equals_one_by_one
 from .conftest import noise_image
+from .device import TEST_DEVICE, to_device
 
 QUESTION = "What colour is the cat on the sofa?"
 WORDS = ["colour", "cat", "on", "sofa"]
@@ -33,19 +34,20 @@ def next_path(tmp_path_factory):
 def next_engine(next_path):
     from mmtok_cli.engine import Engine
 
-    return Engine(str(next_path), device="cpu", dtype="float32")
+    return Engine(str(next_path), device=TEST_DEVICE, dtype="float32")
 
 
 @pytest.fixture(scope="module")
 def plain(next_path):
-    return LlavaNextForConditionalGeneration.from_pretrained(next_path).eval(), AutoProcessor.from_pretrained(next_path)
+    model = LlavaNextForConditionalGeneration.from_pretrained(next_path).eval().to(TEST_DEVICE)
+    return model, AutoProcessor.from_pretrained(next_path)
 
 
 def _inputs(processor, images, questions):
     messages = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}] for q in questions]
     prompts = [processor.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in messages]
     processor.tokenizer.padding_side = "left"
-    return processor(images=images, text=prompts, padding=True, return_tensors="pt")
+    return to_device(processor(images=images, text=prompts, padding=True, return_tensors="pt"))
 
 
 def _until_eos(ids, eos):
@@ -91,7 +93,7 @@ def _views_by_hand(model, inputs, image_size, select=lambda hidden: hidden[-2][:
     hidden = model.model.vision_tower(inputs["pixel_values"][0, :views], output_hidden_states=True).hidden_states
     U = select(hidden)  # (views, 16, e)
     V = model.model.multi_modal_projector(U)
-    view_weight = torch.eye(views)[:, None].expand(views, SIDE * SIDE, views)
+    view_weight = torch.eye(views, device=V.device)[:, None].expand(views, SIDE * SIDE, views)
 
     def stitch(x):  # crops (grid_h*grid_w, 16, ...) -> (grid_h*4, grid_w*4, ...)
         x = x[1:].reshape(grid_h, grid_w, SIDE, SIDE, *x.shape[2:])
@@ -141,7 +143,8 @@ def check_pruned_against_reference(engine, model, tokenizer, inputs, image, k, m
         got = model.get_image_features(inputs["pixel_values"], inputs["image_sizes"]).pooler_output[0]
         torch.testing.assert_close(hand["with_newlines"], got)  # the hand-written layout is the model's
         embed = model.get_input_embeddings()
-        T = embed(torch.tensor(tokenizer(WORDS, is_split_into_words=True, add_special_tokens=False)["input_ids"]))
+        word_ids = tokenizer(WORDS, is_split_into_words=True, add_special_tokens=False)["input_ids"]
+        T = embed(torch.tensor(word_ids, device=TEST_DEVICE))
         V, U, view = hand["V"], hand["U"], hand["view"]
         if mode == "global":
             kept = reference.mmtok_indices(V, U, T, k)
@@ -157,7 +160,8 @@ def check_pruned_against_reference(engine, model, tokenizer, inputs, image, k, m
         run = (ids == model.config.image_token_id).nonzero().flatten()
         row = embed(ids)
         short = torch.cat([row[: run[0]], V[kept], row[run[-1] + 1 :]])[None]
-        out = model.generate(inputs_embeds=short, attention_mask=torch.ones(short.shape[:2], dtype=torch.long),
+        mask = torch.ones(short.shape[:2], dtype=torch.long, device=TEST_DEVICE)
+        out = model.generate(inputs_embeds=short, attention_mask=mask,
                              max_new_tokens=NEW, do_sample=False)
     expected = _until_eos(out[0].tolist(), model.generation_config.eos_token_id)
 
@@ -182,7 +186,7 @@ def test_pick_order_interleaves_the_views_by_rank(next_engine, plain):
     with torch.no_grad():
         hand = _views_by_hand(model, inputs, (SIZES[0][1], SIZES[0][0]))
         T = model.get_input_embeddings()(torch.tensor(processor.tokenizer(
-            WORDS, is_split_into_words=True, add_special_tokens=False)["input_ids"]))
+            WORDS, is_split_into_words=True, add_special_tokens=False)["input_ids"], device=TEST_DEVICE))
     V, U, view = hand["V"], hand["U"], hand["view"]
     members = [(view == v).nonzero().flatten() for v in range(int(view.max()) + 1)]
     k = 13

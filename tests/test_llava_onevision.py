@@ -19,6 +19,7 @@ from mmtok_cli.models.views import split_evenly
 
 from .checks import assert_batch_equals_one_by_one
 from .conftest import noise_image
+from .device import TEST_DEVICE, to_device
 from .test_llava_next import NEW, QUESTION, SIDE, SIZES, _until_eos, check_pruned_against_reference
 
 runner = CliRunner()
@@ -33,8 +34,8 @@ def onevision(request, tmp_path_factory):
 
     aspect = request.param
     path = build_tiny_llava_onevision(tmp_path_factory.mktemp("ov") / aspect, seed=5, vision_aspect_ratio=aspect)
-    engine = Engine(str(path), device="cpu", dtype="float32")
-    return aspect, path, engine, engine.adapter.model_class().from_pretrained(path).eval()
+    engine = Engine(str(path), device=TEST_DEVICE, dtype="float32")
+    return aspect, path, engine, engine.adapter.model_class().from_pretrained(path).eval().to(TEST_DEVICE)
 
 
 def _plain_inputs(path, model, images, questions):
@@ -43,7 +44,9 @@ def _plain_inputs(path, model, images, questions):
     ip, tok = AutoImageProcessor.from_pretrained(path), AutoTokenizer.from_pretrained(path)
     pixels = ip(images=images, return_tensors="pt")
     with torch.no_grad():
-        counts = [len(f) for f in model.get_image_features(pixels["pixel_values"], pixels["image_sizes"]).pooler_output]
+        on_device = to_device({key: pixels[key] for key in ("pixel_values", "image_sizes")})
+        features = model.get_image_features(on_device["pixel_values"], on_device["image_sizes"])
+        counts = [len(f) for f in features.pooler_output]
     rows = []
     for n, question in zip(counts, questions):
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
@@ -90,7 +93,7 @@ def test_processor_is_assembled_with_its_settings_when_the_full_one_cannot_load(
     got = engine.adapter.preprocess(images, [QUESTION] * 3).inputs
     want, _ = _plain_inputs(path, model, images, [QUESTION] * 3)
     for key in ("input_ids", "attention_mask", "pixel_values", "image_sizes"):
-        assert torch.equal(got[key].to(want[key].dtype), want[key]), key
+        assert torch.equal(got[key].cpu().to(want[key].dtype), want[key]), key
 
 
 def test_videos_without_torchvision_get_a_clear_error(onevision):
@@ -110,7 +113,7 @@ def test_unpruned_batch_equals_plain_generate(onevision, method, k):
     questions = [QUESTION, "Is there a red circle?", "Describe the photo in detail."]
     inputs, tok = _plain_inputs(path, model, images, questions)
     with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=NEW, do_sample=False)
+        out = model.generate(**to_device(inputs), max_new_tokens=NEW, do_sample=False)
     width = inputs["input_ids"].shape[1]
     answers = engine.run(images, questions, method=method, tokens=k, max_new_tokens=NEW)
     for row, answer in enumerate(answers):
@@ -128,8 +131,8 @@ def test_pruned_run_equals_hand_built_reference(onevision, size, k, mode):
     aspect, path, engine, model = onevision
     image = noise_image(3, size)
     inputs, tok = _plain_inputs(path, model, [image], [QUESTION])
-    check_pruned_against_reference(engine, model, tok, inputs, image, k, mode, select=lambda hidden: hidden[-1],
-                                   resample=_shrink(aspect))
+    check_pruned_against_reference(engine, model, tok, to_device(inputs), image, k, mode,
+                                   select=lambda hidden: hidden[-1], resample=_shrink(aspect))
 
 
 def test_resampled_crops_are_fewer_tokens_than_patches(onevision):
@@ -194,7 +197,7 @@ def test_eval_runs(onevision, tmp_path):
     generate(tmp_path / "synth", 2, seed=0)
     report = tmp_path / "eval.json"
     result = runner.invoke(app, ["eval", str(tmp_path / "synth" / "questions.jsonl"), "--model", str(path),
-                                 "--device", "cpu", "--tokens", "6", "--methods", "mmtok,uniform",
+                                 "--device", TEST_DEVICE, "--tokens", "6", "--methods", "mmtok,uniform",
                                  "--max-new-tokens", "2", "--batch-size", "4", "--json", str(report)])
     assert result.exit_code == 0, result.output
     rows = json.loads(report.read_text())["results"]
@@ -276,7 +279,7 @@ def test_ask_batch_and_show_on_an_independently_built_checkpoint(tmp_path):
     sizes = [(150, 100), (60, 200), (126, 126)]  # a 2x2, a 2x1 and a shrunk 3x3 grid of views
     for i, size in enumerate(sizes):
         noise_image(40 + i, size).save(tmp_path / f"img{i}.png")
-    common = ["--model", str(folder), "--max-new-tokens", "4", "--device", "cpu", "--dtype", "float32"]
+    common = ["--model", str(folder), "--max-new-tokens", "4", "--device", TEST_DEVICE, "--dtype", "float32"]
 
     asked = runner.invoke(app, ["ask", str(tmp_path / "img2.png"), "What is in the image?", "--tokens", "5", "--json",
                                 *common])
@@ -290,7 +293,7 @@ def test_ask_batch_and_show_on_an_independently_built_checkpoint(tmp_path):
              for i, k in enumerate(budgets)]
     batch = runner.invoke(app, ["batch", str(write_jsonl(tmp_path / "q.jsonl", lines)), "--batch-size", "3", *common])
     assert batch.exit_code == 0, batch.output
-    engine = Engine(str(folder), device="cpu", dtype="float32")
+    engine = Engine(str(folder), device=TEST_DEVICE, dtype="float32")
     for i, (k, got) in enumerate(zip(budgets, records(batch.stdout))):
         image = noise_image(40 + i, sizes[i])
         alone = engine.ask(image, "Where is the red cat?", tokens=k, max_new_tokens=4)

@@ -17,6 +17,8 @@ from PIL import Image
 
 from mmtok_cli.synth import generate
 
+from .device import TEST_DEVICE
+
 TASK_DIR = Path(__file__).parent / "lmms_task"
 HAS_LMMS_EVAL = importlib.util.find_spec("lmms_eval") is not None
 needs_lmms_eval = pytest.mark.skipif(
@@ -76,7 +78,7 @@ def test_lmms_eval_accuracy_equals_mmtok_eval(pope_set, tmp_path):
     subprocess.run([
         sys.executable, "-m", "mmtok_cli", "eval", str(pope_set / "pope_local.json"),
         "--images", str(pope_set / "images"),
-        "--model", "demo", "--tokens", str(TOKENS), "--methods", "mmtok", "--device", "cpu", "--dtype", "float32",
+        "--model", "demo", "--tokens", str(TOKENS), "--methods", "mmtok", "--device", TEST_DEVICE, "--dtype", "float32",
         "--batch-size", str(BATCH), "--max-new-tokens", "10", "--json", str(report), "--predictions", str(preds),
     ], env=env, check=True, capture_output=True, text=True, timeout=600)
     row = json.loads(report.read_text())["results"][1]
@@ -97,7 +99,7 @@ def model():
         pytest.skip("lmms-eval is not installed")
     from mmtok_cli.lmms.model import Mmtok
 
-    return Mmtok(pretrained="demo", tokens=TOKENS, device="cpu", dtype="float32", batch_size=2)
+    return Mmtok(pretrained="demo", tokens=TOKENS, device=TEST_DEVICE, dtype="float32", batch_size=2)
 
 
 def _requests(model, docs, gen_kwargs, visual=lambda doc: [doc["image"]]):

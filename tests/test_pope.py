@@ -9,6 +9,8 @@ from typer.testing import CliRunner
 from mmtok_cli.cli import app
 from mmtok_cli.synth import POPE_SETTINGS, generate
 
+from .device import TEST_DEVICE
+
 runner = CliRunner()
 
 
@@ -46,7 +48,8 @@ def test_several_pope_files_one_block_each(tiny_llava, synth, tmp_path):
     files = [synth / "pope_random.json", synth / "pope_adversarial.json"]
     out, preds = tmp_path / "eval.json", tmp_path / "preds.jsonl"
     result = runner.invoke(app, [
-        "eval", *map(str, files), "--images", str(synth / "images"), "--model", str(tiny_llava), "--device", "cpu",
+        "eval", *map(str, files), "--images", str(synth / "images"), "--model", str(tiny_llava),
+        "--device", TEST_DEVICE,
         "--tokens", "4", "--methods", "mmtok", "--max-new-tokens", "2", "--json", str(out), "--predictions", str(preds),
     ])
     assert result.exit_code == 0, result.output
@@ -74,7 +77,7 @@ def test_missing_image_fails_the_item_with_its_error(tiny_llava, synth, tmp_path
     data.write_text("".join(json.dumps(x) + "\n" for x in lines))
     out, preds = tmp_path / "eval.json", tmp_path / "preds.jsonl"
     result = runner.invoke(app, [
-        "eval", str(data), "--images", str(synth / "images"), "--model", str(tiny_llava), "--device", "cpu",
+        "eval", str(data), "--images", str(synth / "images"), "--model", str(tiny_llava), "--device", TEST_DEVICE,
         "--methods", "full", "--max-new-tokens", "1", "--json", str(out), "--predictions", str(preds),
     ])
     assert result.exit_code == 0, result.output

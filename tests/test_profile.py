@@ -16,6 +16,7 @@ from mmtok_cli.errors import UsageError
 from mmtok_cli.models import adapter_class
 
 from .conftest import noise_image
+from .device import TEST_DEVICE
 
 runner = CliRunner()
 
@@ -34,10 +35,10 @@ def test_every_configuration_has_every_stage(report):
         assert all(v >= 0 for v in row["stages_ms"].values())
         for stage, (lo, hi) in row["stages_ms_spread"].items():
             assert lo <= row["stages_ms"][stage] <= hi
-        assert row["runs"] == 2 and row["peak_memory_mb"] is None  # CPU: not tracked
+        assert row["runs"] == 2 and (row["peak_memory_mb"] is None) == (TEST_DEVICE == "cpu")  # tracked on CUDA only
         assert row["vision_tokens"] == {"kept": 64 if row["tokens"] == "full" else row["tokens"], "total": 64}
         assert row["end_to_end_ms"] >= sum(row["stages_ms"][s] for s in ("preprocess", "vision", "select", "prefill"))
-    assert report["device"] == "cpu" and report["dtype"] == "float32" and report["new_tokens"] == 3
+    assert report["device"] == TEST_DEVICE and report["dtype"] == "float32" and report["new_tokens"] == 3
     assert set(report["versions"]) >= {"torch", "transformers"}
     json.dumps(report)  # the --json document
 
@@ -85,7 +86,7 @@ def test_budgets_and_batch_sizes_parse():
 
 
 def test_random_weights_build_the_checkpoint_architecture(tiny_llava, engine):
-    fresh = Engine(str(tiny_llava), device="cpu", dtype="float32", random_weights=True)
+    fresh = Engine(str(tiny_llava), device=TEST_DEVICE, dtype="float32", random_weights=True)
     assert fresh.random_weights and type(fresh.adapter.model) is type(engine.adapter.model)
     assert fresh.adapter.model.config.to_dict() == engine.adapter.model.config.to_dict()
     loaded = dict(engine.adapter.model.named_parameters())
@@ -129,7 +130,7 @@ def test_arch_folder_processor_matches_the_real_resolution(name, tmp_path):
 def test_cli_profile_writes_json_table_and_plot(tiny_llava, tmp_path):
     out, png = tmp_path / "out.json", tmp_path / "speed.png"
     result = runner.invoke(app, ["profile", "--model", str(tiny_llava), "--tokens", "8", "--batch-size", "1,2",
-                                 "--new-tokens", "2", "--warmup", "0", "--repeats", "1", "--device", "cpu",
+                                 "--new-tokens", "2", "--warmup", "0", "--repeats", "1", "--device", TEST_DEVICE,
                                  "--json", str(out), "--plot", str(png)])
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())

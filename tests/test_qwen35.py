@@ -20,6 +20,7 @@ from mmtok_cli.cli import app
 from . import test_show
 from .checks import ray_and_local_records
 from .conftest import noise_image
+from .device import TEST_DEVICE, to_device
 from .test_batch import records, write_jsonl
 from .test_qwen_vl import (  # noqa: F401  (collected here, on the Qwen3.5 fixture below)
     QUESTION,
@@ -46,8 +47,8 @@ def qwen(request, tmp_path_factory):
     from mmtok_cli.tiny import build_tiny_qwen_vl
 
     path = build_tiny_qwen_vl(tmp_path_factory.mktemp("qwen35") / "tiny-qwen3.5", version=request.param, seed=3)
-    engine = Engine(str(path), device="cpu", dtype="float32")
-    model = engine.adapter.model_class().from_pretrained(path).eval()
+    engine = Engine(str(path), device=TEST_DEVICE, dtype="float32")
+    model = engine.adapter.model_class().from_pretrained(path).eval().to(TEST_DEVICE)
     return request.param, path, engine, model
 
 
@@ -61,7 +62,7 @@ def _teacher_forced_logits(model, embeds, positions, tokens):
                 use_cache=True).last_hidden_state
     logits, nxt = [model.lm_head(hidden[0, -1])], positions.max() + 1
     for token in tokens[:-1]:
-        embeds = model.get_input_embeddings()(torch.tensor([[token]]))
+        embeds = model.get_input_embeddings()(torch.tensor([[token]], device=embeds.device))
         hidden = lm(inputs_embeds=embeds, position_ids=nxt.view(1, 1, 1).expand(3, 1, 1), cache=cache,
                     use_cache=True).last_hidden_state
         logits.append(model.lm_head(hidden[0, -1]))
@@ -99,6 +100,7 @@ def test_every_decode_step_of_a_mixed_batch_keeps_the_unpruned_positions_on_both
     # one prefill and steps - 1 decode forwards, each through every layer of both kinds
     assert runs == {kind: steps * layer_types.count(kind) for kind in layer_types}
     inputs, tok = _plain_inputs(path, images, questions)
+    inputs = to_device(inputs)
     image_id = tok.convert_tokens_to_ids("<|image_pad|>")
     with torch.no_grad():
         V = _vision_by_hand(model, inputs)[0].split((inputs["image_grid_thw"].prod(-1) // 4).tolist())
@@ -111,10 +113,10 @@ def test_every_decode_step_of_a_mixed_batch_keeps_the_unpruned_positions_on_both
             embeds[is_image] = V[row]
             keep = ~is_image
             keep[is_image.nonzero().flatten()[idx]] = True
-            positions = _rope_positions(ids.tolist(), image_id, inputs["image_grid_thw"][row])[:, keep]
+            positions = _rope_positions(ids.tolist(), image_id, inputs["image_grid_thw"][row]).to(TEST_DEVICE)[:, keep]
             generated = out.sequences[row, -steps:].tolist()
             want = _teacher_forced_logits(model, embeds[keep], positions, generated)
-            renumbered = torch.arange(int(keep.sum())).expand(3, -1)
+            renumbered = torch.arange(int(keep.sum()), device=TEST_DEVICE).expand(3, -1)
             naive = _teacher_forced_logits(model, embeds[keep], renumbered, generated)
         got = torch.stack([step[row] for step in out.logits])
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
@@ -134,14 +136,14 @@ def test_moe_variant_equals_plain_generate_and_prunes(tmp_path):
     from mmtok_cli.tiny import build_tiny_qwen_vl
 
     path = build_tiny_qwen_vl(tmp_path / "moe", version="3.5-moe", seed=5)
-    engine = Engine(str(path), device="cpu", dtype="float32")
+    engine = Engine(str(path), device=TEST_DEVICE, dtype="float32")
     assert engine.adapter.family == "qwen3.5-moe"
-    model = engine.adapter.model_class().from_pretrained(path).eval()
+    model = engine.adapter.model_class().from_pretrained(path).eval().to(TEST_DEVICE)
     images = [noise_image(40, SIZES[0]), noise_image(41, SIZES[1])]
     questions = [QUESTION, "Is it red?"]
     inputs, tok = _plain_inputs(path, images, questions)
     with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+        out = model.generate(**to_device(inputs), max_new_tokens=4, min_new_tokens=4, do_sample=False)
     full = engine.run(images, questions, method="full", max_new_tokens=4)
     assert [a.output_ids[:4] for a in full] == out[:, -4:].tolist()
     pruned = engine.run(images, questions, tokens=[3, 5], max_new_tokens=4)
@@ -171,7 +173,7 @@ def test_eval_runs_on_it(qwen, tmp_path):
     generate(tmp_path / "synth", 2, seed=0)
     data = tmp_path / "synth" / "questions.jsonl"
     out = tmp_path / "eval.json"
-    result = runner.invoke(app, ["eval", str(data), "--model", str(path), "--device", "cpu", "--tokens", "4",
+    result = runner.invoke(app, ["eval", str(data), "--model", str(path), "--device", TEST_DEVICE, "--tokens", "4",
                                  "--methods", "mmtok,divprune", "--max-new-tokens", "2", "--json", str(out)])
     assert result.exit_code == 0, result.output
     rows = json.loads(out.read_text())["results"]
@@ -247,7 +249,7 @@ def test_ask_batch_and_show_on_a_checkpoint_built_without_mmtok(tmp_path):
     sizes = [(96, 64), (48, 112), (300, 300)]  # 24, 21 and (capped) 36 tokens
     for i, size in enumerate(sizes):
         noise_image(70 + i, size).save(tmp_path / f"img{i}.png")
-    common = ["--model", str(path), "--device", "cpu", "--dtype", "float32", "--max-new-tokens", "4"]
+    common = ["--model", str(path), "--device", TEST_DEVICE, "--dtype", "float32", "--max-new-tokens", "4"]
 
     # ask, keeping every token: exactly plain `generate` on inputs made from the image processor and tokenizer
     ip, tok = AutoImageProcessor.from_pretrained(path), AutoTokenizer.from_pretrained(path)
@@ -255,7 +257,8 @@ def test_ask_batch_and_show_on_a_checkpoint_built_without_mmtok(tmp_path):
     n = int(pixels["image_grid_thw"][0].prod())  # merge size 1: one token per patch
     ids = tok(f"<|im_start|>user\n<|vision_start|>{'<|image_pad|>' * n}<|vision_end|>{QUESTION}<|im_end|>\n"
               "<|im_start|>assistant\n", return_tensors="pt")["input_ids"]
-    model = Qwen3_5ForConditionalGeneration.from_pretrained(path).eval()
+    model = Qwen3_5ForConditionalGeneration.from_pretrained(path).eval().to(TEST_DEVICE)
+    pixels, ids = to_device(pixels), ids.to(TEST_DEVICE)
     with torch.no_grad():
         plain = model.generate(**pixels, input_ids=ids, attention_mask=torch.ones_like(ids),
                                mm_token_type_ids=(ids == 3).int(), max_new_tokens=4, do_sample=False)

@@ -18,6 +18,7 @@ from mmtok_cli.cli import app
 from . import reference
 from .checks import assert_batch_equals_one_by_one
 from .conftest import noise_image
+from .device import TEST_DEVICE, to_device
 
 QUESTION = "What colour is the cat on the sofa?"
 WORDS = ["colour", "cat", "on", "sofa"]  # the question's content words
@@ -33,8 +34,8 @@ def qwen(request, tmp_path_factory):
 
     version = request.param
     path = build_tiny_qwen_vl(tmp_path_factory.mktemp("qwen") / f"tiny-qwen{version}", version=version, seed=3)
-    engine = Engine(str(path), device="cpu", dtype="float32")
-    model = engine.adapter.model_class().from_pretrained(path).eval()
+    engine = Engine(str(path), device=TEST_DEVICE, dtype="float32")
+    model = engine.adapter.model_class().from_pretrained(path).eval().to(TEST_DEVICE)
     return version, path, engine, model
 
 
@@ -75,7 +76,7 @@ def test_processor_is_assembled_when_the_full_one_cannot_load(qwen):
     got = engine.adapter.preprocess(images, [QUESTION, "Is it red?"]).inputs
     want, _ = _plain_inputs(path, images, [QUESTION, "Is it red?"])
     for key in ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw"):
-        assert torch.equal(got[key].to(want[key].dtype), want[key]), key
+        assert torch.equal(got[key].cpu().to(want[key].dtype), want[key]), key
 
 
 def test_videos_without_torchvision_get_a_clear_error(qwen):
@@ -95,7 +96,7 @@ def test_unpruned_batch_equals_plain_generate(qwen, method, k):
     questions = [QUESTION, "Is there a red circle?", "Describe the photo in detail."]
     inputs, tok = _plain_inputs(path, images, questions)
     with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=NEW, do_sample=False)
+        out = model.generate(**to_device(inputs), max_new_tokens=NEW, do_sample=False)
     width = inputs["input_ids"].shape[1]
     answers = engine.run(images, questions, method=method, tokens=max(k, 1), max_new_tokens=NEW)
     totals = [a.vision_total for a in answers]
@@ -136,7 +137,7 @@ def _greedy(model, embeds, positions, steps, eos, deepstack=None, visual=None):
         out.append(token)
         if token == eos:
             break
-        embeds = model.get_input_embeddings()(torch.tensor([[token]]))
+        embeds = model.get_input_embeddings()(torch.tensor([[token]], device=embeds.device))
         hidden = lm(inputs_embeds=embeds, position_ids=nxt.view(1, 1, 1).expand(3, 1, 1), past_key_values=cache,
                     use_cache=True).last_hidden_state
         nxt = nxt + 1
@@ -149,13 +150,13 @@ def _vision_by_hand(model, inputs):
     visual, seen = model.model.visual, []
     hook = visual.merger.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
     try:
-        out = visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"])
+        out = visual(inputs["pixel_values"].to(model.device), grid_thw=inputs["image_grid_thw"].to(model.device))
     finally:
         hook.remove()
     V, groups = out.pooler_output, seen[0].view(-1, 4, seen[0].shape[-1])
     merged = visual.merger(seen[0])  # merger output in the ViT's internal (windowed) group order
     order = torch.cdist(V, merged).argmin(1)  # which group each V row came from
-    assert torch.equal(torch.sort(order).values, torch.arange(len(V)))
+    assert torch.equal(torch.sort(order).values, torch.arange(len(V), device=V.device))
     deep = getattr(out, "deepstack_features", None)
     return V, groups.mean(1)[order], deep
 
@@ -165,15 +166,16 @@ def test_pruned_run_equals_hand_built_reference(qwen, k):
     _, path, engine, model = qwen
     image = noise_image(3, (200, 140))
     inputs, tok = _plain_inputs(path, [image], [QUESTION])
+    inputs = to_device(inputs)
     image_id = tok.convert_tokens_to_ids("<|image_pad|>")
     with torch.no_grad():
         V, U, deep = _vision_by_hand(model, inputs)
         embed = model.get_input_embeddings()
         word_ids = tok(WORDS, is_split_into_words=True, add_special_tokens=False)["input_ids"]
-        kept = reference.mmtok_indices(V, U, embed(torch.tensor(word_ids)), k, tau_t=0.01)
+        kept = reference.mmtok_indices(V, U, embed(torch.tensor(word_ids, device=TEST_DEVICE)), k, tau_t=0.01)
         # the pruned prompt: text rows, plus the kept image rows, each at its unpruned position
         ids = inputs["input_ids"][0]
-        positions = _rope_positions(ids.tolist(), image_id, inputs["image_grid_thw"][0])
+        positions = _rope_positions(ids.tolist(), image_id, inputs["image_grid_thw"][0]).to(TEST_DEVICE)
         is_image = ids == image_id
         rows = embed(ids)
         rows[is_image] = V
@@ -251,7 +253,7 @@ def test_checkpoints_with_other_chat_template_layouts(tmp_path, layout):
     if layout == "chat_template.json":
         (path / "chat_template.json").write_text(json.dumps({"chat_template": template.read_text()}))
     template.unlink()
-    engine = Engine(str(path), device="cpu")
+    engine = Engine(str(path), device=TEST_DEVICE, dtype="float32")
     assert engine.adapter.prompt("Is it red?") == (
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
         "<|vision_start|><|image_pad|><|vision_end|>Is it red?<|im_end|>\n<|im_start|>assistant\n"

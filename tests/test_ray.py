@@ -6,6 +6,7 @@ from typer.testing import CliRunner
 
 from mmtok_cli.cli import app
 
+from .device import TEST_DEVICE
 from .test_batch import BROKEN, images, records, write_jsonl  # noqa: F401  (images is a fixture)
 
 runner = CliRunner()
@@ -23,7 +24,7 @@ def test_ray_two_workers_equal_local_run(tiny_llava, images, tmp_path):  # noqa:
     lines[4:4] = BROKEN[:3] + [{"image": "missing.png", "question": "what ?"}]
     data = write_jsonl(images / "ray.jsonl", lines)
     common = [str(data), "--model", str(tiny_llava), "--max-new-tokens", "4", "--batch-size", "2",
-              "--device", "cpu", "--dtype", "float32"]
+              "--device", TEST_DEVICE, "--dtype", "float32"]
 
     local = runner.invoke(app, ["batch", *common])
     out = tmp_path / "ray.jsonl"
@@ -53,7 +54,7 @@ def test_worker_that_cannot_load_the_model_gives_error_records(tiny_llava, image
     broken.mkdir()
     (broken / "config.json").write_text((tiny_llava / "config.json").read_text())
     data = write_jsonl(images / "ray-broken.jsonl", [{"image": "img0.png", "question": "what ?"}] * 3)
-    result = runner.invoke(app, ["batch", str(data), "--model", str(broken), "--ray", "--device", "cpu"])
+    result = runner.invoke(app, ["batch", str(data), "--model", str(broken), "--ray", "--device", TEST_DEVICE])
     assert result.exit_code == 1
     recs = records(result.stdout)
     assert len(recs) == 3 and all("Ray worker could not load the model" in r["error"] for r in recs)

@@ -17,6 +17,8 @@ from mmtok_cli import show
 from mmtok_cli.models.base import Prepared
 from mmtok_cli.models.regions import area
 
+from .device import TEST_DEVICE
+
 
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory, engine):
@@ -41,7 +43,7 @@ def engines(tmp_path_factory, engine):
         # every multi-crop grid shrunk: crop tokens blend neighbouring patches
         "llava-onevision-shrunk": build_tiny_llava_onevision(root / "shrunk", vision_aspect_ratio="anyres_max_1"),
     }
-    return {"llava": engine, **{name: Engine(str(p), device="cpu", dtype="float32") for name, p in paths.items()}}
+    return {"llava": engine, **{name: Engine(str(p), device=TEST_DEVICE, dtype="float32") for name, p in paths.items()}}
 
 
 def ramp(width: int, height: int) -> Image.Image:
@@ -54,7 +56,7 @@ def _unnormalize(pixels: torch.Tensor, ip) -> torch.Tensor:
     """(..., 3, ...) channel-first processor output back to 0..255 values."""
     shape = [1] * pixels.ndim
     shape[-3] = 3
-    mean, std = torch.tensor(ip.image_mean).view(shape), torch.tensor(ip.image_std).view(shape)
+    mean, std = (torch.tensor(v, device=pixels.device).view(shape) for v in (ip.image_mean, ip.image_std))
     return (pixels * std + mean) * 255
 
 
@@ -80,7 +82,7 @@ def patch_centres(engine, prepared: Prepared) -> torch.Tensor:
         return blocks.reshape(-1, 4, 2).mean(1)  # views in order: tiles, then the thumbnail
     # LLaVA-NeXT / -OneVision: the model's own packing of the views (OneVision's shrink blends the patches' mean
     # colours as it blends their features), newlines (NaN) dropped
-    newline = torch.full((2,), float("nan"))
+    newline = torch.full((2,), float("nan"), device=cells.device)
     if adapter.family == "llava-onevision":
         packed, _ = adapter.model.model.pack_image_features(
             [cells], inputs["image_sizes"], image_newline=newline,

@@ -11,6 +11,7 @@ from mmtok_cli.baselines import visionzip_split
 from mmtok_cli.errors import MmtokError
 
 from .conftest import noise_image
+from .device import TEST_DEVICE, to_device
 
 QUESTION = "What colour is the cat on the sofa?"
 NEW = 8
@@ -18,14 +19,15 @@ NEW = 8
 
 @pytest.fixture(scope="module")
 def plain(tiny_llava):
-    model = LlavaForConditionalGeneration.from_pretrained(tiny_llava, attn_implementation="eager").eval()
+    model = LlavaForConditionalGeneration.from_pretrained(tiny_llava, attn_implementation="eager")
+    model = model.eval().to(TEST_DEVICE)
     return model, AutoProcessor.from_pretrained(tiny_llava)
 
 
 def _inputs(processor, image, question):
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return processor(images=[image], text=[prompt], return_tensors="pt")
+    return to_device(processor(images=[image], text=[prompt], return_tensors="pt"))
 
 
 def _until_eos(ids, eos):
@@ -47,21 +49,22 @@ def _cls_attention_by_hand(layer, x_in):
 def _authors_visionzip(hidden, attn_weights, metric, dominant, contextual):
     """VisionZip's CLIPVisionTower_VisionZip.forward for one image, written out: (kept patch indices, the
     hidden rows it feeds to the projector, in order)."""
-    n1, e = hidden.shape[1], hidden.shape[2]
+    n1, e, dev = hidden.shape[1], hidden.shape[2], hidden.device
     cls_attention_sum = attn_weights[:, :, 0, 1:].sum(dim=1)
     topk_indices = cls_attention_sum.topk(dominant - 1, dim=1).indices + 1
-    all_indices = torch.cat([torch.zeros(1, 1, dtype=topk_indices.dtype), topk_indices], dim=1)
-    mask = torch.ones(1, n1, dtype=torch.bool).scatter_(1, all_indices, False)
+    all_indices = torch.cat([torch.zeros(1, 1, dtype=topk_indices.dtype, device=dev), topk_indices], dim=1)
+    mask = torch.ones(1, n1, dtype=torch.bool, device=dev).scatter_(1, all_indices, False)
     dominant_tokens = hidden.masked_select(~mask.unsqueeze(-1)).view(1, dominant, e)
     metric_filtered = metric[mask].view(1, n1 - dominant, metric.shape[2])
     hidden_filtered = hidden.masked_select(mask.unsqueeze(-1)).view(1, n1 - dominant, e)
     metric_normalized = metric_filtered / metric_filtered.norm(dim=-1, keepdim=True)
     step = max(1, metric_normalized.shape[1] // contextual)
-    target_indices = torch.arange(0, metric_normalized.shape[1], step)[:contextual]
+    target_indices = torch.arange(0, metric_normalized.shape[1], step, device=dev)[:contextual]
     target_tokens = metric_normalized[:, target_indices, :]
-    others = ~torch.isin(torch.arange(metric_normalized.shape[1]), target_indices)
+    others = ~torch.isin(torch.arange(metric_normalized.shape[1], device=dev), target_indices)
     similarity = torch.bmm(metric_normalized[:, others, :], target_tokens.transpose(1, 2))
-    assign = torch.zeros(1, int(others.sum()), contextual).scatter_(2, similarity.argmax(dim=2).unsqueeze(-1), 1)
+    assign = torch.zeros(1, int(others.sum()), contextual, device=dev)
+    assign = assign.scatter_(2, similarity.argmax(dim=2).unsqueeze(-1), 1)
     counts = assign.sum(dim=1).clamp(min=1).unsqueeze(-1)
     aggregated = torch.bmm(assign.transpose(1, 2), hidden_filtered[:, others, :]) / counts
     contextual_tokens = hidden_filtered[:, target_indices, :] + aggregated
@@ -89,7 +92,8 @@ def test_visionzip_equals_the_authors_code_on_hand_computed_attention(engine, pl
         run = (ids == model.config.image_token_id).nonzero().flatten()
         row = embed(ids)
         short = torch.cat([row[: run[0]], fed, row[run[-1] + 1 :]])[None]
-        generated = model.generate(inputs_embeds=short, attention_mask=torch.ones(short.shape[:2], dtype=torch.long),
+        mask = torch.ones(short.shape[:2], dtype=torch.long, device=TEST_DEVICE)
+        generated = model.generate(inputs_embeds=short, attention_mask=mask,
                                    max_new_tokens=NEW, do_sample=False)
     expected = _until_eos(generated[0].tolist(), model.generation_config.eos_token_id)
 
@@ -145,7 +149,7 @@ def next_engine(tmp_path_factory):
     from mmtok_cli.tiny import build_tiny_llava_next
 
     path = build_tiny_llava_next(tmp_path_factory.mktemp("next") / "tiny-llava-next", seed=4)
-    return Engine(str(path), device="cpu", dtype="float32")
+    return Engine(str(path), device=TEST_DEVICE, dtype="float32")
 
 
 def test_llava_next_zips_every_view(next_engine):
