@@ -13,6 +13,7 @@ from mmtok_cli.engine import Engine
 from mmtok_cli.tiny import BUILDERS
 
 from .conftest import noise_image
+from .device import TEST_DEVICE
 
 runner = CliRunner()
 IMAGES = [noise_image(seed, size) for seed, size in [(1, (160, 120)), (2, (90, 200)), (3, (300, 64)), (4, (64, 64))]]
@@ -38,7 +39,7 @@ def _answers(engine: Engine, sequence, method: str) -> list:
 @pytest.mark.parametrize("family", list(BUILDERS))
 def test_answers_equal_uncached_ones_in_any_order_with_evictions(family, tmp_path):
     options = {"pan_and_scan": True} if family == "gemma3" else {}  # crops: images of several views
-    engine = Engine(str(BUILDERS[family](tmp_path / family, seed=0, **options)), device="cpu", dtype="float32",
+    engine = Engine(str(BUILDERS[family](tmp_path / family, seed=0, **options)), device=TEST_DEVICE, dtype="float32",
                     cache_mb=0)
     adapter = engine.adapter
     entry = tensor_bytes(adapter.encode(engine.prepare(IMAGES[:1], QUESTIONS[:1])).split()[0])
@@ -64,7 +65,7 @@ def test_answers_equal_uncached_ones_in_any_order_with_evictions(family, tmp_pat
 
 
 def test_one_vision_pass_per_distinct_image_then_none(tiny_llava):
-    engine = Engine(str(tiny_llava), device="cpu", dtype="float32", cache_mb=64)
+    engine = Engine(str(tiny_llava), device=TEST_DEVICE, dtype="float32", cache_mb=64)
     calls = []
     hook = engine.adapter.model.model.vision_tower.register_forward_hook(
         lambda module, args, kwargs_or_out: calls.append(args[0].shape[0]))
@@ -108,7 +109,7 @@ def test_bound_evicts_least_recently_used_and_skips_what_cannot_fit():
 
 
 def test_gemma_pan_and_scan_switch_is_part_of_the_key(tmp_path):
-    engine = Engine(str(BUILDERS["gemma3"](tmp_path / "gemma", seed=0)), device="cpu", dtype="float32")
+    engine = Engine(str(BUILDERS["gemma3"](tmp_path / "gemma", seed=0)), device=TEST_DEVICE, dtype="float32")
     long = noise_image(7, (300, 64))
     plain = engine.ask(long, "what is it ?", tokens=4, max_new_tokens=2)
     engine.adapter.pan_and_scan = True
@@ -123,7 +124,7 @@ def test_batch_records_say_cached_and_answers_match_no_cache(tiny_llava, tmp_pat
     names = ["a.png", "b.png", "a-copy.png", "b.png", "a.png"]
     data = tmp_path / "q.jsonl"
     data.write_text("".join(json.dumps({"image": n, "question": q}) + "\n" for n, q in zip(names, QUESTIONS)))
-    common = ["batch", str(data), "--model", str(tiny_llava), "--device", "cpu", "--dtype", "float32", "--tokens",
+    common = ["batch", str(data), "--model", str(tiny_llava), "--device", TEST_DEVICE, "--dtype", "float32", "--tokens",
               "4", "--max-new-tokens", "3", "--batch-size", "2"]
     cached = runner.invoke(app, common)
     plain = runner.invoke(app, [*common, "--cache-mb", "0"])
@@ -148,7 +149,7 @@ def test_eval_encodes_each_image_once_for_all_rows(tiny_llava, tmp_path):
 
     def run(*extra: str) -> dict:
         out = tmp_path / "eval.json"
-        result = runner.invoke(app, ["eval", str(data), "--model", str(tiny_llava), "--device", "cpu", "--tokens",
+        result = runner.invoke(app, ["eval", str(data), "--model", str(tiny_llava), "--device", TEST_DEVICE, "--tokens",
                                      "8,2", "--methods", "mmtok,random,divprune", "--max-new-tokens", "2",
                                      "--batch-size", "2", "--json", str(out), *extra])
         assert result.exit_code == 0, result.output
