@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from . import options
-from .errors import UsageError
-from .io import Item, parse_line
+from .errors import MmtokError, UsageError
+from .io import Item, open_source, parse_line
 from .metrics import normalize, score
 
 
@@ -119,8 +120,8 @@ def evaluate(
     configs: list[tuple[str, int | str, bool]] = [("full", "full", False)] + [
         (m, b, a) for m, a in variants for b in budgets
     ]
-    # Block by block, every configuration in turn: each block's images are encoded once (by the first
-    # configuration) and served from the engine's cache to all the others. Items are grouped by image first, so
+    # Block by block, every configuration in turn: each block's images are decoded once, encoded once (by the
+    # first configuration) and served from the engine's cache to all the others. Items are grouped by image first, so
     # an image's questions share a block; records go back to input order.
     order = _group_by_image(items)
     size = batch_size * BLOCK_BATCHES
@@ -129,6 +130,7 @@ def evaluate(
     summaries = [Summary() for _ in configs]
     stats_before = _cache_stats(engine)
     for number_block, block in enumerate(blocks, start=1):
+        block = _decoded(block, base)
         for number, (name, tokens, with_agent) in enumerate(configs):
             method = f"{name}+agent" if with_agent else name
             if progress:
@@ -178,6 +180,22 @@ def evaluate(
     cache = {k: v - stats_before.get(k, 0) for k, v in _cache_stats(engine).items()}
     return {"metric": "f1" if binary_only else "accuracy", "items": len(items), "selection": used, "results": results,
             "cache": cache or None}
+
+
+def _decoded(block: list[Item], base: Path | None) -> list[Item]:
+    """The block's items with their images decoded once for every configuration (`Item.picture`); an image that
+    cannot be opened is left to the batch runner, which gives its item the error each time."""
+    pictures: dict[str, Any] = {}
+    out = []
+    for it in block:
+        if it.error is None and it.picture is None and it.image and it.image not in pictures:
+            try:
+                pictures[it.image] = open_source(it.image, base)
+            except MmtokError:
+                pictures[it.image] = None
+        picture = pictures.get(it.image) if it.image else None
+        out.append(it if picture is None else replace(it, picture=picture))
+    return out
 
 
 def _group_by_image(items: Sequence[Item]) -> list[int]:
