@@ -292,7 +292,7 @@ class BatchRunner:
             return self._results(entries, prepared, preprocess_ms)
         except torch.cuda.OutOfMemoryError:
             if self.engine.cache is not None:  # cached vision tokens yield to the batch (they may be on the GPU)
-                self.engine.cache.clear()
+                self.engine.cache.shrink()
             if self.engine.device.type == "cuda":
                 torch.cuda.empty_cache()
             if len(entries) == 1:

@@ -22,9 +22,14 @@ from PIL import Image
 DEFAULT_MB = {"cpu": 2048, "cuda": 4096}
 """The bound when none is given, per device type (MB of tensors): ~150 LLaVA-1.5 images in float32 on CPU,
 ~550 in bfloat16 on a GPU (one POPE file's 500 COCO images); other devices get the CPU's."""
+GPU_SHARE = 0.05
+"""On a GPU, the default bound is also at most this share of its memory (a 24 GB card: 1.2 GB)."""
 
 
 def default_mb(device: torch.device) -> int:
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        return min(DEFAULT_MB["cuda"], int(total * GPU_SHARE) // 2**20)
     return DEFAULT_MB.get(device.type, DEFAULT_MB["cpu"])
 
 
@@ -102,3 +107,9 @@ class VisionCache:
     def clear(self) -> None:
         self._entries.clear()
         self.bytes = 0
+
+    def shrink(self) -> None:
+        """Empty the cache and halve its bound: the model ran out of memory, and the cache must not grow back into
+        what the batches need."""
+        self.clear()
+        self.max_bytes //= 2

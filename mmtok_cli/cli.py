@@ -127,8 +127,8 @@ CacheOpt = Annotated[
     int | None,
     typer.Option("--cache-mb", metavar="MB", help="Encode each image once: keep images' vision tokens (keyed by "
                  "their pixels) in a cache of at most MB megabytes for later questions about them (default: "
-                 "2048 on CPU, 4096 on GPU; 0: no cache). Answers are the same either way; records say "
-                 "vision_tokens.cached."),
+                 "2048 on CPU; on a GPU 4096 or 5% of its memory, whichever is less; halved at each out-of-memory; "
+                 "0: no cache). Answers are the same either way; records say vision_tokens.cached."),
 ]
 AGENT_HELP = (
     "a cheap first pass (the same model at --agent-tokens, or --agent-model) answers each question; the words "

@@ -309,12 +309,15 @@ class OutOfMemoryAbove:
 def test_out_of_memory_halves_the_batch_and_loses_nothing(engine, images):
     lines = [json.dumps({"image": f"img{i % 5}.png", "question": "what is this ?"}) for i in range(10)]
     flaky = OutOfMemoryAbove(engine, limit=2)
+    bound = engine.cache.max_bytes
     got = []
     summary = BatchRunner(flaky, BatchOptions(tokens=8, max_new_tokens=4, batch_size=8), base=images).run(
         read_jsonl(lines), got.extend)
     assert [r["id"] for r in got] == list(range(1, 11)) and summary.failed == 0
     assert flaky.sizes[:2] == [8, 4] and max(flaky.sizes[2:]) == 2  # 8 failed, 4 failed, then 2s
     assert summary.batch_size == 2
+    assert engine.cache.max_bytes == bound // 4  # it yielded to the batches twice, and stays smaller
+    engine.set_cache(None)
     plain = BatchRunner(engine, BatchOptions(tokens=8, max_new_tokens=4, batch_size=1), base=images)
     again = []
     plain.run(read_jsonl(lines), again.extend)
