@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -92,8 +92,9 @@ class Summary:
 
     def add(self, other: Summary) -> None:
         """Fold in another run's tallies (several runs as one: `mmtok eval`'s blocks)."""
-        for name in ("items", "ok", "failed", "kept", "total", "wall_s", "wait_s", "agent_ms", "model_ms", "cached"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for f in fields(self):  # every tally adds up; the batch size in use is the smaller one
+            if f.name != "batch_size":
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
         self.batch_size = min(self.batch_size, other.batch_size) if self.batch_size else other.batch_size
 
     @property

@@ -17,7 +17,7 @@ from PIL import Image
 from transformers.generation.streamers import BaseStreamer
 
 from .baselines import RANDOM_SEED
-from .cache import VisionCache, default_mb, image_key
+from .cache import VisionCache, default_mb
 from .errors import MmtokError, UsageError
 from .flops import estimated_speedup
 from .models import Adapter, load_adapter
@@ -164,8 +164,7 @@ class Engine:
         adapter = adapter or self.adapter
         prepared = adapter.preprocess(images, questions)
         if self.cache is not None:  # hashing here keeps it off the model's thread in `mmtok batch`
-            salt = adapter.cache_salt()
-            prepared.keys = [image_key(im, salt) for im in images]
+            prepared.keys = adapter.image_keys(images)
         return prepared
 
     def run(self, images: list[Image.Image], questions: list[str], **options: Any) -> list[Answer]:
@@ -310,12 +309,11 @@ class Engine:
             return vt, [False] * len(prepared.image_sizes), [share] * len(prepared.image_sizes)
         start = self._sync()
         if prepared.keys is None:  # prepared without `Engine.prepare`
-            salt = adapter.cache_salt()
-            prepared.keys = [image_key(im, salt) for im in prepared.images]
+            prepared.keys = adapter.image_keys(prepared.images)
         keys = prepared.keys
         found = {key: cache.get(key) for key in dict.fromkeys(keys)}
-        missing = {key: row for row, key in reversed(list(enumerate(keys))) if found[key] is None}
-        encoded = sorted(missing.values())  # the first row of each image the cache lacks
+        first_rows = {key: row for row, key in reversed(list(enumerate(keys)))}
+        encoded = sorted(row for key, row in first_rows.items() if found[key] is None)  # one row per missing image
         if encoded:
             subset = prepared if len(encoded) == len(keys) else adapter.image_inputs(prepared, encoded)
             for row, entry in zip(encoded, adapter.encode(subset).split()):
@@ -329,7 +327,7 @@ class Engine:
         payers = set(encoded) or set(range(len(keys)))  # without an encoding, all share the look-ups
         paid = (encoded_at - start) * 1e3 / len(payers)
         vision_ms = [joined + (paid if row in payers else 0.0) for row in range(len(keys))]
-        return vt, [row not in missing.values() for row in range(len(keys))], vision_ms
+        return vt, [row not in encoded for row in range(len(keys))], vision_ms
 
     def _agent_answers(
         self,

@@ -188,22 +188,26 @@ def _decoded(block: list[Item], base: Path | None) -> list[Item]:
     pictures: dict[str, Any] = {}
     out = []
     for it in block:
-        if it.error is None and it.picture is None and it.image and it.image not in pictures:
+        if it.error is not None or it.picture is not None or not it.image:
+            out.append(it)
+            continue
+        if it.image not in pictures:
             try:
                 pictures[it.image] = open_source(it.image, base)
             except MmtokError:
                 pictures[it.image] = None
-        picture = pictures.get(it.image) if it.image else None
+        picture = pictures[it.image]
         out.append(it if picture is None else replace(it, picture=picture))
     return out
 
 
 def _group_by_image(items: Sequence[Item]) -> list[int]:
     """Item positions with each image's questions together, images in the order they first appear."""
+    images = [it.image if isinstance(it.image, str) else position for position, it in enumerate(items)]
     first: dict[Any, int] = {}
-    for position, it in enumerate(items):
-        first.setdefault(it.image if isinstance(it.image, str) else position, position)
-    return sorted(range(len(items)), key=lambda p: first[items[p].image if isinstance(items[p].image, str) else p])
+    for position, image in enumerate(images):
+        first.setdefault(image, position)
+    return sorted(range(len(items)), key=lambda position: first[images[position]])
 
 
 def _cache_stats(engine: Any) -> dict[str, int]:

@@ -18,6 +18,7 @@ from PIL import Image
 from torch.nn.utils.rnn import pad_sequence
 
 from ..baselines import ZipInputs, choose
+from ..cache import image_key
 from ..errors import MmtokError
 from ..options import check_conventions
 from ..selection import Selection
@@ -230,6 +231,11 @@ class Adapter(ABC):
         """Settings besides the image's pixels that change its vision tokens and can change between runs of one
         loaded model (part of the cache key); the processor's fixed settings need not be here."""
         return ""
+
+    def image_keys(self, images: Sequence[Image.Image]) -> list[str]:
+        """Each image's cache key: its pixels and this adapter's `cache_salt`."""
+        salt = self.cache_salt()
+        return [image_key(im, salt) for im in images]
 
     def pixel_rows(self, prepared: Prepared) -> list[int] | None:
         """How many rows of `pixel_values` each image has, for families whose processor concatenates the batch's
