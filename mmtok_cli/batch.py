@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import torch
 from PIL import Image
@@ -133,8 +133,66 @@ class _Chunk:
 
 _END = object()
 
+E = TypeVar("E")
 
-class BatchRunner:
+
+class PassRunner(Generic[E]):
+    """Forward passes over entries of type E on one engine, with the recovery every front end needs (`batch`,
+    `serve`): on CUDA out-of-memory the pass is halved, and later passes stay at the smaller `batch_size`; when a
+    pass fails otherwise, each entry runs alone, so a bad one fails alone. Subclasses say how entries are prepared
+    and answered."""
+
+    engine: Engine
+    batch_size: int
+    debug: bool = False
+    """Let unexpected exceptions propagate instead of failing the entry."""
+
+    def prepare_entries(self, entries: list[E]) -> Prepared:
+        """The processor's inputs for `entries` (on the model's thread: after a split, or a failed pass)."""
+        raise NotImplementedError
+
+    def answer_entries(self, entries: list[E], prepared: Prepared, preprocess_ms: float) -> list[Any]:
+        """One result per entry, from one forward pass."""
+        raise NotImplementedError
+
+    def run_pass(self, entries: list[E], prepared: Prepared | None, preprocess_ms: float) -> list[Any]:
+        """Results of `answer_entries`, or for an entry that has none, the exception that says why (MmtokError for
+        what can be explained in a line)."""
+        if len(entries) > self.batch_size:  # the batch size was lowered after an out-of-memory
+            mid = self.batch_size
+            return self.run_pass(entries[:mid], None, 0.0) + self.run_pass(entries[mid:], None, 0.0)
+        try:
+            if prepared is None:
+                start = time.perf_counter()
+                prepared = self.prepare_entries(entries)
+                preprocess_ms = (time.perf_counter() - start) * 1e3
+            return self.answer_entries(entries, prepared, preprocess_ms)
+        except torch.cuda.OutOfMemoryError:
+            if self.engine.cache is not None:  # cached vision tokens yield to the batch (they may be on the GPU)
+                self.engine.cache.shrink()
+            if self.engine.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(entries) == 1:
+                return [MmtokError("out of memory even at batch size 1 (try fewer --tokens, a smaller model or "
+                                   "--dtype bfloat16)")]
+            self.batch_size = max(1, len(entries) // 2)
+            return self.run_pass(entries, None, 0.0)
+        except Exception as exc:
+            if self.debug:
+                raise
+            if len(entries) > 1:  # find the entry that fails; the others still get answers
+                return [o for e in entries for o in self.run_pass([e], None, 0.0)]
+            return [exc]
+
+
+def failure_message(exc: BaseException) -> str:
+    """What an entry's record says about the exception that failed it."""
+    if isinstance(exc, MmtokError):
+        return str(exc)
+    return f"unexpected {type(exc).__name__}: {first_line(exc)}"
+
+
+class BatchRunner(PassRunner[_Entry]):
     """Runs items through an `Engine` and hands each chunk's records to `emit`, in input order."""
 
     def __init__(self, engine: Engine, options: BatchOptions, *, base: Path | None = None) -> None:
@@ -142,6 +200,7 @@ class BatchRunner:
         self.options = options
         self.base = base
         self.batch_size = options.batch_size
+        self.debug = options.debug
 
     def run(
         self,
@@ -268,7 +327,7 @@ class BatchRunner:
     def _answer_chunk(self, chunk: _Chunk, summary: Summary) -> list[dict[str, Any]]:
         results: dict[int, dict[str, Any] | str] = {}
         if chunk.ready:
-            outcomes = self._answer(chunk.ready, chunk.prepared, chunk.preprocess_ms)
+            outcomes = self.run_pass(chunk.ready, chunk.prepared, chunk.preprocess_ms)
             results = {id(e): o for e, o in zip(chunk.ready, outcomes)}
         records = []
         for entry in chunk.entries:
@@ -276,40 +335,15 @@ class BatchRunner:
             if isinstance(outcome, dict):
                 records.append(record(entry.item, outcome))
             else:
-                records.append(record(entry.item, None, error=outcome or entry.item.error or "not processed"))
+                error = failure_message(outcome) if outcome is not None else entry.item.error or "not processed"
+                records.append(record(entry.item, None, error=error))
             summary.count(records[-1])
         return records
 
-    def _answer(self, entries: list[_Entry], prepared: Prepared | None, preprocess_ms: float) -> list[Any]:
-        """Results (dicts) or error messages (str) for `entries`, splitting the batch when it must."""
-        if len(entries) > self.batch_size:  # the batch size was lowered after an out-of-memory
-            mid = self.batch_size
-            return self._answer(entries[:mid], None, 0.0) + self._answer(entries[mid:], None, 0.0)
-        try:
-            if prepared is None:
-                start = time.perf_counter()
-                prepared = self.engine.prepare([e.image for e in entries], [e.item.question for e in entries])
-                preprocess_ms = (time.perf_counter() - start) * 1e3
-            return self._results(entries, prepared, preprocess_ms)
-        except torch.cuda.OutOfMemoryError:
-            if self.engine.cache is not None:  # cached vision tokens yield to the batch (they may be on the GPU)
-                self.engine.cache.shrink()
-            if self.engine.device.type == "cuda":
-                torch.cuda.empty_cache()
-            if len(entries) == 1:
-                return ["out of memory even at batch size 1 (try fewer --tokens, a smaller model or --dtype bfloat16)"]
-            self.batch_size = max(1, len(entries) // 2)
-            return self._answer(entries, None, 0.0)
-        except Exception as exc:
-            if self.options.debug:
-                raise
-            if len(entries) > 1:  # find the item that fails; the others still get answers
-                return [o for e in entries for o in self._answer([e], None, 0.0)]
-            if isinstance(exc, MmtokError):
-                return [str(exc)]
-            return [f"unexpected {type(exc).__name__}: {first_line(exc)}"]
+    def prepare_entries(self, entries: list[_Entry]) -> Prepared:
+        return self.engine.prepare([e.image for e in entries], [e.item.question for e in entries])
 
-    def _results(self, entries: list[_Entry], prepared: Prepared, preprocess_ms: float) -> list[dict[str, Any]]:
+    def answer_entries(self, entries: list[_Entry], prepared: Prepared, preprocess_ms: float) -> list[dict[str, Any]]:
         opts = self.options
         questions = [e.item.question for e in entries]
         run = {

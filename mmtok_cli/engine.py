@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from PIL import Image
+from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from .baselines import RANDOM_SEED
@@ -90,6 +91,34 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return TORCH_DTYPES[name]
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """How the answer's tokens are drawn (`mmtok serve`'s temperature / top_p / seed); without one, greedy.
+
+    `temperature` 0 is greedy decoding, exactly what `ask` and `batch` do; None lets the checkpoint's generation
+    config decide (whether to sample, and its temperature, top_p, top_k); above 0 samples at that temperature.
+    `top_p` (None: the config's) is the nucleus; `seed` seeds PyTorch's generator just before the answer is drawn.
+    """
+
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+
+    def resolved(self, config: Any) -> Sampling:
+        """The same decoding with the generation config read: greedy however it was asked is `Sampling(0.0)`
+        (top_p and seed change nothing there), so requests that decode alike compare equal."""
+        greedy = self.temperature == 0 or self.temperature is None and not getattr(config, "do_sample", False)
+        return Sampling(0.0) if greedy else self
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """`generate` keywords for this decoding (what they leave out, the generation config says)."""
+        if self.temperature == 0:
+            return {"do_sample": False}
+        given = {"temperature": self.temperature, "top_p": self.top_p}
+        return {**({"do_sample": True} if self.temperature is not None else {}),
+                **{k: v for k, v in given.items() if v is not None}}
+
+
 class _Clock(BaseStreamer):
     """Timestamps generation: `generate` first streams the prompt, then each new token (on the host,
     so the GPU has finished the step by then)."""
@@ -157,22 +186,31 @@ class Engine:
         (fast tokenizers must not be used from two threads at once)."""
         return self.adapter.for_thread()
 
-    def prepare(self, images: list[Image.Image], questions: list[str], *, adapter: Adapter | None = None) -> Prepared:
-        """Processor inputs for a batch (CPU work; safe in a background thread with `preprocessor()`)."""
+    def prepare(
+        self, images: list[Image.Image], questions: list[str], *, adapter: Adapter | None = None,
+        conversations: Sequence[list[dict] | None] | None = None,
+    ) -> Prepared:
+        """Processor inputs for a batch (CPU work; safe in a background thread with `preprocessor()`).
+
+        `conversations`: per question, None or the whole chat to template instead of one user turn (`Adapter.prompt`;
+        the question is then its last user text, which the selection reads)."""
         if len(images) != len(questions) or not images:
             raise ValueError("need one question per image, and at least one image")
         adapter = adapter or self.adapter
-        prepared = adapter.preprocess(images, questions)
+        prepared = adapter.preprocess(images, questions, conversations)
         if self.cache is not None:  # hashing here keeps it off the model's thread in `mmtok batch`
             prepared.keys = adapter.image_keys(images)
         return prepared
 
-    def run(self, images: list[Image.Image], questions: list[str], **options: Any) -> list[Answer]:
-        """Answer one question per image as a single batch: `prepare`, then `run_prepared` with `options`
-        (tokens, method, max_new_tokens, alpha, tau_t, tau_v, budget, question_words, ignore_eos, agent,
-        agent_tokens; see there)."""
+    def run(
+        self, images: list[Image.Image], questions: list[str], *,
+        conversations: Sequence[list[dict] | None] | None = None, **options: Any,
+    ) -> list[Answer]:
+        """Answer one question per image as a single batch: `prepare` (with `conversations`, see there), then
+        `run_prepared` with `options` (tokens, method, max_new_tokens, alpha, tau_t, tau_v, budget, question_words,
+        ignore_eos, agent, agent_tokens, sampling; see there)."""
         t0 = self._sync()
-        prepared = self.prepare(images, questions)
+        prepared = self.prepare(images, questions, conversations=conversations)
         return self.run_prepared(prepared, questions, preprocess_ms=(self._sync() - t0) * 1e3, **options)
 
     @torch.inference_mode()
@@ -194,6 +232,8 @@ class Engine:
         agent: bool = False,
         agent_tokens: int | None = None,
         agent_max_new_tokens: int = AGENT_MAX_NEW_TOKENS,
+        sampling: Sampling | None = None,
+        stopping_criteria: StoppingCriteria | None = None,
     ) -> list[Answer]:
         """Answer the questions of a batch made by `prepare`.
 
@@ -209,6 +249,11 @@ class Engine:
         `agent_max_new_tokens`. Each preliminary answer's words join its question's words in T, then the
         tokens are selected again and the answer generated; the prompt never contains the preliminary
         answer. Its cost is `timings_ms["agent"]`, the answer `Answer.agent_answer`.
+
+        `sampling` (None: greedy) draws the answers (the agent's first pass is always greedy); with a seed, a pass
+        gives the same answers every time it has the same rows. `stopping_criteria` watches the answers' generation
+        (one flag per row: a finished row stops counting for `generate`'s early stop; its later tokens are cut off
+        by the caller, who knows why it stopped).
         """
         budgets = _per_item(tokens, len(questions), "token budget")
         limits = _per_item(max_new_tokens, len(questions), "max_new_tokens")
@@ -248,7 +293,8 @@ class Engine:
         # Greedy decoding is deterministic, so one run to the largest limit, cut per item, gives
         # every item exactly what a run with its own limit would.
         new_tokens = self._generate(
-            gen_inputs, max(limits), streamer=clock,
+            gen_inputs, max(limits), sampling, streamer=clock,
+            **({"stopping_criteria": StoppingCriteriaList([stopping_criteria])} if stopping_criteria else {}),
             # EOS is masked out until the limit: every row does the same, fixed amount of work.
             **({"min_new_tokens": max(limits)} if ignore_eos else {}),
         )
@@ -382,11 +428,20 @@ class Engine:
             alpha=alpha, tau_t=adapter.tau_t if tau_t is None else tau_t, tau_v=tau_v,
         )
 
-    def _generate(self, gen_inputs: dict, max_new_tokens: int, **extra: Any) -> list[list[int]]:
-        """Greedy generation for the batch; each row's new token ids, not yet cut at EOS."""
+    def _generate(
+        self, gen_inputs: dict, max_new_tokens: int, sampling: Sampling | None = None, **extra: Any
+    ) -> list[list[int]]:
+        """Generation for the batch, greedy unless `sampling` says otherwise; each row's new token ids, not yet cut
+        at EOS. Never beam search: the timing streamer and the per-row stopping need one sequence per row."""
         pad_id = self.adapter.tokenizer.pad_token_id
+        decoding = {"do_sample": False}
+        if sampling is not None:
+            sampling = sampling.resolved(self.adapter.model.generation_config)
+            decoding = sampling.generate_kwargs()
+            if sampling.seed is not None:
+                torch.manual_seed(sampling.seed)
         out = self.adapter.model.generate(
-            **gen_inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, **extra,
+            **gen_inputs, max_new_tokens=max_new_tokens, num_beams=1, **decoding, **extra,
             **({"pad_token_id": pad_id} if pad_id is not None else {}),
         )
         return out[:, gen_inputs["input_ids"].shape[1] :].tolist()

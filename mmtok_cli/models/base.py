@@ -207,18 +207,30 @@ class Adapter(ABC):
     def image_token_id(self) -> int:
         return self.model.config.image_token_id
 
-    def prompt(self, question: str) -> str:
-        """The chat-templated prompt: a user turn with the image, then the question text."""
+    def prompt(self, question: str, conversation: list[dict] | None = None) -> str:
+        """The chat-templated prompt: a user turn with the image, then the question text.
+
+        `conversation`: the whole chat instead (chat-template messages, the image as one `{"type": "image"}` part,
+        `question` its last user text), as `mmtok serve` receives it; it needs the checkpoint's chat template."""
         if not getattr(self.processor, "chat_template", None):
+            if conversation is not None:
+                raise MmtokError("the checkpoint has no chat template, so it reads only one user message: the image, "
+                                 "then the question")
             if self.fallback_prompt is None:
                 raise MmtokError("the checkpoint has no chat template; add chat_template.jinja to its folder")
             return self.fallback_prompt.format(image=self.image_token, question=question)
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        messages = conversation or [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
-    def preprocess(self, images: list[Image.Image], questions: list[str]) -> Prepared:
-        """Processor outputs for one image per question, on the model's device."""
-        prompts = [self.prompt(q) for q in questions]
+    def prompts(self, questions: list[str], conversations: Sequence[list[dict] | None] | None = None) -> list[str]:
+        """`prompt` for each question (and its conversation, where one is given)."""
+        return [self.prompt(q, c) for q, c in zip(questions, conversations or [None] * len(questions), strict=True)]
+
+    def preprocess(
+        self, images: list[Image.Image], questions: list[str], conversations: Sequence[list[dict] | None] | None = None
+    ) -> Prepared:
+        """Processor outputs for one image per question (`conversations`: see `prompt`), on the model's device."""
+        prompts = self.prompts(questions, conversations)
         inputs = self.processor(images=images, text=prompts, padding=True, return_tensors="pt")
         return Prepared(inputs=inputs.to(self.device), image_sizes=[(im.height, im.width) for im in images],
                         images=list(images))

@@ -17,6 +17,7 @@ the model reads them (the whole image's first, then each crop's).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -64,8 +65,10 @@ class Gemma3Adapter(Adapter):
             options["do_pan_and_scan"] = self.pan_and_scan
         return {name: options[name] for name in PAN_AND_SCAN if name in options}
 
-    def preprocess(self, images: list[Image.Image], questions: list[str]) -> Prepared:
-        prompts = [self.prompt(q) for q in questions]
+    def preprocess(
+        self, images: list[Image.Image], questions: list[str], conversations: Sequence[list[dict] | None] | None = None
+    ) -> Prepared:
+        prompts = self.prompts(questions, conversations)
         # Gemma's chat template writes BOS itself: then the tokenizer must not add a second one (what transformers'
         # `apply_chat_template(tokenize=True)` does too); the fallback prompt has none and gets the tokenizer's.
         bos = self.tokenizer.bos_token
