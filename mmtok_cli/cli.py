@@ -25,6 +25,7 @@ from .commands.common import err
 from .commands.eval import eval_command
 from .commands.models import models
 from .commands.profile import profile
+from .commands.serve import serve
 from .commands.show import show_command
 from .commands.synth import synth
 
@@ -91,6 +92,7 @@ def main(
 # In this order in `mmtok --help`.
 app.command()(ask)
 app.command()(batch)
+app.command()(serve)
 app.command()(models)
 app.command("show")(show_command)
 app.command()(profile)

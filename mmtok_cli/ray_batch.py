@@ -63,7 +63,7 @@ class _Worker:
         try:
             engine = Engine(model, device=device, dtype=dtype, agent_model=agent_model, cache_mb=cache_mb)
         except Exception as exc:  # e.g. the model is missing on this node: its items say so, Ray stays calm
-            reason = str(exc) if isinstance(exc, MmtokError) else _root_cause(exc)
+            reason = str(exc) if isinstance(exc, MmtokError) else root_cause(exc)
             self.error = f"Ray worker could not load the model: {reason}"
             return
         self.runner = BatchRunner(engine, BatchOptions(**options), base=Path(base))
@@ -121,7 +121,7 @@ def run_on_ray(
                      logging_level=logging.ERROR, configure_logging=True, **local)
         except Exception as exc:  # ConnectionError, ValueError... depending on the address
             where = ray_options.address or "a local instance"
-            raise MmtokError(f"could not start or reach Ray at {where}: {_root_cause(exc)}") from None
+            raise MmtokError(f"could not start or reach Ray at {where}: {root_cause(exc)}") from None
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # records in input order, as the local path writes them
     context.enable_progress_bars = False  # ours is on stderr already
@@ -154,7 +154,7 @@ def run_on_ray(
     except (KeyboardInterrupt, MmtokError):
         raise
     except Exception as exc:  # a worker died (e.g. the model could not load there): one line
-        raise MmtokError(f"the Ray job failed: {_root_cause(exc)}") from exc
+        raise MmtokError(f"the Ray job failed: {root_cause(exc)}") from exc
     finally:
         if started:  # we started it, so we stop it (a cluster given by --ray-address keeps running)
             ray.shutdown()
@@ -162,7 +162,7 @@ def run_on_ray(
     return summary
 
 
-def _root_cause(exc: BaseException) -> str:
+def root_cause(exc: BaseException) -> str:
     """The innermost message of a Ray error chain (Ray wraps worker exceptions several times)."""
     seen = exc
     while True:  # Ray keeps the worker's exception in .cause; Python chains use __cause__

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated
 
@@ -21,14 +20,17 @@ from .common import (
     CompareOpt,
     DebugOpt,
     DeviceOpt,
+    DownloadTimeoutOpt,
     DtypeOpt,
     MaxNewOpt,
     MethodOpt,
     ModelOpt,
     QuestionWordsOpt,
+    RayAddressOpt,
     TauTOpt,
     TauVOpt,
     TokensOpt,
+    check_download_timeout,
     err,
     guarded,
     load_engine,
@@ -84,19 +86,13 @@ def batch(
         bool, typer.Option("--ray", help="Run on Ray: a pool of actors, each loading the model once "
                            "(needs pip install 'mmtok-cli[ray]').", rich_help_panel="Ray")
     ] = False,
-    ray_address: Annotated[
-        str | None, typer.Option("--ray-address", help="A running Ray cluster (e.g. auto, or "
-                                 "ray://head:10001); default: start a local Ray instance.", rich_help_panel="Ray")
-    ] = None,
+    ray_address: RayAddressOpt = None,
     workers: Annotated[int, typer.Option("--workers", help="Ray actors (model copies).", rich_help_panel="Ray")] = 1,
     gpus_per_worker: Annotated[
         float, typer.Option("--gpus-per-worker", help="GPUs each Ray actor reserves (0: CPU only).",
                             rich_help_panel="Ray")
     ] = 0.0,
-    download_timeout: Annotated[
-        float, typer.Option("--download-timeout", help="Seconds one image URL may take in all (connect, redirects, "
-                            "body; at most 50 MB): a slower one fails its item alone.")
-    ] = 30.0,
+    download_timeout: DownloadTimeoutOpt = 30.0,
     cache_mb: CacheOpt = None,
     alpha: AlphaOpt = None,
     tau_t: TauTOpt = None,
@@ -160,8 +156,7 @@ def batch(
             raise UsageError("--ray-address, --workers and --gpus-per-worker need --ray")
         if retry_errors and not resume:
             raise UsageError("--retry-errors goes with --resume (it re-runs the failed items of an earlier run)")
-        if not (math.isfinite(download_timeout) and download_timeout > 0):
-            raise UsageError(f"--download-timeout must be a number of seconds above 0 (got {download_timeout})")
+        check_download_timeout(download_timeout)
         check_cache(cache_mb)
         from ..io import plan_inputs
 

@@ -3,6 +3,7 @@ work with one-line errors, loading the engine and checking outputs before it loa
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -120,6 +121,19 @@ QuestionWordsOpt = Annotated[
                  rich_help_panel=CONVENTIONS_PANEL),
 ]
 
+RayAddressOpt = Annotated[
+    str | None, typer.Option("--ray-address", help="A running Ray cluster (e.g. auto, or ray://head:10001); "
+                             "default: start a local Ray instance.", rich_help_panel="Ray")
+]
+DownloadTimeoutOpt = Annotated[
+    float, typer.Option("--download-timeout", help="Seconds one image URL may take in all (connect, redirects, "
+                        "body; at most 50 MB): a slower one fails its item alone.")
+]
+
+
+def check_download_timeout(seconds: float) -> None:
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise UsageError(f"--download-timeout must be a number of seconds above 0 (got {seconds})")
 
 
 def guarded(debug: bool, work: Callable[[], Any]) -> Any:

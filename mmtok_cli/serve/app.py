@@ -66,6 +66,10 @@ def build_app(server: Server) -> FastAPI:
                    405: f"{request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
         return error_response(ApiError(exc.status_code, message, code="not_found" if exc.status_code == 404 else None))
 
+    @app.exception_handler(Exception)
+    async def bug(request: Request, exc: Exception) -> JSONResponse:  # still one OpenAI-shaped error
+        return error_response(error_of(exc))
+
     @app.get("/health")
     async def health() -> JSONResponse:
         if server.error is not None:

@@ -281,7 +281,7 @@ def _mmtok(value: Any, options: ServeOptions) -> dict[str, Any]:
     for key in SELECTION_KEYS:
         if key in given:
             try:
-                selection.update(selection_params(**{key: given[key]}))
+                selection.update(selection_params(**{"alpha": None, "tau_t": None, "tau_v": None, key: given[key]}))
             except UsageError as exc:
                 raise bad(_field_names(str(exc)), f"mmtok.{key}") from None
     # The server's --agent applies where it can; asked for explicitly, it must be able to.
