@@ -175,6 +175,8 @@ def fetch_image(
     except MmtokError:
         raise
     except urllib.error.HTTPError as exc:
+        if 300 <= exc.code < 400:  # urllib's own message for this spans three lines
+            raise MmtokError(f"could not download {url}: more than {MAX_REDIRECTS} redirects") from None
         raise MmtokError(f"could not download {url}: HTTP {exc.code} {exc.reason}") from None
     except (TimeoutError, socket.timeout):
         raise MmtokError(f"could not download {url}: not complete within {timeout:g} s") from None

@@ -26,6 +26,7 @@ class Served:
             [sys.executable, "-m", "mmtok_cli", "serve", "--host", "127.0.0.1", "--port", str(port), *args],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._log, env={**os.environ},
         )
+        self.model = args[args.index("--model") + 1] if "--model" in args else None
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         deadline = time.monotonic() + timeout
         self.url = None

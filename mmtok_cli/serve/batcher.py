@@ -118,7 +118,7 @@ class RowText:
             # whatever could be the start of a stop string.
             visible = visible.rstrip("\ufffd").rstrip()
             visible = visible[: len(visible) - max((n for s in self.stops for n in range(len(s) - 1, 0, -1)
-                                                   if visible.endswith(s[:n])), default=0)]
+                                                   if visible.endswith(s[:n])), default=0)].rstrip()
         else:
             visible = visible.rstrip()
         job = self.job

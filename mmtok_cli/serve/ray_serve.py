@@ -31,25 +31,21 @@ except ImportError:  # the CLI says how to install it
     ray = serve = None
 
 
-class Replica:
-    """One Ray Serve replica: loads the model in its constructor, then serves `app.build_app` on it."""
+def replica_app(options: dict[str, Any]) -> Callable[[], Any]:
+    """What each Ray Serve replica runs when it starts (Ray Serve's ASGI builder): its own `Server`, its model
+    loaded, behind `app.build_app`."""
 
-    def __init__(self, options: dict[str, Any]) -> None:
+    def build() -> Any:
         from ..quiet import quiet_libraries
+        from .app import build_app
         from .server import Server
 
         quiet_libraries()
-        self.server = Server(ServeOptions(**options))
-        self.server.load()
+        server = Server(ServeOptions(**options))
+        server.load()
+        return build_app(server)
 
-    def __serve_build_asgi_app__(self) -> Any:  # Ray Serve asks for the app once the constructor has run
-        from .app import build_app
-
-        return build_app(self.server)
-
-    def check_health(self) -> None:
-        if not self.server.ready:
-            raise RuntimeError("the model is not loaded")
+    return build
 
 
 def run_on_ray(options: ServeOptions, *, replicas: int, gpus_per_replica: float, address: str | None,
@@ -73,15 +69,17 @@ def run_on_ray(options: ServeOptions, *, replicas: int, gpus_per_replica: float,
     # A replica holds its queue plus the pass it runs and the next one; Ray Serve keeps the rest at the proxy.
     ongoing = options.max_queue + 2 * options.max_batch_size
     deployment = serve.deployment(
-        serve.ingress()(Replica), name="mmtok", num_replicas=replicas, max_ongoing_requests=ongoing,
+        serve.ingress(replica_app(dataclasses.asdict(options)))(), name="mmtok", num_replicas=replicas, max_ongoing_requests=ongoing,
         ray_actor_options={"num_cpus": 1, "num_gpus": gpus_per_replica}, health_check_period_s=10,
+        graceful_shutdown_timeout_s=5,
     )
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         serve.start(http_options={"host": options.host, "port": options.port},
                     logging_config={"log_level": "ERROR", "enable_access_log": options.debug})
+        serve.run(deployment.bind(), name=APP_NAME, route_prefix="/", blocking=False)
         announce(f"http://{options.host}:{options.port}")
-        serve.run(deployment.bind(dataclasses.asdict(options)), name=APP_NAME, route_prefix="/", blocking=False)
         running = _running_replicas()
         say(f"mmtok serve: {running} Ray Serve replica{'s' if running != 1 else ''} ready")
         while True:
@@ -92,11 +90,10 @@ def run_on_ray(options: ServeOptions, *, replicas: int, gpus_per_replica: float,
         raise MmtokError(f"Ray Serve failed: {root_cause(exc)}") from None
     finally:
         signal.signal(signal.SIGTERM, previous)
-        try:
-            serve.shutdown()
-        finally:
-            if started:
-                ray.shutdown()
+        if started:  # our own Ray instance: everything in it goes
+            ray.shutdown()
+        else:  # someone's cluster: only our application goes; Serve and its other applications stay
+            serve.delete(APP_NAME)
 
 
 def _running_replicas() -> int:
