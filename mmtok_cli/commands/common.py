@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from ..archs import ARCHS
 from ..errors import MmtokError, UsageError, first_line
 from ..options import AGENT_MAX_NEW_TOKENS, AGENT_METHODS, METHOD_HELP, METHODS
 from ..quiet import quiet_libraries
@@ -121,6 +122,13 @@ QuestionWordsOpt = Annotated[
                  rich_help_panel=CONVENTIONS_PANEL),
 ]
 
+ArchOpt = Annotated[
+    str | None,
+    typer.Option("--arch", help="A real architecture with random weights, nothing downloaded: "
+                 f"{', '.join(n for n in ARCHS if not n.startswith('cpu-small'))}; or cpu-small (LLaVA-1.5-7B "
+                 "widths, 2 + 2 layers; about a minute on 2 CPU cores) and the other families' reduced-depth "
+                 f"presets for CPU runs: {', '.join(n for n in ARCHS if n.startswith('cpu-small-'))}."),
+]
 RayAddressOpt = Annotated[
     str | None, typer.Option("--ray-address", help="A running Ray cluster (e.g. auto, or ray://head:10001); "
                              "default: start a local Ray instance.", rich_help_panel="Ray")

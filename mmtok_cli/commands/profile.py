@@ -11,10 +11,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..archs import ARCHS
 from ..errors import UsageError
 from ..options import DEFAULT_MODEL, check_options, selection_params
 from .common import (
+    ArchOpt,
     BudgetOpt,
     DebugOpt,
     DeviceOpt,
@@ -33,13 +33,7 @@ def profile(
         str | None,
         typer.Option("--model", "-m", help=f"Hub id or local checkpoint folder [default: {DEFAULT_MODEL}]."),
     ] = None,
-    arch: Annotated[
-        str | None,
-        typer.Option("--arch", help="A real architecture with random weights, nothing downloaded: "
-                     f"{', '.join(n for n in ARCHS if not n.startswith('cpu-small'))}; or cpu-small (LLaVA-1.5-7B "
-                     "widths, 2 + 2 layers; about a minute on 2 CPU cores) and the other families' reduced-depth "
-                     f"presets for CPU runs: {', '.join(n for n in ARCHS if n.startswith('cpu-small-'))}."),
-    ] = None,
+    arch: ArchOpt = None,
     tokens: Annotated[
         str, typer.Option("--tokens", "-k", help="Comma-separated vision-token budgets; 'full' is always included.")
     ] = "576,192,128,64,32,16,4",

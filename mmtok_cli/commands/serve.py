@@ -12,6 +12,7 @@ from .common import (
     AgentOpt,
     AgentTokensOpt,
     AlphaOpt,
+    ArchOpt,
     BudgetOpt,
     CacheOpt,
     DebugOpt,
@@ -19,7 +20,6 @@ from .common import (
     DownloadTimeoutOpt,
     DtypeOpt,
     MethodOpt,
-    ModelOpt,
     QuestionWordsOpt,
     RayAddressOpt,
     TauTOpt,
@@ -36,7 +36,12 @@ LIMITS = "Limits and safety"
 
 
 def serve(
-    model: ModelOpt = DEFAULT_MODEL,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="Hugging Face hub id, local checkpoint folder, or `demo` [default: "
+                     f"{DEFAULT_MODEL}]; clients send it as `model`."),
+    ] = None,
+    arch: ArchOpt = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on; 0.0.0.0 for every interface (the "
                                       "default answers this machine only).", rich_help_panel=SERVER)] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on; 0 picks a free one (printed).",
@@ -96,7 +101,7 @@ def serve(
     ] = None,
     ray: Annotated[
         bool, typer.Option("--ray", help="Deploy on Ray Serve: --replicas copies of the server, each loading the "
-                           "model and batching (needs pip install 'mmtok-cli[serve]').", rich_help_panel="Ray")
+                           "model and batching (needs pip install 'mmtok-cli[serve,ray]').", rich_help_panel="Ray")
     ] = False,
     replicas: Annotated[int, typer.Option("--replicas", help="Ray Serve replicas (model copies).",
                                           rich_help_panel="Ray")] = 1,
@@ -128,13 +133,17 @@ def serve(
       mmtok serve --model llava-hf/llava-1.5-7b-hf --tokens 64 --max-batch-size 16 --api-key "$KEY"
 
       mmtok serve --model demo --ray --replicas 2
+
+      mmtok serve --arch cpu-small   (random weights: for load tests)
     """
     from ..errors import UsageError
     from ..serve.options import ServeOptions
 
     def work() -> None:
+        if model and arch:
+            raise UsageError("give --model or --arch, not both")
         options = ServeOptions(
-            model=model, device=device, dtype=dtype, cache_mb=cache_mb, host=host, port=port, api_key=api_key,
+            model=model or DEFAULT_MODEL, arch=arch, device=device, dtype=dtype, cache_mb=cache_mb, host=host, port=port, api_key=api_key,
             tokens=tokens, method=method, max_new_tokens=max_new_tokens,
             selection=selection_params(alpha=alpha, tau_t=tau_t, tau_v=tau_v, budget=budget,
                                        question_words=question_words),
@@ -157,14 +166,15 @@ def serve(
                              "pip install 'mmtok-cli[serve]'") from None
         from ..models.registry import check_model
 
-        check_model(model)  # seconds, before anything listens
+        if arch is None:
+            check_model(options.model)  # seconds, before anything listens
         if agent_model is not None:
             from ..engine import check_agent_model
 
             check_agent_model(agent_model)
 
         def announce(where: str) -> None:
-            err.print(f"mmtok serve: {model} on {where}/v1 (OpenAI Chat Completions; GET /health says when the "
+            err.print(f"mmtok serve: {options.name} on {where}/v1 (OpenAI Chat Completions; GET /health says when the "
                       "model is loaded)", highlight=False, markup=False)
 
         if ray:

@@ -20,6 +20,8 @@ API_KEY_ENV = "MMTOK_API_KEY"
 @dataclass
 class ServeOptions:
     model: str = DEFAULT_MODEL
+    arch: str | None = None
+    """Serve this architecture (`archs.ARCHS`) with random weights instead of `model`: load tests."""
     device: str = "auto"
     dtype: str = "auto"
     cache_mb: int | None = None
@@ -76,6 +78,13 @@ class ServeOptions:
                             ("--download-timeout", self.download_timeout)):
             if not (math.isfinite(value) and value >= 0) or value == 0 and flag != "--batch-wait-ms":
                 raise UsageError(f"{flag} must be a number above 0 (got {value})")
+        if self.arch is not None:
+            from ..archs import ARCHS
+
+            if self.arch not in ARCHS:
+                raise UsageError(f"unknown --arch '{self.arch}'; known: {', '.join(ARCHS)}")
+            if self.agent_model is not None:
+                raise UsageError("--agent-model goes with --model, not --arch")
         if self.api_key is not None and not self.api_key.strip():
             raise UsageError(f"--api-key (or {API_KEY_ENV}) is empty")
         if self.allowed_local_media_path is not None:
@@ -83,6 +92,11 @@ class ServeOptions:
             if not folder.is_dir():
                 raise UsageError(f"--allowed-local-media-path '{self.allowed_local_media_path}' is not a folder")
             self.allowed_local_media_path = os.path.realpath(folder)
+
+    @property
+    def name(self) -> str:
+        """The model's id in the API (`model` in requests, GET /v1/models)."""
+        return self.arch or self.model
 
     @property
     def max_body_bytes(self) -> int:

@@ -20,7 +20,7 @@ from ..errors import MmtokError, UsageError
 from ..ray_batch import root_cause
 from .options import ServeOptions
 
-INSTALL_HINT = "--ray needs Ray Serve: pip install 'mmtok-cli[serve]' (or pip install 'ray[serve]')"
+INSTALL_HINT = "--ray needs Ray Serve: pip install 'mmtok-cli[serve,ray]' (or pip install 'ray[serve]')"
 APP_NAME = "mmtok"
 
 os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # stderr is for mmtok's own lines
@@ -69,12 +69,18 @@ def run_on_ray(options: ServeOptions, *, replicas: int, gpus_per_replica: float,
     # A replica holds its queue plus the pass it runs and the next one; Ray Serve keeps the rest at the proxy.
     ongoing = options.max_queue + 2 * options.max_batch_size
     deployment = serve.deployment(
-        serve.ingress(replica_app(dataclasses.asdict(options)))(), name="mmtok", num_replicas=replicas, max_ongoing_requests=ongoing,
-        ray_actor_options={"num_cpus": 1, "num_gpus": gpus_per_replica}, health_check_period_s=10,
+        serve.ingress(replica_app(dataclasses.asdict(options)))(), name="mmtok", num_replicas=replicas,
+        max_ongoing_requests=ongoing, ray_actor_options={"num_cpus": 1, "num_gpus": gpus_per_replica}, health_check_period_s=10,
         graceful_shutdown_timeout_s=5,
     )
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    stopped = []
+
+    def interrupt(signum: int, frame: Any) -> None:
+        stopped.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         serve.start(http_options={"host": options.host, "port": options.port},
                     logging_config={"log_level": "ERROR", "enable_access_log": options.debug})
@@ -84,8 +90,6 @@ def run_on_ray(options: ServeOptions, *, replicas: int, gpus_per_replica: float,
         say(f"mmtok serve: {running} Ray Serve replica{'s' if running != 1 else ''} ready")
         while True:
             time.sleep(1)
-    except KeyboardInterrupt:
-        pass
     except Exception as exc:
         raise MmtokError(f"Ray Serve failed: {root_cause(exc)}") from None
     finally:
@@ -94,12 +98,11 @@ def run_on_ray(options: ServeOptions, *, replicas: int, gpus_per_replica: float,
             ray.shutdown()
         else:  # someone's cluster: only our application goes; Serve and its other applications stay
             serve.delete(APP_NAME)
+        if stopped:  # SIGTERM: die of it, as the shell expects (exit 143), once everything is stopped
+            signal.raise_signal(signal.SIGTERM)
 
 
 def _running_replicas() -> int:
     status = serve.status().applications[APP_NAME]
     return sum(d.replica_states.get("RUNNING", 0) for d in status.deployments.values())
 
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt

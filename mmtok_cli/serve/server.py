@@ -25,7 +25,7 @@ RETRY_AFTER_S = 1
 class Server:
     def __init__(self, options: ServeOptions) -> None:
         self.options = options
-        self.model_name = options.model
+        self.model_name = options.name
         self.metrics = ServeMetrics()
         self.policy = MediaPolicy(allow_private=options.allow_private_urls,
                                   local_root=options.allowed_local_media_path, timeout=options.download_timeout)
@@ -47,7 +47,14 @@ class Server:
 
         o = self.options
         try:
-            engine = Engine(o.model, device=o.device, dtype=o.dtype, agent_model=o.agent_model, cache_mb=o.cache_mb)
+            if o.arch is not None:
+                from ..profile import load_arch
+
+                engine = load_arch(o.arch, device=o.device, dtype=o.dtype)
+                engine.set_cache(o.cache_mb)
+            else:
+                engine = Engine(o.model, device=o.device, dtype=o.dtype, agent_model=o.agent_model,
+                                cache_mb=o.cache_mb)
             self.batcher = Batcher(engine, max_batch_size=o.max_batch_size, batch_wait_ms=o.batch_wait_ms,
                                    metrics=self.metrics, taken=self.release, debug=o.debug).start()
             self.engine = engine
