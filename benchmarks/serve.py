@@ -25,19 +25,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import os
 import platform
-import re
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the test suite's server harness
+from tests.serving import Served, data_url, user
+
 SAMPLES = ROOT / "sample_images"
 QUESTIONS = ["Is there a red circle?", "What colour is the square?", "How many circles are there?",
              "Describe the image.", "What is in this image?"]
@@ -53,46 +52,14 @@ def items(n: int) -> list[tuple[Path, str]]:
     return [(pictures[i % len(pictures)], QUESTIONS[i % len(QUESTIONS)]) for i in range(n)]
 
 
-def data_url(path: Path) -> str:
-    kind = "jpeg" if path.suffix.lower() in (".jpg", ".jpeg") else "png"
-    return f"data:image/{kind};base64,{base64.b64encode(path.read_bytes()).decode()}"
-
-
-class Server:
-    def __init__(self, args: argparse.Namespace) -> None:
-        model = ["--arch", args.arch] if args.arch else ["--model", args.model]
-        self.log = tempfile.NamedTemporaryFile("w+", prefix="mmtok-serve-bench-", suffix=".log", delete=False)
-        command = [sys.executable, "-m", "mmtok_cli", "serve", *model, "--port", "0", "--device", args.device,
-                   "--dtype", args.dtype, "--max-batch-size", str(args.batch_size), "--batch-wait-ms",
-                   str(args.batch_wait_ms), "--max-queue", "1024", "--max-request-tokens", str(args.max_tokens), "--max-new-tokens", str(args.max_tokens),
-                   "--cache-mb", str(args.cache_mb)]
-        self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.log,
-                                     env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
-        import httpx
-
-        deadline = time.monotonic() + args.start_timeout
-        while True:
-            text = Path(self.log.name).read_text()
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise SystemExit(f"the server did not start:\n{text}")
-            found = re.search(r"on (http://127\.0\.0\.1:\d+)/v1", text)
-            if found:
-                try:
-                    if httpx.get(f"{found.group(1)}/health", timeout=5).status_code == 200:
-                        self.url = found.group(1)
-                        return
-                except httpx.HTTPError:
-                    pass
-            time.sleep(0.5)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+def start_server(args: argparse.Namespace) -> Served:
+    """The server under test: the test suite's `Served` (a subprocess, ready once /health says 200)."""
+    model = ["--arch", args.arch] if args.arch else ["--model", args.model]
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return Served(*model, "--device", args.device, "--dtype", args.dtype, "--max-batch-size", str(args.batch_size),
+                  "--batch-wait-ms", str(args.batch_wait_ms), "--max-queue", "1024", "--max-request-tokens",
+                  str(args.max_tokens), "--max-new-tokens", str(args.max_tokens), "--cache-mb", str(args.cache_mb),
+                  timeout=args.start_timeout)
 
 
 async def load(url: str, name: str, work: list[tuple[str, str]], *, concurrency: int, method: str, tokens: int,
@@ -107,8 +74,7 @@ async def load(url: str, name: str, work: list[tuple[str, str]], *, concurrency:
         async def worker() -> None:
             while queue:
                 image, question = queue.pop()
-                messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image}},
-                                                         {"type": "text", "text": question}]}]
+                messages = user(image, question)
                 sent = time.perf_counter()
                 first = None
                 stream = await client.chat.completions.create(
@@ -183,7 +149,7 @@ def main() -> None:
     urls = [(data_url(path), question) for path, question in work]
     name = args.arch or args.model
 
-    server = Server(args)
+    server = start_server(args)
     runs: dict[tuple[str, int], list[dict[str, object]]] = {(m, c): [] for m in methods for c in levels}
     try:
         for repeat in range(args.repeats + 1):  # the first round warms up (and fills the server's image cache)
@@ -232,7 +198,7 @@ def main() -> None:
     for r in rows:
         print(f"{r['method']:>6} {r['concurrency']:>4} {r['requests_per_s']:>8.2f} {r['latency_p50_s']:>7.2f} "
               f"{r['latency_p99_s']:>7.2f} {r['ttft_p50_s']:>7.2f} {r['ttft_p99_s']:>7.2f}")
-    print("offline (mmtok batch --batch-size {}): ".format(args.batch_size)
+    print(f"offline (mmtok batch --batch-size {args.batch_size}): "
           + ", ".join(f"{m} {v:.2f} items/s" for m, v in offline_rate.items()))
     print(json.dumps(ratios))
     if args.json:

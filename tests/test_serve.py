@@ -54,13 +54,15 @@ def ask_json(image, question, *options):
 
 def test_the_openai_client_gets_mmtok_asks_answer(client):
     for question, options, extra in [("Is there a red circle?", ["--tokens", "8"], {"tokens": 8}),
-                                     ("What colour is the square?", ["--method", "full"], {"method": "full"})]:
+                                     ("What colour is the square?", ["--method", "full"], {"method": "full"}),
+                                     ("Is there a blue square?", ["--tokens", "4", "--agent"],
+                                      {"tokens": 4, "agent": True})]:
         reply = client.chat.completions.create(model="demo", messages=user(data_url(SCENE), question),
                                                extra_body={"mmtok": extra})
         asked = ask_json(SCENE, question, *options)
         assert reply.choices[0].message.content == asked["answer"] and reply.choices[0].finish_reason == "stop"
         mm = reply.mmtok
-        for key in ("kept_indices", "prompt_tokens", "selection"):
+        for key in ("kept_indices", "prompt_tokens", "selection", "agent_answer"):
             assert mm.get(key) == asked.get(key), key
         # The server's cache holds the scene after the first request; `ask` encodes it afresh.
         assert mm["vision_tokens"] == {**asked["vision_tokens"], "cached": extra != {"tokens": 8}}

@@ -146,3 +146,15 @@ def test_a_row_streams_only_text_that_cannot_change(engine):
     eos = RowText(Job(request=parse(messages=one_turn()), loop=Loop()), tokenizer, {tokenizer.eos_token_id}, 99)
     assert [eos.feed(t) for t in [*ids[:2], tokenizer.eos_token_id, ids[2]]] == [False, False, True, True]
     assert eos.count == 3 and eos.reason == "stop"
+
+
+def test_a_chat_template_that_refuses_the_messages_is_a_one_line_error(engine, monkeypatch):
+    from mmtok_cli.errors import MmtokError
+
+    refusing = "{% if messages[0]['role'] == 'system' %}{{ raise_exception('no system turns here') }}{% endif %}USER:"
+    monkeypatch.setattr(engine.adapter.processor, "chat_template", refusing)
+    turns = [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+             {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}]
+    with pytest.raises(MmtokError, match="refuses these messages: no system turns here"):
+        engine.adapter.prompt("What is it?", turns)
+    assert engine.adapter.prompt("What is it?", turns[1:]) == "USER:"

@@ -219,8 +219,15 @@ class Adapter(ABC):
             if self.fallback_prompt is None:
                 raise MmtokError("the checkpoint has no chat template; add chat_template.jinja to its folder")
             return self.fallback_prompt.format(image=self.image_token, question=question)
-        messages = conversation or [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        if conversation is None:
+            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+            return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        from jinja2 import TemplateError
+
+        try:
+            return self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+        except TemplateError as exc:  # e.g. a template that knows no system turn, or wants turns to alternate
+            raise MmtokError(f"the checkpoint's chat template refuses these messages: {exc}") from None
 
     def prompts(self, questions: list[str], conversations: Sequence[list[dict] | None] | None = None) -> list[str]:
         """`prompt` for each question (and its conversation, where one is given)."""

@@ -105,9 +105,13 @@ def build_app(server: Server) -> FastAPI:
         except ApiError as exc:
             server.finished(job, str(exc.status))
             return error_response(exc)
-        except BaseException:  # cancelled (Ray Serve cancels a request whose client left) or a bug
+        except asyncio.CancelledError:  # Ray Serve cancels a request whose client left
             job.cancelled.set()
             server.finished(job, "disconnected")
+            raise
+        except Exception:  # a bug: the exception handler answers 500
+            job.cancelled.set()
+            server.finished(job, "500")
             raise
         if chat_request.stream:
             return StreamingResponse(_stream(server, job), media_type="text/event-stream",
@@ -121,7 +125,7 @@ def build_app(server: Server) -> FastAPI:
                     server.finished(job, "disconnected")
                     return Response(status_code=499)
                 kind, payload = event.result()
-        except BaseException:
+        except asyncio.CancelledError:
             job.cancelled.set()
             server.finished(job, "disconnected")
             raise
