@@ -56,6 +56,8 @@ class BatchOptions:
     their defaults."""
     download_timeout: float = URL_TIMEOUT_S
     """Deadline for one image download, whole: a slow or endless one fails its item alone."""
+    post_prompt: str | None = None
+    """An instruction appended to every question (`Engine.prepare`); records name it."""
 
 
 @dataclass
@@ -256,7 +258,8 @@ class BatchRunner:
         start = time.perf_counter()
         try:
             chunk.prepared = self.engine.prepare(
-                [e.image for e in chunk.ready], [e.item.question for e in chunk.ready], adapter=adapter
+                [e.image for e in chunk.ready], [e.item.question for e in chunk.ready], adapter=adapter,
+                post_prompt=self.options.post_prompt,
             )
         except Exception:  # one bad image must not sink its neighbours: the main thread retries one by one
             chunk.prepared = None
@@ -288,7 +291,8 @@ class BatchRunner:
         try:
             if prepared is None:
                 start = time.perf_counter()
-                prepared = self.engine.prepare([e.image for e in entries], [e.item.question for e in entries])
+                prepared = self.engine.prepare([e.image for e in entries], [e.item.question for e in entries],
+                                               post_prompt=self.options.post_prompt)
                 preprocess_ms = (time.perf_counter() - start) * 1e3
             return self._results(entries, prepared, preprocess_ms)
         except torch.cuda.OutOfMemoryError:
@@ -331,8 +335,9 @@ class BatchRunner:
             full = answers if opts.method == "full" else self.engine.run_prepared(
                 prepared, questions, method="full", **run
             )
+        asked = {"post_prompt": opts.post_prompt} if opts.post_prompt else {}  # the question alone is not all it read
         return [
-            answer_fields(a, load_ms=e.load_ms, full=None if full is None else full[i])
+            {**answer_fields(a, load_ms=e.load_ms, full=None if full is None else full[i]), **asked}
             for i, (e, a) in enumerate(zip(entries, answers))
         ]
 

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from ..errors import UsageError
-from ..options import DEFAULT_MODEL, check_agent, check_cache, check_options, selection_params
+from ..options import DEFAULT_MODEL, check_agent, check_cache, check_options, check_post_prompt, selection_params
 from .common import (
     AgentModelOpt,
     AgentOpt,
@@ -25,6 +25,7 @@ from .common import (
     MaxNewOpt,
     MethodOpt,
     ModelOpt,
+    PostPromptOpt,
     QuestionWordsOpt,
     TauTOpt,
     TauVOpt,
@@ -103,6 +104,7 @@ def batch(
     tau_v: TauVOpt = None,
     budget: BudgetOpt = None,
     question_words: QuestionWordsOpt = None,
+    post_prompt: PostPromptOpt = None,
     agent: AgentOpt = False,
     agent_model: AgentModelOpt = None,
     agent_tokens: AgentTokensOpt = None,
@@ -163,6 +165,7 @@ def batch(
         if not (math.isfinite(download_timeout) and download_timeout > 0):
             raise UsageError(f"--download-timeout must be a number of seconds above 0 (got {download_timeout})")
         check_cache(cache_mb)
+        check_post_prompt(post_prompt)
         from ..io import plan_inputs
 
         plan = plan_inputs(source, out, question, resume=resume, overwrite=overwrite, retry_errors=retry_errors)
@@ -177,7 +180,7 @@ def batch(
         options = BatchOptions(tokens=tokens, method=method, max_new_tokens=max_new_tokens,
                                batch_size=batch_size, compare=compare, debug=debug, show_dir=pictures,
                                agent=agent, agent_tokens=agent_tokens,
-                               selection=selection, download_timeout=download_timeout)
+                               selection=selection, download_timeout=download_timeout, post_prompt=post_prompt)
         if ray:
             from ..models.registry import check_model
             from ..ray_batch import RayOptions, import_ray, run_on_ray

@@ -120,6 +120,13 @@ QuestionWordsOpt = Annotated[
                  rich_help_panel=CONVENTIONS_PANEL),
 ]
 
+PostPromptOpt = Annotated[
+    str | None,
+    typer.Option("--post-prompt", metavar="TEXT", help="An instruction appended to every question on a line of its "
+                 "own, as lmms-eval's tasks do: e.g. \"Answer the question using a single word or phrase.\" (its "
+                 "pope task's). The selection does not cover its words (with --question-words all it does: all is "
+                 "every word the model reads). Default: none."),
+]
 
 
 def guarded(debug: bool, work: Callable[[], Any]) -> Any:

@@ -144,6 +144,8 @@ class Prepared:
     """The original images (for what needs their pixels later, such as `random`'s per-image seed)."""
     keys: list[str] | None = None
     """Each image's cache key (`cache.image_key`), set by `Engine.prepare`."""
+    post_prompt: str | None = None
+    """The instruction the prompts carry after each question (`Engine.prepare`); T leaves it out (text.py)."""
 
 
 class Adapter(ABC):
@@ -265,17 +267,20 @@ class Adapter(ABC):
         )
 
     def text_tokens(
-        self, questions: list[str], agent_answers: list[str] | None = None, *, words: str = "content"
+        self, questions: list[str], agent_answers: list[str] | None = None, *, words: str = "content",
+        post_prompt: str | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """T for each question, padded: (B, m, d) input-embedding rows and a (B, m) mask.
 
         `agent_answers`: one preliminary answer per question, whose words join the question's (the agent).
-        `words`: which of the question's words ("content" or "all", see `text.question_words`).
+        `words`: which of the question's words ("content" or "all", see `text.question_words`, which says what
+        happens to the `post_prompt` the model reads after each question).
         """
         check_conventions(question_words=words)
         answers = agent_answers or [None] * len(questions)
         ids = [
-            content_token_ids(q, self.tokenizer, image_token=self.image_token, agent_answer=a, words=words)
+            content_token_ids(q, self.tokenizer, image_token=self.image_token, agent_answer=a, words=words,
+                              post_prompt=post_prompt)
             for q, a in zip(questions, answers, strict=True)
         ]
         m = max((len(i) for i in ids), default=0)
