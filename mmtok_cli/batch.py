@@ -336,6 +336,8 @@ class BatchRunner:
                 prepared, questions, method="full", **run
             )
         asked = {"post_prompt": opts.post_prompt} if opts.post_prompt else {}  # the question alone is not all it read
+        if self.engine.pan_and_scan is not None:  # the family can crop long images: say whether it did
+            asked["pan_and_scan"] = self.engine.pan_and_scan
         return [
             {**answer_fields(a, load_ms=e.load_ms, full=None if full is None else full[i]), **asked}
             for i, (e, a) in enumerate(zip(entries, answers))

@@ -114,7 +114,7 @@ class Engine:
 
     def __init__(
         self, model: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto", random_weights: bool = False,
-        agent_model: str | Engine | None = None, cache_mb: int | None = None,
+        agent_model: str | Engine | None = None, cache_mb: int | None = None, pan_and_scan: bool | None = None,
     ) -> None:
         """`random_weights=True`: build the checkpoint's architecture with random weights (see `load_adapter`).
 
@@ -123,14 +123,22 @@ class Engine:
 
         `agent_model`: a second, smaller checkpoint (or a loaded `Engine`) that makes the agent's preliminary
         answers (`run_prepared(agent=True)`); without it, this model makes them.
+
+        `pan_and_scan`: crop long images into extra views (Gemma 3's pan-and-scan; a `UsageError` for a family
+        without it); None follows the checkpoint's image processor.
         """
+        from .models.registry import check_pan_and_scan
+
+        check_pan_and_scan(model, pan_and_scan)  # seconds, before the model loads for minutes
         if isinstance(agent_model, str):
-            check_agent_model(agent_model)  # seconds, before the main model loads for minutes
+            check_agent_model(agent_model)
         self.model_name = model
         self.random_weights = random_weights
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.adapter: Adapter = load_adapter(model, device=self.device, dtype=self.dtype, random_weights=random_weights)
+        if pan_and_scan is not None and self.adapter.has_pan_and_scan:
+            self.adapter.pan_and_scan = pan_and_scan
         self.cache: VisionCache | None = None
         self.set_cache(cache_mb)
         self.agent_engine: Engine | None = None
@@ -142,6 +150,11 @@ class Engine:
                 self.agent_engine = Engine(agent_model, device=device, dtype=dtype, random_weights=random_weights)
             except MmtokError as exc:
                 raise _agent_model_error(exc) from exc
+
+    @property
+    def pan_and_scan(self) -> bool | None:
+        """Whether long images are cropped into extra views (Gemma 3); None for a family without pan-and-scan."""
+        return self.adapter.pan_and_scan_in_use()
 
     def set_cache(self, mb: int | None) -> None:
         """A new, empty vision-token cache of `mb` MB (None: the device's default; 0: none)."""

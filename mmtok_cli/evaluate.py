@@ -180,7 +180,8 @@ def evaluate(
             "question_words": "content", **(selection or {})}
     cache = {k: v - stats_before.get(k, 0) for k, v in _cache_stats(engine).items()}
     return {"metric": "f1" if binary_only else "accuracy", "items": len(items), "selection": used,
-            "post_prompt": post_prompt, "results": results, "cache": cache or None}
+            "post_prompt": post_prompt, "pan_and_scan": engine.pan_and_scan, "results": results,
+            "cache": cache or None}
 
 
 def _decoded(block: list[Item], base: Path | None) -> list[Item]:

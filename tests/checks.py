@@ -22,9 +22,11 @@ def assert_batch_equals_one_by_one(engine, budget_sets, *, sizes=SIZES, new_toke
         assert len({row.prompt_unpruned for row in batch}) > 1  # the rows really were padded
 
 
-def ray_and_local_records(data, model, *, workers: int = 1, batch_size: int = 2) -> tuple[list[dict], list[dict]]:
-    """`mmtok batch DATA` run locally and with `--ray --workers N` on the same options (float32, 3 new tokens):
-    each run's records without the clock-dependent fields (Ray's first, then the local run's)."""
+def ray_and_local_records(
+    data, model, *, workers: int = 1, batch_size: int = 2, extra: tuple[str, ...] = ()
+) -> tuple[list[dict], list[dict]]:
+    """`mmtok batch DATA` run locally and with `--ray --workers N` on the same options (float32, 3 new tokens, then
+    `extra`): each run's records without the clock-dependent fields (Ray's first, then the local run's)."""
     from typer.testing import CliRunner
 
     from mmtok_cli.cli import app
@@ -33,7 +35,7 @@ def ray_and_local_records(data, model, *, workers: int = 1, batch_size: int = 2)
 
     runner = CliRunner()
     common = [str(data), "--model", str(model), "--max-new-tokens", "3", "--batch-size", str(batch_size),
-              "--device", TEST_DEVICE, "--dtype", "float32"]
+              "--device", TEST_DEVICE, "--dtype", "float32", *extra]
     local = runner.invoke(app, ["batch", *common])
     out = data.with_name("ray.jsonl")
     distributed = runner.invoke(app, ["batch", *common, "--out", str(out), "--ray", "--workers", str(workers)])

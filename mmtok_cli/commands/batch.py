@@ -25,6 +25,7 @@ from .common import (
     MaxNewOpt,
     MethodOpt,
     ModelOpt,
+    PanAndScanOpt,
     PostPromptOpt,
     QuestionWordsOpt,
     TauTOpt,
@@ -105,6 +106,7 @@ def batch(
     budget: BudgetOpt = None,
     question_words: QuestionWordsOpt = None,
     post_prompt: PostPromptOpt = None,
+    pan_and_scan: PanAndScanOpt = None,
     agent: AgentOpt = False,
     agent_model: AgentModelOpt = None,
     agent_tokens: AgentTokensOpt = None,
@@ -182,11 +184,12 @@ def batch(
                                agent=agent, agent_tokens=agent_tokens,
                                selection=selection, download_timeout=download_timeout, post_prompt=post_prompt)
         if ray:
-            from ..models.registry import check_model
+            from ..models.registry import check_model, check_pan_and_scan
             from ..ray_batch import RayOptions, import_ray, run_on_ray
 
             import_ray()  # fail before touching --out when Ray is missing
             check_model(model)  # and before starting Ray when the model cannot be found
+            check_pan_and_scan(model, pan_and_scan)
             if agent_model is not None:
                 from ..engine import check_agent_model
 
@@ -196,9 +199,10 @@ def batch(
             def execute(emit: Callable, update: Callable) -> Summary:
                 return run_on_ray(plan.items(warn), emit, update, model=model, device=device, dtype=dtype,
                                   options=options, base=plan.base, ray_options=ray_options, agent_model=agent_model,
-                                  cache_mb=cache_mb)
+                                  cache_mb=cache_mb, pan_and_scan=pan_and_scan)
         else:
-            runner = BatchRunner(load_engine(model, device, dtype, agent_model, cache_mb)[0], options, base=plan.base)
+            engine = load_engine(model, device, dtype, agent_model, cache_mb, pan_and_scan)[0]
+            runner = BatchRunner(engine, options, base=plan.base)
 
             def execute(emit: Callable, update: Callable) -> Summary:
                 return runner.run(plan.items(warn), emit, update)

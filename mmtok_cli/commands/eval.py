@@ -32,6 +32,7 @@ from .common import (
     DtypeOpt,
     MaxNewOpt,
     ModelOpt,
+    PanAndScanOpt,
     PostPromptOpt,
     QuestionWordsOpt,
     TauTOpt,
@@ -94,6 +95,7 @@ def eval_command(
     budget: BudgetOpt = None,
     question_words: QuestionWordsOpt = None,
     post_prompt: PostPromptOpt = None,
+    pan_and_scan: PanAndScanOpt = None,
     cache_mb: CacheOpt = None,
     config: ConfigOpt = None,
     debug: DebugOpt = False,
@@ -137,7 +139,7 @@ def eval_command(
         sets = [(path, *load_labelled(path, images)) for path in data]  # every file checked before the model loads
         from .. import evaluate as ev
 
-        engine, _ = load_engine(model, device, dtype, agent_model, cache_mb)
+        engine, _ = load_engine(model, device, dtype, agent_model, cache_mb, pan_and_scan)
         sink = predictions_path.open("w", encoding="utf-8") if predictions_path else None
         reports = []
         try:

@@ -28,7 +28,7 @@ class Mmtok(lmms):
 
     Generation follows each task's `max_new_tokens` and `until`; decoding is always greedy (mmtok's).
     `post_prompt`: appended to every request's text on a line of its own, after the task's own post-prompt (as
-    `mmtok eval --post-prompt`).
+    `mmtok eval --post-prompt`). `pan_and_scan`: Gemma 3's crops of long images (`--pan-and-scan`).
     """
 
     is_simple = True
@@ -50,13 +50,14 @@ class Mmtok(lmms):
         budget: str | None = None,
         question_words: str | None = None,
         post_prompt: str | None = None,
+        pan_and_scan: bool | None = None,
         **unknown: Any,
     ) -> None:
         super().__init__()
         if unknown:
             raise UsageError(f"unknown model_args for mmtok: {', '.join(sorted(unknown))} (known: pretrained, tokens, "
-                             "method, alpha, tau_t, tau_v, budget, question_words, post_prompt, device, dtype, agent, "
-                             "agent_tokens)")
+                             "method, alpha, tau_t, tau_v, budget, question_words, post_prompt, pan_and_scan, device, "
+                             "dtype, agent, agent_tokens)")
         try:
             size = int(batch_size)
         except ValueError:
@@ -70,13 +71,15 @@ class Mmtok(lmms):
         check_agent(agent=bool(agent), method=str(method), agent_tokens=agent_tokens)
         post_prompt = None if post_prompt is None else str(post_prompt)  # lmms-eval makes "1" a number
         check_post_prompt(post_prompt)
+        if pan_and_scan is not None and not isinstance(pan_and_scan, bool):
+            raise UsageError(f"model_args pan_and_scan must be true or false (got {pan_and_scan!r})")
         self.options = BatchOptions(
             tokens=tokens, method=str(method), batch_size=size, agent=bool(agent), agent_tokens=agent_tokens,
             selection=selection_params(alpha=alpha, tau_t=tau_t, tau_v=tau_v, budget=budget,
                                        question_words=question_words),
             post_prompt=post_prompt,
         )
-        self.engine = Engine(str(pretrained), device=str(device), dtype=str(dtype))
+        self.engine = Engine(str(pretrained), device=str(device), dtype=str(dtype), pan_and_scan=pan_and_scan)
         self._device = self.engine.device
 
     @property

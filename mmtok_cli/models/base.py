@@ -164,6 +164,9 @@ class Adapter(ABC):
     divprune_on: ClassVar[str] = "vision"
     """The features `divprune` runs on, as its authors' code does for the family: "vision" (V, the LLM's input
     tokens: DivPrune's own LLaVA code) or "features" (U)."""
+    has_pan_and_scan: ClassVar[bool] = False
+    """The family can crop long images into extra views (Gemma 3's pan-and-scan); only then may `Engine` set its
+    `pan_and_scan`."""
 
     def __init__(self, model: Any, processor: Any) -> None:
         self.model = model
@@ -228,6 +231,10 @@ class Adapter(ABC):
     @abstractmethod
     def encode(self, prepared: Prepared) -> VisionTokens:
         """Run the vision side once and return V, U and the masks."""
+
+    def pan_and_scan_in_use(self) -> bool | None:
+        """Whether long images are cropped into extra views now; None for a family without pan-and-scan."""
+        return None
 
     def cache_salt(self) -> str:
         """Settings besides the image's pixels that change its vision tokens and can change between runs of one
