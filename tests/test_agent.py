@@ -242,12 +242,21 @@ def test_ask_agent_json(tiny_llava, image_file, engine):
     assert human.exit_code == 0 and f"agent answered {direct.agent_answer!r} first" in human.stderr
 
 
-def test_agent_options_from_a_config_file(tiny_llava, image_file, tmp_path):
+def test_agent_options_from_a_config_file(tiny_llava, image_file, tmp_path, engine):
+    from mmtok_cli.io import load_image
+
     config = tmp_path / "agent.yaml"
-    config.write_text(f"model: {tiny_llava}\ndevice: cpu\nagent: true\nagent-tokens: 4\nmax_new_tokens: 2\n")
+    config.write_text(f"model: {tiny_llava}\ndevice: {TEST_DEVICE}\ntokens: 8\nagent: true\nagent-tokens: 4\n"
+                      "max_new_tokens: 2\n")
     result = runner.invoke(app, ["ask", str(image_file), QUESTIONS[0], "--config", str(config), "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["agent_answer"] is not None
+    record = json.loads(result.stdout)
+    image, question = load_image(str(image_file)), QUESTIONS[0]
+    expected = engine.ask(image, question, tokens=8, max_new_tokens=2, agent=True, agent_tokens=4)
+    assert (record["agent_answer"], record["answer"]) == (expected.agent_answer, expected.answer)
+    # what the run would have said had the file's agent-tokens or max_new_tokens been lost
+    assert engine.ask(image, question, tokens=8, max_new_tokens=2, agent=True).agent_answer != expected.agent_answer
+    assert engine.ask(image, question, tokens=8, agent=True, agent_tokens=4).answer != expected.answer
 
 
 def test_ask_with_a_second_agent_model(tiny_llava, tiny_qwen, image_file, qwen_engine):
