@@ -79,16 +79,17 @@ def test_output_in_a_place_that_cannot_be_written_is_refused_before_loading(tmp_
             pytest.skip("running as root with no read-only file system at hand")
         place = tmp_path / "ro"
         place.mkdir(mode=0o555)
-    for args in (
-        ["profile", "--json", f"{place}/out.json"],
-        ["eval", str(write_jsonl(tmp_path / "d.jsonl", [{"image": "x.png", "question": "q", "answer": "a"}])),
-         "--json", f"{place}/out.json"],
-        ["batch", str(tmp_path), "--question", "q", "--out", f"{place}/out.jsonl"],
+    for option, args in (
+        ("--json", ["profile", "--json", f"{place}/out.json"]),
+        ("--json", ["eval", str(write_jsonl(tmp_path / "d.jsonl", [{"image": "x.png", "question": "q", "answer": "a"}])),
+                    "--json", f"{place}/out.json"]),
+        ("--out", ["batch", str(tmp_path), "--question", "q", "--out", f"{place}/out.jsonl"]),
     ):
         # The model cannot be found either: an error about the output shows it was checked first.
         result = run(*args, "--model", "no/such-model")
         assert result.exit_code == 2 and one_error_line(result), result.stderr
-        assert "cannot be written" in result.stderr or "does not exist" in result.stderr
+        # the folder exists: the error is that it cannot be written, naming the option and the path
+        assert f"{option} '{args[-1]}' cannot be written (permission denied)" in result.stderr, result.stderr
 
 
 def test_synth_into_a_non_empty_folder_needs_overwrite(tmp_path):
