@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from PIL import Image
@@ -110,7 +111,7 @@ class _Hostile(http.server.BaseHTTPRequestHandler):
 
     TRICKLE_S = 20.0
     """Far longer than any deadline the tests set: a download still going when it ends had no deadline."""
-    trickles: list[float] = []
+    trickles: ClassVar[list[float]] = []
     """How long each /trickle download lasted, on the server's clock: from its first byte until the client hung
     up (noticed at the next byte or two) or the trickle ended."""
 
