@@ -59,7 +59,7 @@ def test_every_configuration_has_every_stage(profiled):
         runs = [calls[len(configs) * round_ + i] for round_ in (1, 2)]
         values = {stage: [c["timings"][stage] for c in runs] for stage in ("preprocess", "vision", "select", "prefill")}
         values["decode_per_token"] = [c["timings"]["decode"] / 2 for c in runs]  # 3 new tokens: 2 after the first
-        assert set(row["stages_ms"]) == set(values)
+        assert set(row["stages_ms"]) == set(values) and all(v >= 0 for v in row["stages_ms"].values())
         for stage, got in values.items():
             assert row["stages_ms"][stage] == round(statistics.median(got), 3)
             assert row["stages_ms_spread"][stage] == [round(min(got), 3), round(max(got), 3)]
