@@ -1,6 +1,9 @@
 """Checks shared by the per-family tests."""
 
 import json
+import time
+from collections import defaultdict
+from functools import wraps
 
 from .conftest import noise_image
 from .device import TEST_DEVICE
@@ -42,3 +45,36 @@ def ray_and_local_records(
     assert local.exit_code == distributed.exit_code == 0, distributed.stderr
     rows = [[json.loads(line) for line in text.splitlines()] for text in (out.read_text(), local.stdout)]
     return comparable(rows[0]), comparable(rows[1])
+
+
+class StageClocks:
+    """Clocks around the calls inside each stage `Answer.timings_ms` reports, put on one engine by `monkeypatch`:
+    the adapter's `preprocess`, `encode` and `select` and the language model's `forward` (the first forward of a
+    `generate` is the prefill, the others decode). `calls[name]` lists each call's milliseconds, in call order.
+
+    Each call also sleeps `pause_s`, so a stage counted twice, or counted in a neighbour, moves a clear amount of
+    time. The model and its outputs are untouched."""
+
+    def __init__(self, monkeypatch, engine, pause_s: float = 0.005) -> None:
+        self.calls: dict[str, list[float]] = defaultdict(list)
+        self.pause_s = pause_s
+        adapter = engine.adapter
+        for name in ("preprocess", "encode", "select"):
+            monkeypatch.setattr(adapter, name, self._clocked(name, getattr(adapter, name)))
+        monkeypatch.setattr(adapter.model, "forward", self._clocked("forward", adapter.model.forward))
+
+    def _clocked(self, name, call):
+        @wraps(call)
+        def clocked(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                time.sleep(self.pause_s)
+                return call(*args, **kwargs)
+            finally:
+                self.calls[name].append((time.perf_counter() - start) * 1e3)
+
+        return clocked
+
+
+ROUNDING_MS = 2e-3
+"""`timings_ms` are rounded to the microsecond."""
