@@ -56,6 +56,8 @@ class BatchOptions:
     their defaults."""
     download_timeout: float = URL_TIMEOUT_S
     """Deadline for one image download, whole: a slow or endless one fails its item alone."""
+    post_prompt: str | None = None
+    """An instruction appended to every question (`Engine.prepare`); records name it."""
 
 
 @dataclass
@@ -315,7 +317,8 @@ class BatchRunner(PassRunner[_Entry]):
         start = time.perf_counter()
         try:
             chunk.prepared = self.engine.prepare(
-                [e.image for e in chunk.ready], [e.item.question for e in chunk.ready], adapter=adapter
+                [e.image for e in chunk.ready], [e.item.question for e in chunk.ready], adapter=adapter,
+                post_prompt=self.options.post_prompt,
             )
         except Exception:  # one bad image must not sink its neighbours: the main thread retries one by one
             chunk.prepared = None
@@ -341,7 +344,8 @@ class BatchRunner(PassRunner[_Entry]):
         return records
 
     def prepare_entries(self, entries: list[_Entry]) -> Prepared:
-        return self.engine.prepare([e.image for e in entries], [e.item.question for e in entries])
+        return self.engine.prepare([e.image for e in entries], [e.item.question for e in entries],
+                                   post_prompt=self.options.post_prompt)
 
     def answer_entries(self, entries: list[_Entry], prepared: Prepared, preprocess_ms: float) -> list[dict[str, Any]]:
         opts = self.options
@@ -365,8 +369,11 @@ class BatchRunner(PassRunner[_Entry]):
             full = answers if opts.method == "full" else self.engine.run_prepared(
                 prepared, questions, method="full", **run
             )
+        asked = {"post_prompt": opts.post_prompt} if opts.post_prompt else {}  # the question alone is not all it read
+        if self.engine.pan_and_scan is not None:  # the family can crop long images: say whether it did
+            asked["pan_and_scan"] = self.engine.pan_and_scan
         return [
-            answer_fields(a, load_ms=e.load_ms, full=None if full is None else full[i])
+            {**answer_fields(a, load_ms=e.load_ms, full=None if full is None else full[i]), **asked}
             for i, (e, a) in enumerate(zip(entries, answers))
         ]
 

@@ -24,6 +24,7 @@ from .common import (
     MaxNewOpt,
     MethodOpt,
     ModelOpt,
+    PanAndScanOpt,
     QuestionWordsOpt,
     TauTOpt,
     TauVOpt,
@@ -46,6 +47,7 @@ def _engine_fields(engine: Engine, method: str, load_ms: float) -> dict[str, Any
         "model_load_ms": round(load_ms, 3),
         "device": str(engine.device),
         "dtype": str(engine.dtype).removeprefix("torch."),
+        **({} if engine.pan_and_scan is None else {"pan_and_scan": engine.pan_and_scan}),
     }
 
 
@@ -89,6 +91,7 @@ def ask(
     tau_v: TauVOpt = None,
     budget: BudgetOpt = None,
     question_words: QuestionWordsOpt = None,
+    pan_and_scan: PanAndScanOpt = None,
     agent: AgentOpt = False,
     agent_model: AgentModelOpt = None,
     agent_tokens: AgentTokensOpt = None,
@@ -130,7 +133,7 @@ def ask(
             raise UsageError("the question is empty; pass the question as the second argument, in quotes")
         target = _show_target(show_path, image)
         picture = load_image(image)
-        engine, load_ms = load_engine(model, device, dtype, agent_model)
+        engine, load_ms = load_engine(model, device, dtype, agent_model, pan_and_scan=pan_and_scan)
         options = {"tokens": tokens, "max_new_tokens": max_new_tokens}
         answer = engine.ask(picture, question, method=method, **options, agent=agent, agent_tokens=agent_tokens,
                             **selection)

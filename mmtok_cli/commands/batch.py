@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from ..errors import UsageError
-from ..options import DEFAULT_MODEL, check_agent, check_cache, check_options, selection_params
+from ..options import DEFAULT_MODEL, check_agent, check_cache, check_options, check_post_prompt, selection_params
 from .common import (
     AgentModelOpt,
     AgentOpt,
@@ -25,6 +25,8 @@ from .common import (
     MaxNewOpt,
     MethodOpt,
     ModelOpt,
+    PanAndScanOpt,
+    PostPromptOpt,
     QuestionWordsOpt,
     RayAddressOpt,
     TauTOpt,
@@ -99,6 +101,8 @@ def batch(
     tau_v: TauVOpt = None,
     budget: BudgetOpt = None,
     question_words: QuestionWordsOpt = None,
+    post_prompt: PostPromptOpt = None,
+    pan_and_scan: PanAndScanOpt = None,
     agent: AgentOpt = False,
     agent_model: AgentModelOpt = None,
     agent_tokens: AgentTokensOpt = None,
@@ -158,6 +162,7 @@ def batch(
             raise UsageError("--retry-errors goes with --resume (it re-runs the failed items of an earlier run)")
         check_download_timeout(download_timeout)
         check_cache(cache_mb)
+        check_post_prompt(post_prompt)
         from ..io import plan_inputs
 
         plan = plan_inputs(source, out, question, resume=resume, overwrite=overwrite, retry_errors=retry_errors)
@@ -172,13 +177,14 @@ def batch(
         options = BatchOptions(tokens=tokens, method=method, max_new_tokens=max_new_tokens,
                                batch_size=batch_size, compare=compare, debug=debug, show_dir=pictures,
                                agent=agent, agent_tokens=agent_tokens,
-                               selection=selection, download_timeout=download_timeout)
+                               selection=selection, download_timeout=download_timeout, post_prompt=post_prompt)
         if ray:
-            from ..models.registry import check_model
+            from ..models.registry import check_model, check_pan_and_scan
             from ..ray_batch import RayOptions, import_ray, run_on_ray
 
             import_ray()  # fail before touching --out when Ray is missing
             check_model(model)  # and before starting Ray when the model cannot be found
+            check_pan_and_scan(model, pan_and_scan)
             if agent_model is not None:
                 from ..engine import check_agent_model
 
@@ -188,9 +194,10 @@ def batch(
             def execute(emit: Callable, update: Callable) -> Summary:
                 return run_on_ray(plan.items(warn), emit, update, model=model, device=device, dtype=dtype,
                                   options=options, base=plan.base, ray_options=ray_options, agent_model=agent_model,
-                                  cache_mb=cache_mb)
+                                  cache_mb=cache_mb, pan_and_scan=pan_and_scan)
         else:
-            runner = BatchRunner(load_engine(model, device, dtype, agent_model, cache_mb)[0], options, base=plan.base)
+            engine = load_engine(model, device, dtype, agent_model, cache_mb, pan_and_scan)[0]
+            runner = BatchRunner(engine, options, base=plan.base)
 
             def execute(emit: Callable, update: Callable) -> Summary:
                 return runner.run(plan.items(warn), emit, update)

@@ -20,6 +20,7 @@ from .common import (
     DownloadTimeoutOpt,
     DtypeOpt,
     MethodOpt,
+    PanAndScanOpt,
     QuestionWordsOpt,
     RayAddressOpt,
     TauTOpt,
@@ -58,6 +59,7 @@ def serve(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     cache_mb: CacheOpt = None,
+    pan_and_scan: PanAndScanOpt = None,
     alpha: AlphaOpt = None,
     tau_t: TauTOpt = None,
     tau_v: TauVOpt = None,
@@ -143,7 +145,8 @@ def serve(
         if model and arch:
             raise UsageError("give --model or --arch, not both")
         options = ServeOptions(
-            model=model or DEFAULT_MODEL, arch=arch, device=device, dtype=dtype, cache_mb=cache_mb, host=host, port=port, api_key=api_key,
+            model=model or DEFAULT_MODEL, arch=arch, device=device, dtype=dtype, cache_mb=cache_mb,
+            pan_and_scan=pan_and_scan, host=host, port=port, api_key=api_key,
             tokens=tokens, method=method, max_new_tokens=max_new_tokens,
             selection=selection_params(alpha=alpha, tau_t=tau_t, tau_v=tau_v, budget=budget,
                                        question_words=question_words),
@@ -164,10 +167,11 @@ def serve(
         except ImportError:
             raise UsageError("mmtok serve needs FastAPI, uvicorn and prometheus_client: "
                              "pip install 'mmtok-cli[serve]'") from None
-        from ..models.registry import check_model
+        from ..models.registry import check_model, check_pan_and_scan
 
         if arch is None:
             check_model(options.model)  # seconds, before anything listens
+            check_pan_and_scan(options.model, pan_and_scan)
         if agent_model is not None:
             from ..engine import check_agent_model
 

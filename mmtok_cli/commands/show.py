@@ -18,6 +18,7 @@ from .common import (
     DtypeOpt,
     MaxNewOpt,
     ModelOpt,
+    PanAndScanOpt,
     QuestionWordsOpt,
     TauTOpt,
     TauVOpt,
@@ -53,6 +54,7 @@ def show_command(
     tau_v: TauVOpt = None,
     budget: BudgetOpt = None,
     question_words: QuestionWordsOpt = None,
+    pan_and_scan: PanAndScanOpt = None,
     config: ConfigOpt = None,
     debug: DebugOpt = False,
 ) -> None:
@@ -84,7 +86,7 @@ def show_command(
             raise UsageError("the question is empty; pass the question as the second argument, in quotes")
         target = check_picture_path(out, "--out", inputs=[] if image == "-" else [image])
         picture = load_image(image)
-        engine, _ = load_engine(model, device, dtype)
+        engine, _ = load_engine(model, device, dtype, pan_and_scan=pan_and_scan)
         sheet, results = show(engine, picture, question, chosen, numbers=numbers, tokens=tokens,
                               max_new_tokens=max_new_tokens, **selection)
         save_picture(sheet, target)

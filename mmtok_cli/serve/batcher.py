@@ -283,5 +283,7 @@ class Batcher(PassRunner[Job]):
         )
         self.metrics.batch_size.observe(len(entries))
         self.metrics.completion_tokens.inc(sum(row.count for row in rows))  # a row dropped early counts what it cost
+        crops = self.engine.pan_and_scan
+        engine_fields = {} if crops is None else {"pan_and_scan": crops}
         return [Outcome(answer=answer, text=row.finish(), finish_reason=row.reason, completion_tokens=row.count,
-                        batch_size=len(entries)) for answer, row in zip(answers, rows)]
+                        batch_size=len(entries), engine_fields=engine_fields) for answer, row in zip(answers, rows)]

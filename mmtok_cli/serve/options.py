@@ -25,6 +25,8 @@ class ServeOptions:
     device: str = "auto"
     dtype: str = "auto"
     cache_mb: int | None = None
+    pan_and_scan: bool | None = None
+    """Gemma 3's crops of long images (None: the checkpoint's setting)."""
     host: str = "127.0.0.1"
     port: int = 8000
     """0: any free port (the one chosen is printed)."""
@@ -83,8 +85,8 @@ class ServeOptions:
 
             if self.arch not in ARCHS:
                 raise UsageError(f"unknown --arch '{self.arch}'; known: {', '.join(ARCHS)}")
-            if self.agent_model is not None:
-                raise UsageError("--agent-model goes with --model, not --arch")
+            if self.agent_model is not None or self.pan_and_scan is not None:
+                raise UsageError("--agent-model and --pan-and-scan go with --model, not --arch")
         if self.api_key is not None and not self.api_key.strip():
             raise UsageError(f"--api-key (or {API_KEY_ENV}) is empty")
         if self.allowed_local_media_path is not None:

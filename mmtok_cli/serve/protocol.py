@@ -362,6 +362,8 @@ class Outcome:
     """How many requests shared the forward pass that served this one."""
     timings_ms: dict[str, float] = field(default_factory=dict)
     """Besides the answer's: `load` (the image's download and decoding) and `queue` (waiting for a pass)."""
+    engine_fields: dict[str, Any] = field(default_factory=dict)
+    """What `mmtok ask --json` says about the engine besides the answer: `pan_and_scan` for a family that crops."""
 
 
 def usage(outcome: Outcome) -> dict[str, Any]:
@@ -376,7 +378,8 @@ def mmtok_object(outcome: Outcome, method: str) -> dict[str, Any]:
     fields = answer_fields(outcome.answer)
     fields.pop("answer")
     fields["timings_ms"] = {**fields["timings_ms"], **{k: round(v, 3) for k, v in outcome.timings_ms.items()}}
-    return {**fields, "kept_indices": outcome.answer.kept_indices, "method": method, "batch_size": outcome.batch_size}
+    return {**fields, "kept_indices": outcome.answer.kept_indices, "method": method, **outcome.engine_fields,
+            "batch_size": outcome.batch_size}
 
 
 def completion(request: ChatRequest, outcome: Outcome, model: str) -> dict[str, Any]:

@@ -54,7 +54,7 @@ class Server:
                 engine.set_cache(o.cache_mb)
             else:
                 engine = Engine(o.model, device=o.device, dtype=o.dtype, agent_model=o.agent_model,
-                                cache_mb=o.cache_mb)
+                                cache_mb=o.cache_mb, pan_and_scan=o.pan_and_scan)
             self.batcher = Batcher(engine, max_batch_size=o.max_batch_size, batch_wait_ms=o.batch_wait_ms,
                                    metrics=self.metrics, taken=self.release, debug=o.debug).start()
             self.engine = engine
