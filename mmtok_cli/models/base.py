@@ -296,8 +296,8 @@ class Adapter(ABC):
     """The family's conversation format, for checkpoints saved without a chat template."""
     videos: ClassVar[bool] = False
     """The family's transformers class takes videos, and the adapter feeds them (one view per temporal grid)."""
-    several: ClassVar[bool] = False
-    """The adapter feeds several images (or videos) in one question."""
+    nested_images: ClassVar[bool] = False
+    """The processor wants each prompt's images as a list of their own (else one flat list for the batch)."""
     divprune_on: ClassVar[str] = "vision"
     """The features `divprune` runs on, as its authors' code does for the family: "vision" (V, the LLM's input
     tokens: DivPrune's own LLaVA code) or "features" (U)."""
@@ -370,18 +370,18 @@ class Adapter(ABC):
                              "ask about frames saved as images")
         if any(not row for row in visuals):
             raise MmtokError("an item needs at least one image or video")
-        if not self.several and any(len(row) > 1 for row in visuals):
-            raise MmtokError(f"mmtok feeds {self.family} one image per question so far")
 
     def processor_images(self, visuals: Sequence[Sequence[Any]]) -> dict[str, Any]:
         """The processor's image and video arguments for the rows' visual inputs: images as one flat list (the
-        processor matches them to the prompts' placeholders in order), videos as their sampled frames with their
-        timing (`video_metadata`; the frames are already sampled, so the processor samples none)."""
+        processor matches them to the prompts' placeholders in order; or a list per row, `nested_images`), videos as
+        their sampled frames with their timing (`video_metadata`; the frames are already sampled, so the processor
+        samples none)."""
         images = [v for row in visuals for v in row if not is_video(v)]
         videos = [v for row in visuals for v in row if is_video(v)]
         kwargs: dict[str, Any] = {}
         if images:
-            kwargs["images"] = images
+            per_row = [[v for v in row if not is_video(v)] for row in visuals]
+            kwargs["images"] = per_row if self.nested_images else images
         if videos:
             kwargs.update(videos=[v.frames for v in videos], video_metadata=[v.metadata() for v in videos],
                           do_sample_frames=False)
@@ -584,21 +584,6 @@ def merged_feed(tokens: VisionTokens, selection: Selection) -> tuple[VisionToken
     return replace(tokens, vision=vision), kept
 
 
-def drop_placeholders(
-    input_ids: torch.Tensor, attention_mask: torch.Tensor, token_id: int, keep: torch.Tensor, pad_id: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Shorten each row's run of `token_id` placeholders to `keep[row]` and re-pad the batch on the left.
-
-    Placeholders are identical, so which ones are dropped does not matter: the kept features are
-    scattered into the remaining ones in order.
-    """
-    is_placeholder = input_ids == token_id
-    rank = is_placeholder.long().cumsum(1) - 1
-    stays = attention_mask.bool() & ~(is_placeholder & (rank >= keep[:, None]))
-    new_mask, (new_ids,) = compact(stays, input_ids, pad=pad_id)
-    return new_ids, new_mask
-
-
 def placeholder_stays(
     input_ids: torch.Tensor, attention_mask: torch.Tensor, token_id: int | Sequence[int], kept: list[torch.Tensor],
     counts: list[int],
@@ -616,6 +601,19 @@ def placeholder_stays(
     is_placeholder = torch.isin(input_ids, torch.tensor(ids, device=input_ids.device))
     rank = (is_placeholder.long().cumsum(1) - 1).clamp(min=0, max=chosen.shape[1] - 1)
     return attention_mask.bool() & (~is_placeholder | chosen.gather(1, rank))
+
+
+def placeholder_runs(input_ids: torch.Tensor, token_id: int) -> list[list[int]]:
+    """Per row, the lengths of its runs of consecutive `token_id` placeholders, in sequence order (families that wrap
+    each image's placeholders, e.g. InternVL's `<img>...</img>`, have one run per image)."""
+    is_placeholder = (input_ids == token_id).cpu()
+    runs = []
+    for row in is_placeholder:
+        zero = torch.zeros(1, dtype=torch.int8)
+        edges = torch.diff(torch.cat([zero, row.to(torch.int8), zero]))
+        starts, ends = (edges == 1).nonzero().flatten(), (edges == -1).nonzero().flatten()
+        runs.append((ends - starts).tolist())
+    return runs
 
 
 def compact(stays: torch.Tensor, *seqs: torch.Tensor, pad: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:

@@ -53,7 +53,6 @@ class QwenVLAdapter(Adapter):
     example = "Qwen/Qwen2.5-VL-7B-Instruct"
     budget = "K of the image's merged tokens (n grows with resolution); kept tokens keep their M-RoPE positions"
     videos = True
-    several = True
     fallback_prompt = (
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
         "<|im_start|>user\n<|vision_start|>{image}<|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n"
