@@ -16,11 +16,12 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from .errors import MmtokError, UsageError
+
+if TYPE_CHECKING:  # the CLI reads this module's options before the ML stack (numpy included) loads
+    import numpy as np
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp")
 MAX_FRAMES = 32
@@ -209,6 +210,8 @@ def _info(container: Any, name: str) -> VideoInfo:
 
 def _read(container: Any, info: VideoInfo, indices: list[int], name: str) -> np.ndarray:
     """The frames at `indices` (ascending), decoding from the key frame before each far one, scaled to MAX_SIDE."""
+    import numpy as np
+
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
     base = stream.start_time or 0

@@ -143,3 +143,71 @@ def test_families_without_videos_say_so(family):
         engine.ask([noise_image(1), clip], "What happens?", max_new_tokens=1)
     message = str(info.value)
     assert "\n" not in message and f"{name} checkpoints take no videos" in message and "qwen2.5-vl" in message
+
+
+# -- input lines and folders --------------------------------------------------------------------------------------
+
+
+def test_lines_name_several_images_and_videos_in_key_order():
+    from mmtok_cli.io import parse_line
+
+    item = parse_line('{"video": "a.mp4", "images": ["b.jpg", "c.png"], "question": "q", "image": "d.jpg"}', 1)
+    assert item.error is None and item.image is None
+    assert item.visual_sources() == [("video", "a.mp4"), ("image", "b.jpg"), ("image", "c.png"), ("image", "d.jpg")]
+    assert item.extra == {"video": "a.mp4", "images": ["b.jpg", "c.png"]}  # copied to the record as given
+    one = parse_line('{"image": "d.jpg", "question": "q"}', 2)
+    assert one.image == "d.jpg" and one.visual_sources() == [("image", "d.jpg")] and one.extra == {}
+    clips = parse_line('{"videos": ["x.mp4", "y.webm"], "question": "q"}', 3)
+    assert clips.visual_sources() == [("video", "x.mp4"), ("video", "y.webm")]
+
+
+@pytest.mark.parametrize("line,message", [
+    ('{"question": "q"}', "missing 'image'"),
+    ('{"images": [], "question": "q"}', "'images' must be a non-empty list"),
+    ('{"images": "a.jpg", "question": "q"}', "'images' must be a non-empty list"),
+    ('{"videos": ["a.mp4", 3], "question": "q"}', "'videos' must hold paths"),
+    ('{"video": "", "question": "q"}', "'video' must hold paths"),
+])
+def test_bad_visual_keys_are_error_records(line, message):
+    from mmtok_cli.io import parse_line
+
+    item = parse_line(line, 4)
+    assert item.error is not None and message in item.error and item.error.startswith("line 4: ")
+
+
+def test_a_folder_holds_video_items_too(tmp_path):
+    from mmtok_cli.io import folder_items, source_fields
+
+    for name in ("b.png", "a.mp4", "c.webm", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    items, skipped = folder_items(tmp_path, "q")
+    assert [it.visual_sources() for it in items] == [[("video", "a.mp4")], [("image", "b.png")], [("video", "c.webm")]]
+    assert [it.extra for it in items] == [{"video": "a.mp4"}, {}, {"video": "c.webm"}] and skipped == ["notes.txt"]
+    assert source_fields([("image", "a"), ("video", "b"), ("image", "c")]) == {"images": ["a", "c"], "video": "b"}
+
+
+def test_ask_takes_several_images_before_the_question(engine, tmp_path):
+    """`mmtok ask A B "question"`: the same answer as the engine on both images; one image still works as ever."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from mmtok_cli.cli import app
+
+    paths = []
+    for i, image in enumerate(ITEMS[0]):
+        paths.append(tmp_path / f"img{i}.png")
+        image.save(paths[-1])
+    result = CliRunner().invoke(app, ["ask", *map(str, paths), QUESTIONS[0], "--model", engine.model_name,
+                                      "--tokens", "6", "--max-new-tokens", str(NEW), "--json"])
+    assert result.exit_code == 0, result.stderr
+    record = json.loads(result.stdout)
+    from mmtok_cli.io import load_image
+
+    want = engine.ask([load_image(str(p)) for p in paths], QUESTIONS[0], tokens=6, max_new_tokens=NEW)
+    assert record["images"] == list(map(str, paths)) and record["answer"] == want.answer
+    assert [e["kept"] for e in record["vision_tokens"]["inputs"]] == [3, 3] and len(record["kept_indices"]) == 2
+    alone = CliRunner().invoke(app, ["ask", str(paths[0]), "Is it red?", "--model", engine.model_name, "--tokens", "4",
+                                     "--max-new-tokens", "2", "--json"])
+    assert alone.exit_code == 0 and "inputs" not in json.loads(alone.stdout)["vision_tokens"]
+    assert json.loads(alone.stdout)["image"] == str(paths[0])

@@ -420,3 +420,103 @@ def test_cache_keys_videos_by_their_sampled_frames(qwen, clip):
     want = uncached.run(second, questions, tokens=5, max_new_tokens=NEW)
     for a, b in zip(got, want):
         assert a.output_ids == b.output_ids and a.kept_indices == b.kept_indices
+
+
+# -- the commands -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def qwen25(tmp_path_factory):
+    from mmtok_cli.engine import Engine
+    from mmtok_cli.tiny import build_tiny_qwen_vl
+
+    path = build_tiny_qwen_vl(tmp_path_factory.mktemp("qwen25") / "tiny-qwen2.5", version="2.5", seed=4)
+    return path, Engine(str(path), device=TEST_DEVICE, dtype="float32", cache_mb=0)
+
+
+def test_ask_answers_about_a_video(qwen25, tmp_path):
+    """`mmtok ask clip.mp4 "..." --model <tiny qwen2.5-vl> --tokens 64 --frames 8`, as the engine answers it."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from mmtok_cli.cli import app
+
+    path, engine = qwen25
+    clip = write_video(tmp_path / "clip.mp4", frames=12, size=(224, 168), seed=9)
+    result = CliRunner().invoke(app, ["ask", str(clip), "What happens?", "--model", str(path), "--tokens", "64",
+                                      "--frames", "8", "--max-new-tokens", str(NEW), "--json"])
+    assert result.exit_code == 0, result.stderr
+    record = json.loads(result.stdout)
+    want = engine.ask(decode(clip, Sampling(frames=8)), "What happens?", tokens=64, max_new_tokens=NEW)
+    assert record["video"] == str(clip) and record["answer"] == want.answer
+    assert record["vision_tokens"]["inputs"] == [{"kind": "video", "total": want.vision_total, "kept": 64,
+                                                  "frames": 8}]
+    assert record["kept_indices"] == want.kept_indices
+
+
+def test_batch_answers_videos_and_fails_bad_ones_alone(qwen25, clip, tmp_path, monkeypatch):
+    """A JSONL of a video, two images and a video, an image, and bad videos (corrupt, audio only, missing, a URL over
+    the byte cap): each bad one gets its error record, the others the answers they get alone."""
+    import functools
+    import http.server
+    import json
+    import shutil
+    import threading
+
+    import av
+    from typer.testing import CliRunner
+
+    from mmtok_cli import video as video_module
+    from mmtok_cli.cli import app
+
+    path, engine = qwen25
+    shutil.copy(clip, tmp_path / "clip.mp4")
+    for i in range(2):
+        noise_image(80 + i, (110, 80)).save(tmp_path / f"img{i}.png")
+    (tmp_path / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4)
+    with av.open(str(tmp_path / "sound.mp4"), "w") as container:
+        stream = container.add_stream("aac", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 8000
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/clip.mp4"
+    monkeypatch.setattr(video_module, "MAX_DOWNLOAD_BYTES", (tmp_path / "clip.mp4").stat().st_size - 1)
+    lines = [
+        {"id": "v", "video": "clip.mp4", "question": QUESTION},
+        {"id": "mix", "images": ["img0.png", "img1.png"], "video": "clip.mp4", "question": "What changed?"},
+        {"id": "i", "image": "img1.png", "question": "Is it red?"},
+        {"id": "corrupt", "video": "corrupt.mp4", "question": "q"},
+        {"id": "audio", "video": "sound.mp4", "question": "q"},
+        {"id": "missing", "videos": ["clip.mp4", "gone.mp4"], "question": "q"},
+        {"id": "url", "video": url, "question": "q"},
+    ]
+    data = tmp_path / "in.jsonl"
+    data.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    try:
+        result = CliRunner().invoke(app, ["batch", str(data), "--model", str(path), "--tokens", "12", "--frames", "6",
+                                          "--max-new-tokens", str(NEW), "--batch-size", "4", "--cache-mb", "0"])
+    finally:
+        server.shutdown()
+    assert result.exit_code == 1  # some items failed
+    recs = {r["id"]: r for r in map(json.loads, result.stdout.splitlines())}
+    assert list(recs) == [line["id"] for line in lines]
+    six = decode(clip, Sampling(frames=6))
+    from mmtok_cli.io import load_image
+
+    images = [load_image(str(tmp_path / f"img{i}.png")) for i in range(2)]
+    for key, entry, question in [("v", six, QUESTION), ("mix", [*images, six], "What changed?"),
+                                 ("i", images[1], "Is it red?")]:
+        want = engine.ask(entry, question, tokens=12, max_new_tokens=NEW)
+        assert recs[key]["error"] is None and recs[key]["answer"] == want.answer, key
+    assert recs["mix"]["images"] == ["img0.png", "img1.png"] and recs["mix"]["video"] == "clip.mp4"
+    assert [e["kind"] for e in recs["mix"]["vision_tokens"]["inputs"]] == ["image", "image", "video"]
+    assert "inputs" not in recs["i"]["vision_tokens"]
+    for key, message in [("corrupt", "could not be opened as a video"), ("audio", "no video stream"),
+                         ("missing", "video not found: gone.mp4"), ("url", "download limit")]:
+        assert message in recs[key]["error"] and "\n" not in recs[key]["error"], (key, recs[key]["error"])

@@ -1,4 +1,4 @@
-"""`mmtok ask`: one question about one image."""
+"""`mmtok ask`: one question about one image, several images, or videos."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import typer
 
 from ..errors import UsageError
 from ..options import DEFAULT_MODEL, check_agent, check_options, selection_params
+from ..video import MAX_FRAMES
 from .common import (
     AgentModelOpt,
     AgentOpt,
@@ -21,6 +22,9 @@ from .common import (
     DebugOpt,
     DeviceOpt,
     DtypeOpt,
+    FpsOpt,
+    FramesOpt,
+    MaxFramesOpt,
     MaxNewOpt,
     MethodOpt,
     ModelOpt,
@@ -31,6 +35,7 @@ from .common import (
     err,
     guarded,
     load_engine,
+    sampling,
 )
 from .config import ConfigOpt
 
@@ -57,12 +62,44 @@ ShowOpt = Annotated[
 ]
 
 
-def _show_target(path: str | None, image: str) -> Path | None:
+def _show_target(path: str | None, sources: list[str]) -> Path | None:
     if path is None:
         return None
     from ..show import check_picture_path
 
-    return check_picture_path(path, "--show", inputs=[] if image == "-" else [image])
+    return check_picture_path(path, "--show", inputs=[s for s in sources if s != "-"])
+
+
+def split_arguments(arguments: list[str]) -> tuple[list[tuple[str, str]], str]:
+    """`IMAGE|VIDEO... QUESTION` -> the inputs as (kind, path) in order, and the question: the last argument is the
+    question, the others images or videos (a video by its file name's suffix, see `video.VIDEO_SUFFIXES`)."""
+    from ..video import looks_like_video
+
+    if len(arguments) < 2:
+        raise UsageError("give one or more images or videos, then the question in quotes: "
+                         "mmtok ask photo.jpg \"What is here?\"")
+    *paths, question = arguments
+    if not question.strip():
+        raise UsageError("the question is empty; pass the question as the last argument, in quotes")
+    if "-" in paths and len(paths) > 1:
+        raise UsageError("'-' (an image on stdin) cannot go with other images or videos")
+    return [("video" if looks_like_video(p) else "image", p) for p in paths], question
+
+
+def _open_inputs(sources: list[tuple[str, str]]) -> list[Any]:
+    """The images decoded and the videos' headers checked (`video.probe`), before the model loads: a missing,
+    corrupt or audio-only file fails in milliseconds. Videos are decoded after (their frames depend on the family)."""
+    from ..io import load_image
+    from ..video import probe
+
+    opened: list[Any] = []
+    for kind, path in sources:
+        if kind == "video":
+            probe(path)
+            opened.append(None)
+        else:
+            opened.append(load_image(path))
+    return opened
 
 
 def _save_show(engine: Engine, image: Any, question: str, results: list[tuple[str, Any]], target: Path) -> None:
@@ -73,8 +110,11 @@ def _save_show(engine: Engine, image: Any, question: str, results: list[tuple[st
 
 
 def ask(
-    image: Annotated[str, typer.Argument(help="Image file to ask about ('-' reads it from stdin).")],
-    question: Annotated[str, typer.Argument(help="The question, in quotes.")],
+    arguments: Annotated[
+        list[str],
+        typer.Argument(metavar="IMAGE|VIDEO... QUESTION", help="One or more image or video files (in the order the "
+                       "question refers to them; '-' reads one image from stdin), then the question, in quotes."),
+    ],
     model: ModelOpt = DEFAULT_MODEL,
     tokens: TokensOpt = 64,
     method: MethodOpt = "mmtok",
@@ -92,20 +132,29 @@ def ask(
     agent: AgentOpt = False,
     agent_model: AgentModelOpt = None,
     agent_tokens: AgentTokensOpt = None,
+    frames: FramesOpt = None,
+    fps: FpsOpt = None,
+    max_frames: MaxFramesOpt = MAX_FRAMES,
     config: ConfigOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Answer one QUESTION about one IMAGE, showing the language model only --tokens vision tokens.
+    """Answer one QUESTION about one IMAGE (or several images, or videos), showing the language model only --tokens
+    vision tokens.
 
     Prints the answer on stdout, and on stderr how many vision tokens the model saw, how long the
     prompt was with and without pruning, and the estimated speedup.
 
     With --json, stdout gets one JSON object with: answer, vision_tokens {total, kept},
     prompt_tokens {unpruned, pruned}, timings_ms {preprocess, vision, select, prefill, decode,
-    total}, speedup {estimated, measured}, kept_indices (one ascending list per image), model,
+    total}, speedup {estimated, measured}, kept_indices (one ascending list per image or video), model,
     family, method, model_load_ms, device, dtype. speedup.estimated is an ESTIMATE: the language
     model's prefill FLOPs unpruned / pruned, from the model config; speedup.measured is filled
-    only with --compare. With --agent: agent_answer, and timings_ms.agent (in total too).
+    only with --compare. With --agent: agent_answer, and timings_ms.agent (in total too). With several
+    inputs or a video, vision_tokens.inputs has each input's kind, total and kept (a video's frames).
+
+    Several images or videos: name them all before the question; --tokens is the total for all of them
+    (--budget says how it is split). Videos need the `video` extra; their frames: --frames / --fps /
+    --max-frames.
 
     Examples:
 
@@ -118,19 +167,27 @@ def ask(
       mmtok ask photo.jpg "Where is the dog?" --tokens 32 --show kept.png
 
       mmtok ask photo.jpg "What is the man holding?" --tokens 16 --agent --json | jq .agent_answer
+
+      mmtok ask old.jpg new.jpg "Which photo shows the newer model?" --tokens 64
+
+      mmtok ask clip.mp4 "What happens after the man opens the door?" --tokens 256 --frames 16
     """
-    from ..io import answer_fields, load_image
+    from ..io import answer_fields, open_video, source_fields
 
     def work() -> None:
         check_options(tokens=tokens, method=method, max_new_tokens=max_new_tokens, dtype=dtype, device=device)
         check_agent(agent=agent, method=method, agent_model=agent_model, agent_tokens=agent_tokens)
         selection = selection_params(alpha=alpha, tau_t=tau_t, tau_v=tau_v, budget=budget,
                                      question_words=question_words)
-        if not question.strip():
-            raise UsageError("the question is empty; pass the question as the second argument, in quotes")
-        target = _show_target(show_path, image)
-        picture = load_image(image)
+        frame_choice = sampling(frames, fps, max_frames)
+        sources, question = split_arguments(arguments)
+        target = _show_target(show_path, [path for _, path in sources])
+        opened = _open_inputs(sources)
         engine, load_ms = load_engine(model, device, dtype, agent_model)
+        chosen, rule = engine.video_sampling(frame_choice)
+        opened = [open_video(path, sampling=chosen, rule=rule) if kind == "video" else picture
+                  for (kind, path), picture in zip(sources, opened)]
+        picture = opened[0] if len(opened) == 1 else opened
         options = {"tokens": tokens, "max_new_tokens": max_new_tokens}
         answer = engine.ask(picture, question, method=method, **options, agent=agent, agent_tokens=agent_tokens,
                             **selection)
@@ -139,7 +196,7 @@ def ask(
             _save_show(engine, picture, question, [(method, answer)] + ([("full", full)] if full else []), target)
         fields = answer_fields(answer, full=full)
         if as_json:
-            record = {"image": image, "question": question, **fields, "kept_indices": answer.kept_indices,
+            record = {**source_fields(sources), "question": question, **fields, "kept_indices": answer.kept_indices,
                       **_engine_fields(engine, method, load_ms)}
             sys.stdout.write(json.dumps(record) + "\n")
             return

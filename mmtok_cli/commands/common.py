@@ -122,6 +122,32 @@ QuestionWordsOpt = Annotated[
 
 
 
+VIDEO_PANEL = "Videos"
+FramesOpt = Annotated[
+    int | None,
+    typer.Option("--frames", metavar="N", help="Frames to read from each video, evenly spaced (all of them when "
+                 "the file has no more). Default: the model family's own rule (Qwen3-VL: 2 per second), else every "
+                 "frame; never more than --max-frames.", rich_help_panel=VIDEO_PANEL),
+]
+FpsOpt = Annotated[
+    float | None,
+    typer.Option("--fps", metavar="F", help="Frames to read per second of video instead of --frames (up to "
+                 "--max-frames).", rich_help_panel=VIDEO_PANEL),
+]
+MaxFramesOpt = Annotated[
+    int,
+    typer.Option("--max-frames", metavar="N", help="Most frames read from one video (only those are decoded).",
+                 rich_help_panel=VIDEO_PANEL),
+]
+
+
+def sampling(frames: int | None, fps: float | None, max_frames: int) -> Any:
+    """--frames / --fps / --max-frames as a checked `video.Sampling` (one-line usage errors)."""
+    from ..video import Sampling
+
+    return Sampling(frames=frames, fps=fps, max_frames=max_frames).check()
+
+
 def guarded(debug: bool, work: Callable[[], Any]) -> Any:
     """Run `work`; turn failures into one 'error:' line and an exit status (2 usage, 1 otherwise)."""
     if not debug:
