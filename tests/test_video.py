@@ -402,6 +402,24 @@ def test_budget_conventions_over_temporal_grids(qwen, clip):
     assert grids(few) == ([1, 3], 2)  # fewer tokens than grids: evenly spaced ones, the centre of each half
 
 
+def test_evs_on_a_video_keeps_what_vllm_keeps(qwen, clip):
+    """`--method evs` through the engine: the tokens vLLM's EVS keeps (a transcription, test_baselines.py) on the same
+    merged video tokens V, for the pruning rates whose token counts are asked for; images alone are refused."""
+    from .test_baselines import _vllm_evs_mask
+
+    _, _, engine, _ = qwen
+    video = decode(clip, Sampling(frames=8))
+    prepared = engine.prepare([video], [QUESTION])
+    V = engine.adapter.encode(prepared).vision[0]
+    thw = prepared.inputs["video_grid_thw"][0].tolist()
+    for q in (0.5, 0.8):
+        mask = _vllm_evs_mask(V.cpu(), thw, 2, q)
+        answer = engine.ask(video, QUESTION, method="evs", tokens=int(mask.sum()), max_new_tokens=1)
+        assert answer.kept_indices[0] == mask.nonzero().flatten().tolist()
+    with pytest.raises(MmtokError, match="evs chooses among a video's frames"):
+        engine.ask(noise_image(1), QUESTION, method="evs", max_new_tokens=1)
+
+
 def test_cache_keys_videos_by_their_sampled_frames(qwen, clip):
     """A cached item is the same clip sampled alike (or the same images in the same order); the rows the cache lacks
     are cut out of a batch of videos and images and encoded alone; answers equal the uncached engine's."""

@@ -27,7 +27,7 @@ from ..text import content_token_ids
 from ..video import is_video
 from .processors import load_processor
 from .regions import TokenRegions
-from .views import select_global, select_per_view
+from .views import previous_frame, select_global, select_per_view
 
 VISIONZIP_FAMILIES = "llava, llava-next"
 """The families whose adapters provide `visionzip_inputs` (for the error of the others)."""
@@ -513,6 +513,13 @@ class Adapter(ABC):
         check_conventions(budget=budget)
         seed = {} if seeds is None else {"seed": seeds}
         common = {"divprune_on": self.divprune_on, "zip_inputs": zip_inputs, **params}
+        if method == "evs":  # top-k over all of an item's frames at once, as vLLM's EVS: --budget does not apply
+            if tokens.timed is None or not bool(tokens.timed.any(1).all()):
+                raise MmtokError("evs chooses among a video's frames; ask about a video (with a Qwen-VL family), or "
+                                 "use another --method for images")
+            previous = None if tokens.parts is None else previous_frame(tokens.parts, tokens.timed, tokens.inputs)
+            return choose(method, tokens.vision, tokens.features, text, k=budgets, vision_mask=tokens.mask,
+                          allowed=tokens.allowed, text_mask=text_mask, previous=previous, **params)
         if method == "visionzip" and tokens.inputs is not None:
             raise MmtokError("visionzip compresses one image per question; ask about several images or a video with "
                              "another --method")

@@ -173,3 +173,23 @@ def select_per_view(
         merged = [torch.cat(f) if m else None for f, m in zip(feeds, made_any)]
     return Selection(indices=indices, order=orders, gains=torch.full((len(budgets), 0), float("nan"), device=device),
                      rows=merged)
+
+
+def previous_frame(parts: torch.Tensor, timed: torch.Tensor, inputs: torch.Tensor | None) -> torch.Tensor:
+    """(B, n) long: each video token's predecessor, the token at the same position of the previous temporal grid of
+    the same video (what `evs` compares it with); -1 for a first grid's tokens, images' and padding."""
+    previous = torch.full_like(parts, -1)
+    same_input = torch.zeros_like(parts) if inputs is None else inputs
+    for row in range(parts.shape[0]):
+        members: dict[int, torch.Tensor] = {}
+        for view in range(int(parts[row].max()) + 1):
+            idx = ((parts[row] == view) & timed[row]).nonzero().flatten()
+            if len(idx):
+                members[view] = idx
+        for view, idx in members.items():
+            before = members.get(view - 1)
+            if before is not None and len(before) == len(idx) and bool(
+                same_input[row, before[0]] == same_input[row, idx[0]]
+            ):
+                previous[row, idx] = before
+    return previous
