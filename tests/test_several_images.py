@@ -211,3 +211,25 @@ def test_ask_takes_several_images_before_the_question(engine, tmp_path):
                                      "--max-new-tokens", "2", "--json"])
     assert alone.exit_code == 0 and "inputs" not in json.loads(alone.stdout)["vision_tokens"]
     assert json.loads(alone.stdout)["image"] == str(paths[0])
+
+
+def test_show_draws_several_images_side_by_side(family, tmp_path):
+    """Each image's regions are the ones it has alone (families that prepare it alike in a prompt of several);
+    the sheet has a column per method."""
+    from mmtok_cli import show
+    from mmtok_cli.errors import MmtokError
+
+    name, engine, _ = family
+    prepared = engine.prepare([ITEMS[0], ITEMS[1][0]], QUESTIONS[:2])
+    if name == "llava-onevision":  # its images of a prompt of several get no crops: not the regions they have alone
+        with pytest.raises(MmtokError, match="cannot draw the inputs' tokens"):
+            show.show(engine, ITEMS[0], QUESTIONS[0], ["mmtok"], tokens=6, max_new_tokens=1)
+        return
+    regions = engine.adapter.input_regions(prepared, 0)
+    for image, got in zip(ITEMS[0], regions):
+        alone = engine.adapter.token_regions(engine.prepare([image], ["q"]), 0)
+        assert got.boxes == alone.boxes and got.panel == alone.panel
+    assert engine.adapter.input_regions(prepared, 1)[0].boxes == \
+        engine.adapter.token_regions(engine.prepare([ITEMS[1][0]], ["q"]), 0).boxes
+    sheet, results = show.show(engine, ITEMS[0], QUESTIONS[0], ["mmtok", "full"], tokens=6, max_new_tokens=1)
+    assert [m for m, _ in results] == ["mmtok", "full"] and sheet.width > 2 * show.INPUT_SIDE

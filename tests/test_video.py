@@ -538,3 +538,29 @@ def test_batch_answers_videos_and_fails_bad_ones_alone(qwen25, clip, tmp_path, m
     for key, message in [("corrupt", "could not be opened as a video"), ("audio", "no video stream"),
                          ("missing", "video not found: gone.mp4"), ("url", "download limit")]:
         assert message in recs[key]["error"] and "\n" not in recs[key]["error"], (key, recs[key]["error"])
+
+
+def test_show_draws_a_video_as_a_contact_sheet(qwen25, clip, tmp_path):
+    """A panel per temporal grid, each grid's tokens covering its frame once over; `mmtok show` writes the sheet."""
+    from typer.testing import CliRunner
+
+    from mmtok_cli import show
+    from mmtok_cli.cli import app
+
+    path, engine = qwen25
+    video = decode(clip, Sampling(frames=8))
+    prepared = engine.prepare([[noise_image(90), video]], [QUESTION])
+    image_regions, video_regions = engine.adapter.input_regions(prepared, 0)
+    assert video_regions.panels == ("frame 0", "frame 2", "frame 4", "frame 6")  # 2 frames per grid
+    per_grid = len(video_regions.boxes) // 4
+    for grid in range(4):
+        boxes = [b for b, p in zip(video_regions.boxes, video_regions.panel) if p == grid]
+        assert len(boxes) == per_grid
+        assert sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in boxes) == pytest.approx(video.width * video.height)
+    sheet, results = show.show(engine, [noise_image(90), video], QUESTION, ["mmtok"], tokens=8, max_new_tokens=1)
+    assert results[0][1].vision_inputs[1]["frames"] == 8 and sheet.height > show.INPUT_SIDE + show.FRAME_SIDE
+    out = tmp_path / "sheet.png"
+    result = CliRunner().invoke(app, ["show", str(clip), QUESTION, "--model", str(path), "--tokens", "8",
+                                      "--frames", "8", "--max-new-tokens", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.stderr
+    assert out.exists() and result.stdout.startswith("mmtok: ")

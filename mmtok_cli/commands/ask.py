@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..errors import UsageError
 from ..options import DEFAULT_MODEL, check_agent, check_options, selection_params
 from ..video import MAX_FRAMES
 from .common import (
@@ -32,10 +31,13 @@ from .common import (
     TauTOpt,
     TauVOpt,
     TokensOpt,
+    decode_videos,
     err,
     guarded,
     load_engine,
+    open_inputs,
     sampling,
+    split_arguments,
 )
 from .config import ConfigOpt
 
@@ -68,38 +70,6 @@ def _show_target(path: str | None, sources: list[str]) -> Path | None:
     from ..show import check_picture_path
 
     return check_picture_path(path, "--show", inputs=[s for s in sources if s != "-"])
-
-
-def split_arguments(arguments: list[str]) -> tuple[list[tuple[str, str]], str]:
-    """`IMAGE|VIDEO... QUESTION` -> the inputs as (kind, path) in order, and the question: the last argument is the
-    question, the others images or videos (a video by its file name's suffix, see `video.VIDEO_SUFFIXES`)."""
-    from ..video import looks_like_video
-
-    if len(arguments) < 2:
-        raise UsageError("give one or more images or videos, then the question in quotes: "
-                         "mmtok ask photo.jpg \"What is here?\"")
-    *paths, question = arguments
-    if not question.strip():
-        raise UsageError("the question is empty; pass the question as the last argument, in quotes")
-    if "-" in paths and len(paths) > 1:
-        raise UsageError("'-' (an image on stdin) cannot go with other images or videos")
-    return [("video" if looks_like_video(p) else "image", p) for p in paths], question
-
-
-def _open_inputs(sources: list[tuple[str, str]]) -> list[Any]:
-    """The images decoded and the videos' headers checked (`video.probe`), before the model loads: a missing,
-    corrupt or audio-only file fails in milliseconds. Videos are decoded after (their frames depend on the family)."""
-    from ..io import load_image
-    from ..video import probe
-
-    opened: list[Any] = []
-    for kind, path in sources:
-        if kind == "video":
-            probe(path)
-            opened.append(None)
-        else:
-            opened.append(load_image(path))
-    return opened
 
 
 def _save_show(engine: Engine, image: Any, question: str, results: list[tuple[str, Any]], target: Path) -> None:
@@ -172,7 +142,7 @@ def ask(
 
       mmtok ask clip.mp4 "What happens after the man opens the door?" --tokens 256 --frames 16
     """
-    from ..io import answer_fields, open_video, source_fields
+    from ..io import answer_fields, source_fields
 
     def work() -> None:
         check_options(tokens=tokens, method=method, max_new_tokens=max_new_tokens, dtype=dtype, device=device)
@@ -182,12 +152,9 @@ def ask(
         frame_choice = sampling(frames, fps, max_frames)
         sources, question = split_arguments(arguments)
         target = _show_target(show_path, [path for _, path in sources])
-        opened = _open_inputs(sources)
+        opened = open_inputs(sources)
         engine, load_ms = load_engine(model, device, dtype, agent_model)
-        chosen, rule = engine.video_sampling(frame_choice)
-        opened = [open_video(path, sampling=chosen, rule=rule) if kind == "video" else picture
-                  for (kind, path), picture in zip(sources, opened)]
-        picture = opened[0] if len(opened) == 1 else opened
+        picture = decode_videos(engine, sources, opened, frame_choice)
         options = {"tokens": tokens, "max_new_tokens": max_new_tokens}
         answer = engine.ask(picture, question, method=method, **options, agent=agent, agent_tokens=agent_tokens,
                             **selection)

@@ -148,6 +148,49 @@ def sampling(frames: int | None, fps: float | None, max_frames: int) -> Any:
     return Sampling(frames=frames, fps=fps, max_frames=max_frames).check()
 
 
+def split_arguments(arguments: list[str]) -> tuple[list[tuple[str, str]], str]:
+    """`IMAGE|VIDEO... QUESTION` -> the inputs as (kind, path) in order, and the question: the last argument is the
+    question, the others images or videos (a video by its file name's suffix, see `video.VIDEO_SUFFIXES`)."""
+    from ..video import looks_like_video
+
+    if len(arguments) < 2:
+        raise UsageError("give one or more images or videos, then the question in quotes: "
+                         "mmtok ask photo.jpg \"What is here?\"")
+    *paths, question = arguments
+    if not question.strip():
+        raise UsageError("the question is empty; pass the question as the last argument, in quotes")
+    if "-" in paths and len(paths) > 1:
+        raise UsageError("'-' (an image on stdin) cannot go with other images or videos")
+    return [("video" if looks_like_video(p) else "image", p) for p in paths], question
+
+
+def open_inputs(sources: list[tuple[str, str]]) -> list[Any]:
+    """The images decoded and the videos' headers checked (`video.probe`), before the model loads: a missing,
+    corrupt or audio-only file fails in milliseconds. Videos are decoded after (their frames depend on the family)."""
+    from ..io import load_image
+    from ..video import probe
+
+    opened: list[Any] = []
+    for kind, path in sources:
+        if kind == "video":
+            probe(path)
+            opened.append(None)
+        else:
+            opened.append(load_image(path))
+    return opened
+
+
+def decode_videos(engine: Engine, sources: list[tuple[str, str]], opened: list[Any], frames: Any) -> Any:
+    """What the question asks about, for `Engine.ask`: `open_inputs`' images, and the videos decoded now, with the
+    loaded family's own frame rule where `frames` (a `video.Sampling`) leaves the choice to it."""
+    from ..io import open_video
+
+    chosen, rule = engine.video_sampling(frames)
+    opened = [open_video(path, sampling=chosen, rule=rule) if kind == "video" else picture
+              for (kind, path), picture in zip(sources, opened)]
+    return opened[0] if len(opened) == 1 else opened
+
+
 def guarded(debug: bool, work: Callable[[], Any]) -> Any:
     """Run `work`; turn failures into one 'error:' line and an exit status (2 usage, 1 otherwise)."""
     if not debug:

@@ -551,6 +551,25 @@ class Adapter(ABC):
     def generation_inputs(self, prepared: Prepared, tokens: VisionTokens, kept: list[torch.Tensor] | None) -> dict:
         """Keyword arguments for `model.generate` that feed each image's kept tokens (all if None)."""
 
+    def input_regions(self, prepared: Prepared, row: int) -> list[TokenRegions]:
+        """Row `row`'s visual inputs' tokens as boxes of their pictures, one `TokenRegions` per input in prompt order
+        (each numbered within its input, like `Answer.kept_indices`): an image's over the image (prepared alone,
+        as the processor prepares it), a video's over its frames, a panel per temporal grid (`video_regions`)."""
+        if not prepared.images or all(len(r) == 1 and not is_video(r[0]) for r in prepared.visuals):
+            return [self.token_regions(prepared, row)]  # a batch of one image per row: row r is image r
+        out, videos = [], sum(prepared.count("video")[:row])
+        for visual in prepared.visuals[row]:
+            if is_video(visual):
+                out.append(self.video_regions(prepared, videos))
+                videos += 1
+            else:
+                out.append(self.token_regions(self.preprocess([visual], [""]), 0))
+        return out
+
+    def video_regions(self, prepared: Prepared, index: int) -> TokenRegions:
+        """The batch's video `index` as boxes of its frames, a panel per temporal grid (families with videos)."""
+        raise MmtokError(f"{self.family} models cannot show which regions of a video their tokens cover")
+
     def token_regions(self, prepared: Prepared, row: int) -> TokenRegions:
         """Image `row`'s vision tokens as boxes of its original image, numbered like `kept_indices`."""
         raise MmtokError(f"{self.family} models cannot show which image regions their tokens cover yet")

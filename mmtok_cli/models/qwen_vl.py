@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ..selection import TAU_T_QWEN
+from ..video import is_video
 from .base import (
     Adapter,
     Piece,
@@ -200,20 +201,34 @@ class QwenVLAdapter(Adapter):
         The resized size is the processor's own (its grid in `image_grid_thw` times the patch size), so the
         boxes map back to the original image by the resize factors alone.
         """
+        index = prepared.image_index(row)
+        height, width = prepared.image_sizes[index]
+        return self._grid_regions(prepared.inputs["image_grid_thw"][index], height, width)
+
+    def video_regions(self, prepared: Prepared, index: int) -> TokenRegions:
+        """A video's tokens (the batch's video `index`) over its frames: one panel per temporal grid, named by the
+        file's frames it merges; boxes in the decoded frames' pixels."""
+        video = [v for row in prepared.visuals for v in row if is_video(v)][index]
+        grid = prepared.inputs["video_grid_thw"][index]
+        regions = self._grid_regions(grid, video.height, video.width, per_grid=True)
+        step = len(video.indices) / int(grid[0])
+        regions.panels = tuple(f"frame {video.indices[int(g * step)]}" for g in range(int(grid[0])))
+        return regions
+
+    def _grid_regions(self, grid: torch.Tensor, height: int, width: int, per_grid: bool = False) -> TokenRegions:
         ip, vc = self.processor.image_processor, self.model.config.vision_config
         patch = getattr(ip, "patch_size", None) or vc.patch_size
         merge = getattr(ip, "merge_size", None) or vc.spatial_merge_size
-        height, width = prepared.image_sizes[row]
-        frames, rows, cols = (int(v) for v in prepared.inputs["image_grid_thw"][row])
+        frames, rows, cols = (int(v) for v in grid)
         placement = Placement(cols * patch / width, rows * patch / height)
         cell = merge * patch
-        boxes = [
-            clip(placement.to_original(cell_box(r, c, cell, cell)), height, width)
-            for _ in range(frames)
-            for r in range(rows // merge)
-            for c in range(cols // merge)
-        ]
-        return TokenRegions(boxes=boxes, panel=[0] * len(boxes))
+        boxes, panel = [], []
+        for t in range(frames):
+            for r in range(rows // merge):
+                for c in range(cols // merge):
+                    boxes.append(clip(placement.to_original(cell_box(r, c, cell, cell)), height, width))
+                    panel.append(t if per_grid else 0)
+        return TokenRegions(boxes=boxes, panel=panel)
 
 class Qwen3VLAdapter(QwenVLAdapter):
     family = "qwen3-vl"
