@@ -423,18 +423,20 @@ def build_tiny_qwen_vl(
     return path
 
 
-def save_qwen_video_processor(path: Path, version: str, *, patch: int, max_tokens: int, mean: list[float],
-                              std: list[float]) -> None:
+def save_qwen_video_processor(path: Path, version: str, *, patch: int, max_tokens: int | None = None,
+                              mean: list[float] | None = None, std: list[float] | None = None) -> None:
     """The video processor's config, written as JSON (building the class needs torchvision, which the default
-    install lacks): frames resized like the images, 2 frames per temporal grid. Qwen2.5-VL's takes every frame it
-    is given; Qwen3-VL's (and Qwen3.5's) samples 2 per second by default, as the real ones do."""
+    install lacks): frames resized like the images (`max_tokens` merged tokens per frame at most; None: the class's
+    real sizes), 2 frames per temporal grid. Qwen2.5-VL's takes every frame it is given; Qwen3-VL's (and Qwen3.5's)
+    samples 2 per second by default, as the real ones do."""
     unit = patch * 2
-    config = {
+    config: dict = {
         "video_processor_type": "Qwen2VLVideoProcessor" if version == "2.5" else "Qwen3VLVideoProcessor",
-        "patch_size": patch, "temporal_patch_size": 2, "merge_size": 2, "image_mean": mean, "image_std": std,
-        "size": {"shortest_edge": 4 * unit * unit, "longest_edge": max_tokens * unit * unit},
-        "cap_pixels_per_frame": False,
+        "patch_size": patch, "temporal_patch_size": 2, "merge_size": 2, "cap_pixels_per_frame": False,
+        **({} if mean is None else {"image_mean": mean, "image_std": std}),
     }
+    if max_tokens is not None:
+        config["size"] = {"shortest_edge": 4 * unit * unit, "longest_edge": max_tokens * unit * unit}
     if version != "2.5":
         config.update(fps=2, do_sample_frames=True, min_frames=4, max_frames=768)
     (path / "video_preprocessor_config.json").write_text(json.dumps(config, indent=2) + "\n")

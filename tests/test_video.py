@@ -564,3 +564,15 @@ def test_show_draws_a_video_as_a_contact_sheet(qwen25, clip, tmp_path):
                                       "--frames", "8", "--max-new-tokens", "1", "--out", str(out)])
     assert result.exit_code == 0, result.stderr
     assert out.exists() and result.stdout.startswith("mmtok: ")
+
+
+def test_profile_measures_a_generated_clip(qwen25):
+    """`mmtok profile --video-frames N`: every budget asks about the same N-frame clip, 2 frames per temporal grid."""
+    from mmtok_cli.profile import profile
+
+    _, engine = qwen25
+    report = profile(engine, budgets=["full", 8], new_tokens=2, warmup=0, repeats=1, video_frames=4)
+    full, pruned = report["results"]
+    assert report["video_frames"] == 4 and full["vision_tokens"]["kept"] == full["vision_tokens"]["total"]
+    assert full["vision_tokens"]["total"] % 2 == 0 and pruned["vision_tokens"]["kept"] == 8
+    assert pruned["prompt_tokens"]["pruned"] < full["prompt_tokens"]["pruned"]
