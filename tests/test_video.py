@@ -576,3 +576,23 @@ def test_profile_measures_a_generated_clip(qwen25):
     assert report["video_frames"] == 4 and full["vision_tokens"]["kept"] == full["vision_tokens"]["total"]
     assert full["vision_tokens"]["total"] % 2 == 0 and pruned["vision_tokens"]["kept"] == 8
     assert pruned["prompt_tokens"]["pruned"] < full["prompt_tokens"]["pruned"]
+
+
+def test_lmms_eval_requests_hand_over_video_paths(qwen25, clip):
+    """As lmms-eval's video tasks (videomme, mvbench) do: the request's visual is the video's path; the answer is the
+    engine's on the frames the model_args choose."""
+    pytest.importorskip("lmms_eval")
+    from lmms_eval.api.instance import Instance
+
+    from mmtok_cli.lmms.model import Mmtok
+
+    path, engine = qwen25
+    model = Mmtok(pretrained=str(path), tokens=12, frames=6, device=TEST_DEVICE, dtype="float32", batch_size=2)
+    docs = [{"video": str(clip), "text": "What happens?"}, {"video": str(clip), "text": QUESTION}]
+    model.task_dict = {"t": {"test": docs}}
+    requests = [Instance("generate_until", (d["text"], {"max_new_tokens": NEW}, lambda doc: [doc["video"]], i, "t",
+                                            "test"), idx=0, metadata={"task": "t", "doc_id": i, "repeats": 1})
+                for i, d in enumerate(docs)]
+    six = decode(clip, Sampling(frames=6))
+    assert model.generate_until(requests) == [engine.ask(six, d["text"], tokens=12, max_new_tokens=NEW).answer
+                                              for d in docs]
