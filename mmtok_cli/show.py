@@ -116,17 +116,8 @@ def render(
     scale = PANEL_SIDE / max(image.size)
     shown = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BICUBIC)
     font = _font(FONT_SIZE)
-    columns = [_column(shown, scale, regions, method, answer, model, font, numbers) for method, answer in results]
-    width = sum(c.width for c in columns) + GAP * (len(columns) + 1)
-    header = _wrap(f"Q: {question}", font, width - 2 * GAP) if question else []
-    top = GAP + _lines_height(header, font)
-    sheet = Image.new("RGB", (width, top + max(c.height for c in columns) + GAP), BACKGROUND)
-    _text(ImageDraw.Draw(sheet), (GAP, GAP), header, font, TEXT)
-    x = GAP
-    for column in columns:
-        sheet.paste(column, (x, top))
-        x += column.width + GAP
-    return sheet
+    return _sheet([_column(shown, scale, regions, method, answer, model, font, numbers) for method, answer in results],
+                  question, font)
 
 
 def render_inputs(
@@ -151,18 +142,8 @@ def render_inputs(
                              f"hold {[len(r.boxes) for r in regions]} (a family that prepares an image of several "
                              "differently than one alone)")
     font = _font(FONT_SIZE)
-    columns = [_inputs_column(visuals, regions, method, answer, model, font, numbers, is_video)
-               for method, answer in results]
-    width = sum(c.width for c in columns) + GAP * (len(columns) + 1)
-    header = _wrap(f"Q: {question}", font, width - 2 * GAP) if question else []
-    top = GAP + _lines_height(header, font)
-    sheet = Image.new("RGB", (width, top + max(c.height for c in columns) + GAP), BACKGROUND)
-    _text(ImageDraw.Draw(sheet), (GAP, GAP), header, font, TEXT)
-    x = GAP
-    for column in columns:
-        sheet.paste(column, (x, top))
-        x += column.width + GAP
-    return sheet
+    return _sheet([_inputs_column(visuals, regions, method, answer, model, font, numbers, is_video)
+                   for method, answer in results], question, font)
 
 
 def picture_for(
@@ -218,6 +199,42 @@ def save_batch_pictures(
 # -- drawing ---------------------------------------------------------------------------------------
 
 
+def _sheet(columns: list[Image.Image], question: str | None, font: Any) -> Image.Image:
+    """The columns side by side under the question."""
+    width = sum(c.width for c in columns) + GAP * (len(columns) + 1)
+    header = _wrap(f"Q: {question}", font, width - 2 * GAP) if question else []
+    top = GAP + _lines_height(header, font)
+    sheet = Image.new("RGB", (width, top + max(c.height for c in columns) + GAP), BACKGROUND)
+    _text(ImageDraw.Draw(sheet), (GAP, GAP), header, font, TEXT)
+    x = GAP
+    for column in columns:
+        sheet.paste(column, (x, top))
+        x += column.width + GAP
+    return sheet
+
+
+def _caption(method: str, answer: Answer, model: str, font: Any, small: Any, width: int) -> tuple[list[str], ...]:
+    """A column's caption: the method and its kept tokens, the model (small), the answer cut at CAPTION_LINES."""
+    caption = [f"{method} · {answer.vision_kept}/{answer.vision_total} vision tokens kept"]
+    answer_text = " ".join(answer.answer.split()) or "(empty answer)"
+    lines = _wrap(f"A: {answer_text}", font, width)
+    if len(lines) > CAPTION_LINES:
+        lines = lines[: CAPTION_LINES - 1] + [lines[CAPTION_LINES - 1].rstrip() + " …"]
+    return caption, _wrap(model, small, width)[:1], lines
+
+
+def _caption_height(caption: tuple[list[str], ...], font: Any, small: Any) -> int:
+    head, model, lines = caption
+    return _lines_height(head, font) + _lines_height(model, small) + _lines_height(lines, font)
+
+
+def _draw_caption(draw: ImageDraw.ImageDraw, y: int, caption: tuple[list[str], ...], font: Any, small: Any) -> None:
+    head, model, lines = caption
+    y = _text(draw, (0, y), head, font, TEXT)
+    y = _text(draw, (0, y), model, small, MUTED)
+    _text(draw, (0, y), lines, font, TEXT)
+
+
 def _inputs_column(
     visuals: Sequence[Any], regions: Sequence[TokenRegions], method: str, answer: Answer, model: str, font: Any,
     numbers: bool, is_video: Any,
@@ -247,14 +264,8 @@ def _inputs_column(
             last = "image"
         offset += n
     width = max([MIN_COLUMN] + [sum(b.width for b in line) + GAP * (len(line) - 1) for line in lines])
-    caption = [f"{method} · {answer.vision_kept}/{answer.vision_total} vision tokens kept"]
-    caption += _wrap(model, small, width)[:1]
-    answer_text = " ".join(answer.answer.split()) or "(empty answer)"
-    text = _wrap(f"A: {answer_text}", font, width)
-    if len(text) > CAPTION_LINES:
-        text = text[: CAPTION_LINES - 1] + [text[CAPTION_LINES - 1].rstrip() + " …"]
-    height = sum(max(b.height for b in line) + GAP for line in lines)
-    height += _lines_height(caption[:1], font) + _lines_height(caption[1:], small) + _lines_height(text, font)
+    caption = _caption(method, answer, model, font, small, width)
+    height = sum(max(b.height for b in line) + GAP for line in lines) + _caption_height(caption, font, small)
     column = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(column)
     y = 0
@@ -264,9 +275,7 @@ def _inputs_column(
             column.paste(block, (x, y))
             x += block.width + GAP
         y += max(b.height for b in line) + GAP
-    y = _text(draw, (0, y), caption[:1], font, TEXT)
-    y = _text(draw, (0, y), caption[1:], small, MUTED)
-    _text(draw, (0, y), text, font, TEXT)
+    _draw_caption(draw, y, caption, font, small)
     return column
 
 
@@ -332,14 +341,8 @@ def _column(
         in_panel = [i for i in tokens if i in kept]
         label = f"{name}: {len(in_panel)}/{len(tokens)} tokens kept" if label_h else ""
         panels.append((label, _panel(shown, scale, regions, tokens, kept, ranks)))
-    caption = [f"{method} · {answer.vision_kept}/{answer.vision_total} vision tokens kept"]
-    caption += _wrap(model, small, width)[:1]
-    answer_text = " ".join(answer.answer.split()) or "(empty answer)"
-    lines = _wrap(f"A: {answer_text}", font, width)
-    if len(lines) > CAPTION_LINES:
-        lines = lines[: CAPTION_LINES - 1] + [lines[CAPTION_LINES - 1].rstrip() + " …"]
-    height = sum(label_h + panel.height + GAP for _, panel in panels)
-    height += _lines_height(caption[:1], font) + _lines_height(caption[1:], small) + _lines_height(lines, font)
+    caption = _caption(method, answer, model, font, small, width)
+    height = sum(label_h + panel.height + GAP for _, panel in panels) + _caption_height(caption, font, small)
     column = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(column)
     y = 0
@@ -349,9 +352,7 @@ def _column(
             y += label_h
         column.paste(panel, ((width - panel.width) // 2, y))
         y += panel.height + GAP
-    y = _text(draw, (0, y), caption[:1], font, TEXT)
-    y = _text(draw, (0, y), caption[1:], small, MUTED)
-    _text(draw, (0, y), lines, font, TEXT)
+    _draw_caption(draw, y, caption, font, small)
     return column
 
 

@@ -12,6 +12,7 @@ import torch
 
 from mmtok_cli.tiny import BUILDERS
 
+from .checks import greedy_on_embeddings
 from .conftest import noise_image
 from .device import TEST_DEVICE, to_device
 
@@ -110,24 +111,9 @@ def test_pruned_several_images_equal_generate_on_hand_built_embeddings(family, k
         keep = ~placeholder
         keep[placeholder.nonzero().flatten()[kept]] = True
         extra = {"token_type_ids": inputs["token_type_ids"][:, keep]} if "token_type_ids" in inputs else {}
-        want = _greedy(model, embeds[keep][None], extra)
+        want = greedy_on_embeddings(model, embeds[keep][None], NEW, **extra)
     assert answer.output_ids == want
     assert answer.prompt_pruned == int(keep.sum())
-
-
-def _greedy(model, embeds, extra):
-    """Greedy decoding written out (Gemma 3's `generate` takes no `inputs_embeds`): the prefill on the embeddings
-    (Gemma 3: with its token_type_ids, whose image blocks attend both ways), then one token at a time on the cache."""
-    eos = model.generation_config.eos_token_id
-    eos = set(eos if isinstance(eos, list) else [eos])
-    out = model(inputs_embeds=embeds, use_cache=True, **extra)
-    ids = []
-    for _ in range(NEW):
-        ids.append(int(out.logits[0, -1].argmax()))
-        if ids[-1] in eos:
-            break
-        out = model(input_ids=torch.tensor([ids[-1:]], device=embeds.device), cache=out.cache, use_cache=True)
-    return ids
 
 
 def test_families_without_videos_say_so(family):

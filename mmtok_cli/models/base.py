@@ -210,6 +210,15 @@ def lay_out(pieces: Sequence[Piece], per_row: Sequence[int]) -> dict[str, Any]:
     }
 
 
+def view_pieces(vision: torch.Tensor, features: torch.Tensor, views: list[int]) -> list[Piece]:
+    """Pieces of images made of equal views (tiles, pan-and-scan crops): `vision` / `features` are (all views of the
+    batch, tokens per view, d / e), `views` how many of them each image has, in order."""
+    per_view = vision.shape[1]
+    return [Piece(vision=v.flatten(0, 1), features=u.flatten(0, 1),
+                  views=torch.arange(len(v), device=v.device).repeat_interleave(per_view))
+            for v, u in zip(vision.split(views), features.split(views))]
+
+
 def input_counts(tokens: VisionTokens) -> list[list[int]]:
     """Per item, how many tokens each of its visual inputs has, in prompt order."""
     if tokens.inputs is None:

@@ -25,7 +25,17 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..errors import MmtokError
 from ..selection import TAU_T_LLAVA
-from .base import Adapter, Piece, Prepared, VisionTokens, as_visuals, compact, image_sizes, lay_out, placeholder_stays
+from .base import (
+    Adapter,
+    Prepared,
+    VisionTokens,
+    as_visuals,
+    compact,
+    image_sizes,
+    lay_out,
+    placeholder_stays,
+    view_pieces,
+)
 from .regions import Placement, TokenRegions, cell_box, clip
 
 PAN_AND_SCAN = ("do_pan_and_scan", "pan_and_scan_min_crop_size", "pan_and_scan_max_num_crops",
@@ -96,14 +106,8 @@ class Gemma3Adapter(Adapter):
         vision_all = out.pooler_output  # (all views of the batch, tokens per view, d)
         features_all = self._pooled(out.last_hidden_state)
         views = self._views(prepared)
-        per_view = vision_all.shape[1]
-        pieces = [
-            Piece(vision=v.flatten(0, 1), features=u.flatten(0, 1),
-                  views=torch.arange(len(v), device=v.device).repeat_interleave(per_view))
-            for v, u in zip(vision_all.split(views), features_all.split(views))
-        ]
         layout = prepared.layout()
-        return VisionTokens(**lay_out(pieces, [len(row) for row in layout]))
+        return VisionTokens(**lay_out(view_pieces(vision_all, features_all, views), [len(row) for row in layout]))
 
     def _pooled(self, hidden: torch.Tensor) -> torch.Tensor:
         """(views, tokens per view, e) SigLIP features pooled over the projector's own windows, in V's order."""

@@ -21,7 +21,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..errors import MmtokError
 from ..selection import TAU_T_LLAVA
-from .base import Adapter, Piece, Prepared, VisionTokens, lay_out, placeholder_runs
+from .base import Adapter, Prepared, VisionTokens, lay_out, placeholder_runs, view_pieces
 from .llava import feed_in_order
 from .regions import Box, Placement, TokenRegions, clip, size_value
 
@@ -56,14 +56,8 @@ class InternVLAdapter(Adapter):
         if sum(views) != len(views_v):
             raise MmtokError(f"the prompt has image placeholders for {sum(views)} views but the processor made "
                              f"{len(views_v)}; is processor_config.json's image_seq_length the model's?")
-        per_view = views_v.shape[1]
-        pieces = [
-            Piece(vision=v.flatten(0, 1), features=u.flatten(0, 1),
-                  views=torch.arange(len(v), device=v.device).repeat_interleave(per_view))
-            for v, u in zip(views_v.split(views), views_u.split(views))
-        ]
         layout = prepared.layout()
-        return VisionTokens(**lay_out(pieces, [len(row) for row in layout]))
+        return VisionTokens(**lay_out(view_pieces(views_v, views_u, views), [len(row) for row in layout]))
 
     def pixel_rows(self, prepared: Prepared) -> list[int]:
         """Each image's tiles (and thumbnail), concatenated over the batch."""
