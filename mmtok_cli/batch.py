@@ -58,6 +58,8 @@ class BatchOptions:
     """Deadline for one image download, whole: a slow or endless one fails its item alone."""
     sampling: Sampling = field(default_factory=Sampling)
     """Which frames of each video to decode (--frames / --fps / --max-frames; else the family's own rule)."""
+    post_prompt: str | None = None
+    """An instruction appended to every question (`Engine.prepare`); records name it."""
 
 
 @dataclass
@@ -261,7 +263,8 @@ class BatchRunner:
         start = time.perf_counter()
         try:
             chunk.prepared = self.engine.prepare(
-                [e.image for e in chunk.ready], [e.item.question for e in chunk.ready], adapter=adapter
+                [e.image for e in chunk.ready], [e.item.question for e in chunk.ready], adapter=adapter,
+                post_prompt=self.options.post_prompt,
             )
         except Exception:  # one bad image must not sink its neighbours: the main thread retries one by one
             chunk.prepared = None
@@ -293,7 +296,8 @@ class BatchRunner:
         try:
             if prepared is None:
                 start = time.perf_counter()
-                prepared = self.engine.prepare([e.image for e in entries], [e.item.question for e in entries])
+                prepared = self.engine.prepare([e.image for e in entries], [e.item.question for e in entries],
+                                               post_prompt=self.options.post_prompt)
                 preprocess_ms = (time.perf_counter() - start) * 1e3
             return self._results(entries, prepared, preprocess_ms)
         except torch.cuda.OutOfMemoryError:
@@ -336,8 +340,11 @@ class BatchRunner:
             full = answers if opts.method == "full" else self.engine.run_prepared(
                 prepared, questions, method="full", **run
             )
+        asked = {"post_prompt": opts.post_prompt} if opts.post_prompt else {}  # the question alone is not all it read
+        if self.engine.pan_and_scan is not None:  # the family can crop long images: say whether it did
+            asked["pan_and_scan"] = self.engine.pan_and_scan
         return [
-            answer_fields(a, load_ms=e.load_ms, full=None if full is None else full[i])
+            {**answer_fields(a, load_ms=e.load_ms, full=None if full is None else full[i]), **asked}
             for i, (e, a) in enumerate(zip(entries, answers))
         ]
 

@@ -30,8 +30,10 @@ from .options import (
     check_cache,
     check_conventions,
     check_options,
+    check_post_prompt,
 )
 from .selection import ALPHA, TAU_V, Selection
+from .text import with_post_prompt
 from .video import Sampling, is_video
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -116,7 +118,7 @@ class Engine:
 
     def __init__(
         self, model: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto", random_weights: bool = False,
-        agent_model: str | Engine | None = None, cache_mb: int | None = None,
+        agent_model: str | Engine | None = None, cache_mb: int | None = None, pan_and_scan: bool | None = None,
     ) -> None:
         """`random_weights=True`: build the checkpoint's architecture with random weights (see `load_adapter`).
 
@@ -125,14 +127,22 @@ class Engine:
 
         `agent_model`: a second, smaller checkpoint (or a loaded `Engine`) that makes the agent's preliminary
         answers (`run_prepared(agent=True)`); without it, this model makes them.
+
+        `pan_and_scan`: crop long images into extra views (Gemma 3's pan-and-scan; a `UsageError` for a family
+        without it); None follows the checkpoint's image processor.
         """
+        from .models.registry import check_pan_and_scan
+
+        check_pan_and_scan(model, pan_and_scan)  # seconds, before the model loads for minutes
         if isinstance(agent_model, str):
-            check_agent_model(agent_model)  # seconds, before the main model loads for minutes
+            check_agent_model(agent_model)
         self.model_name = model
         self.random_weights = random_weights
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.adapter: Adapter = load_adapter(model, device=self.device, dtype=self.dtype, random_weights=random_weights)
+        if pan_and_scan is not None and self.adapter.has_pan_and_scan:
+            self.adapter.pan_and_scan = pan_and_scan
         self.cache: VisionCache | None = None
         self.set_cache(cache_mb)
         self.agent_engine: Engine | None = None
@@ -144,6 +154,11 @@ class Engine:
                 self.agent_engine = Engine(agent_model, device=device, dtype=dtype, random_weights=random_weights)
             except MmtokError as exc:
                 raise _agent_model_error(exc) from exc
+
+    @property
+    def pan_and_scan(self) -> bool | None:
+        """Whether long images are cropped into extra views (Gemma 3); None for a family without pan-and-scan."""
+        return self.adapter.pan_and_scan_in_use()
 
     def set_cache(self, mb: int | None) -> None:
         """A new, empty vision-token cache of `mb` MB (None: the device's default; 0: none)."""
@@ -166,25 +181,35 @@ class Engine:
         `video.decode`)."""
         return (sampling or Sampling()).check(), self.adapter.frame_rule()
 
-    def prepare(self, images: list[Any], questions: list[str], *, adapter: Adapter | None = None) -> Prepared:
+    def prepare(
+        self, images: list[Any], questions: list[str], *, adapter: Adapter | None = None,
+        post_prompt: str | None = None,
+    ) -> Prepared:
         """Processor inputs for a batch (CPU work; safe in a background thread with `preprocessor()`). Each entry of
         `images` is what one question asks about: an image, a video (`video.Video`), or a list of them in prompt
-        order."""
+        order.
+
+        `post_prompt`: a fixed instruction the model reads after every question, on a line of its own (e.g.
+        "Answer the question using a single word or phrase."); `run_prepared` leaves it out of T (text.py).
+        """
         if len(images) != len(questions) or not images:
             raise ValueError("need one question per item, and at least one item")
+        check_post_prompt(post_prompt)
         adapter = adapter or self.adapter
-        prepared = adapter.preprocess(images, questions)
+        prepared = adapter.preprocess(images, [with_post_prompt(q, post_prompt) for q in questions])
+        prepared.post_prompt = post_prompt
         if self.cache is not None:  # hashing here keeps it off the model's thread in `mmtok batch`
             prepared.keys = adapter.image_keys(images)
         return prepared
 
-    def run(self, images: list[Any], questions: list[str], **options: Any) -> list[Answer]:
-        """Answer one question per item (an image, a video, or a list of them) as a single batch: `prepare`, then
-        `run_prepared` with `options`
-        (tokens, method, max_new_tokens, alpha, tau_t, tau_v, budget, question_words, ignore_eos, agent,
-        agent_tokens; see there)."""
+    def run(
+        self, images: list[Any], questions: list[str], *, post_prompt: str | None = None, **options: Any
+    ) -> list[Answer]:
+        """Answer one question per item (an image, a video, or a list of them) as a single batch: `prepare` (with
+        `post_prompt`), then `run_prepared` with `options` (tokens, method, max_new_tokens, alpha, tau_t, tau_v,
+        budget, question_words, ignore_eos, agent, agent_tokens; see there)."""
         t0 = self._sync()
-        prepared = self.prepare(images, questions)
+        prepared = self.prepare(images, questions, post_prompt=post_prompt)
         return self.run_prepared(prepared, questions, preprocess_ms=(self._sync() - t0) * 1e3, **options)
 
     @torch.inference_mode()
@@ -207,7 +232,8 @@ class Engine:
         agent_tokens: int | None = None,
         agent_max_new_tokens: int = AGENT_MAX_NEW_TOKENS,
     ) -> list[Answer]:
-        """Answer the questions of a batch made by `prepare`.
+        """Answer the questions of a batch made by `prepare` (the questions as given there, without its
+        `post_prompt`).
 
         `tokens` and `max_new_tokens` are one value for all or one per image. `budget` ("total", "per-view",
         "global"): what `tokens` means for an image of several views (see models/views.py); `question_words`
@@ -247,7 +273,8 @@ class Engine:
         kept = order = fed = None
         if method != "full":
             selection = self._select(vt, questions, budgets, method=method, alpha=alpha, tau_t=tau_t, tau_v=tau_v,
-                                     agent_answers=agent_answers, prepared=prepared, **conventions)
+                                     agent_answers=agent_answers, prepared=prepared, post_prompt=prepared.post_prompt,
+                                     **conventions)
             kept, order = selection.indices, selection.order
             feed_tokens, feed_kept = merged_feed(vt, selection)
             fed = [len(f) for f in feed_kept]
@@ -366,12 +393,13 @@ class Engine:
             # The second model has its own processor, vision tokens and tau_t; a small model reads them all
             # unless the caller gave it a budget.
             answers = self.agent_engine.run(
-                list(prepared.images), questions, method=method if explicit_budget else "full", tokens=budgets,
+                list(prepared.images), questions, post_prompt=prepared.post_prompt,
+                method=method if explicit_budget else "full", tokens=budgets,
                 max_new_tokens=max_new_tokens, alpha=alpha, tau_v=tau_v, budget=budget, question_words=question_words,
             )
             return [a.answer for a in answers]
         kept = self._select(vt, questions, budgets, method=method, alpha=alpha, tau_t=tau_t, tau_v=tau_v,
-                            budget=budget, question_words=question_words).indices
+                            budget=budget, question_words=question_words, post_prompt=prepared.post_prompt).indices
         new_tokens = self._generate(self.adapter.generation_inputs(prepared, vt, kept), max_new_tokens)
         return [text for _, text in self._finish(new_tokens)]
 
@@ -379,13 +407,15 @@ class Engine:
         self, vt: VisionTokens, questions: list[str], budgets: list[int], *, method: str, alpha: float,
         tau_t: float | None, tau_v: float, agent_answers: list[str] | None = None,
         prepared: Prepared | None = None, budget: str = "total", question_words: str = "content",
+        post_prompt: str | None = None,
     ) -> Selection:
-        """T from the questions (and the agent's words), then the adapter's selection; tau_t None: the family's.
+        """T from the questions (and the agent's words; `post_prompt` as `text.question_words` says), then the
+        adapter's selection; tau_t None: the family's.
 
         `random` draws with a seed per image from its pixels (`image_seed`), when `prepared` has the images;
         `visionzip` reads the adapter's `visionzip_inputs` (`prepared` needed)."""
         adapter = self.adapter
-        text, text_mask = adapter.text_tokens(questions, agent_answers, words=question_words)
+        text, text_mask = adapter.text_tokens(questions, agent_answers, words=question_words, post_prompt=post_prompt)
         images = prepared.images if prepared is not None else []
         seeds = [image_seed(im) for im in images] if method == "random" and images else None
         zip_inputs = None

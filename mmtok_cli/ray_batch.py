@@ -52,7 +52,7 @@ class _Worker:
 
     def __init__(
         self, model: str, device: str, dtype: str, options: dict[str, Any], base: str, agent_model: str | None = None,
-        cache_mb: int | None = None,
+        cache_mb: int | None = None, pan_and_scan: bool | None = None,
     ) -> None:
         from .batch import BatchRunner
         from .engine import Engine
@@ -61,7 +61,8 @@ class _Worker:
         quiet_libraries()  # a worker's stderr reaches the driver's terminal: the same quiet as the CLI
         self.runner, self.error = None, None
         try:
-            engine = Engine(model, device=device, dtype=dtype, agent_model=agent_model, cache_mb=cache_mb)
+            engine = Engine(model, device=device, dtype=dtype, agent_model=agent_model, cache_mb=cache_mb,
+                            pan_and_scan=pan_and_scan)
         except Exception as exc:  # e.g. the model is missing on this node: its items say so, Ray stays calm
             reason = str(exc) if isinstance(exc, MmtokError) else _root_cause(exc)
             self.error = f"Ray worker could not load the model: {reason}"
@@ -99,11 +100,13 @@ def run_on_ray(
     ray_options: RayOptions,
     agent_model: str | None = None,
     cache_mb: int | None = None,
+    pan_and_scan: bool | None = None,
 ) -> Summary:
     """Run `items` on a Ray actor pool; records reach `emit` in input order, one group per block.
 
     `agent_model`: each actor also loads this second model for the agent's first pass (`options.agent`).
     `cache_mb`: each actor's vision-token cache (`Engine`), which lives as long as the actor.
+    `pan_and_scan`: each actor's `Engine(pan_and_scan=)` (Gemma 3).
     """
     ray = import_ray()
     if ray_options.workers < 1:
@@ -142,7 +145,7 @@ def run_on_ray(
         fn_constructor_kwargs={
             "model": model, "device": device, "dtype": dtype,
             "options": dataclasses.asdict(options), "base": str(Path(base).resolve()), "agent_model": agent_model,
-            "cache_mb": cache_mb,
+            "cache_mb": cache_mb, "pan_and_scan": pan_and_scan,
         },
     )
     start = time.perf_counter()

@@ -27,6 +27,7 @@ from .common import (
     MaxNewOpt,
     MethodOpt,
     ModelOpt,
+    PanAndScanOpt,
     QuestionWordsOpt,
     TauTOpt,
     TauVOpt,
@@ -53,6 +54,7 @@ def _engine_fields(engine: Engine, method: str, load_ms: float) -> dict[str, Any
         "model_load_ms": round(load_ms, 3),
         "device": str(engine.device),
         "dtype": str(engine.dtype).removeprefix("torch."),
+        **({} if engine.pan_and_scan is None else {"pan_and_scan": engine.pan_and_scan}),
     }
 
 
@@ -99,6 +101,7 @@ def ask(
     tau_v: TauVOpt = None,
     budget: BudgetOpt = None,
     question_words: QuestionWordsOpt = None,
+    pan_and_scan: PanAndScanOpt = None,
     agent: AgentOpt = False,
     agent_model: AgentModelOpt = None,
     agent_tokens: AgentTokensOpt = None,
@@ -153,7 +156,7 @@ def ask(
         sources, question = split_arguments(arguments)
         target = _show_target(show_path, [path for _, path in sources])
         opened = open_inputs(sources)
-        engine, load_ms = load_engine(model, device, dtype, agent_model)
+        engine, load_ms = load_engine(model, device, dtype, agent_model, pan_and_scan=pan_and_scan)
         picture = decode_videos(engine, sources, opened, frame_choice)
         options = {"tokens": tokens, "max_new_tokens": max_new_tokens}
         answer = engine.ask(picture, question, method=method, **options, agent=agent, agent_tokens=agent_tokens,

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from ..errors import UsageError
-from ..options import DEFAULT_MODEL, check_agent, check_cache, check_options, selection_params
+from ..options import DEFAULT_MODEL, check_agent, check_cache, check_options, check_post_prompt, selection_params
 from ..video import MAX_FRAMES
 from .common import (
     AgentModelOpt,
@@ -29,6 +29,8 @@ from .common import (
     MaxNewOpt,
     MethodOpt,
     ModelOpt,
+    PanAndScanOpt,
+    PostPromptOpt,
     QuestionWordsOpt,
     TauTOpt,
     TauVOpt,
@@ -108,6 +110,8 @@ def batch(
     tau_v: TauVOpt = None,
     budget: BudgetOpt = None,
     question_words: QuestionWordsOpt = None,
+    post_prompt: PostPromptOpt = None,
+    pan_and_scan: PanAndScanOpt = None,
     agent: AgentOpt = False,
     agent_model: AgentModelOpt = None,
     agent_tokens: AgentTokensOpt = None,
@@ -179,6 +183,7 @@ def batch(
             raise UsageError(f"--download-timeout must be a number of seconds above 0 (got {download_timeout})")
         check_cache(cache_mb)
         frame_choice = sampling(frames, fps, max_frames)
+        check_post_prompt(post_prompt)
         from ..io import plan_inputs
 
         plan = plan_inputs(source, out, question, resume=resume, overwrite=overwrite, retry_errors=retry_errors)
@@ -193,13 +198,15 @@ def batch(
         options = BatchOptions(tokens=tokens, method=method, max_new_tokens=max_new_tokens,
                                batch_size=batch_size, compare=compare, debug=debug, show_dir=pictures,
                                agent=agent, agent_tokens=agent_tokens,
-                               selection=selection, download_timeout=download_timeout, sampling=frame_choice)
+                               selection=selection, download_timeout=download_timeout, sampling=frame_choice,
+                               post_prompt=post_prompt)
         if ray:
-            from ..models.registry import check_model
+            from ..models.registry import check_model, check_pan_and_scan
             from ..ray_batch import RayOptions, import_ray, run_on_ray
 
             import_ray()  # fail before touching --out when Ray is missing
             check_model(model)  # and before starting Ray when the model cannot be found
+            check_pan_and_scan(model, pan_and_scan)
             if agent_model is not None:
                 from ..engine import check_agent_model
 
@@ -209,9 +216,10 @@ def batch(
             def execute(emit: Callable, update: Callable) -> Summary:
                 return run_on_ray(plan.items(warn), emit, update, model=model, device=device, dtype=dtype,
                                   options=options, base=plan.base, ray_options=ray_options, agent_model=agent_model,
-                                  cache_mb=cache_mb)
+                                  cache_mb=cache_mb, pan_and_scan=pan_and_scan)
         else:
-            runner = BatchRunner(load_engine(model, device, dtype, agent_model, cache_mb)[0], options, base=plan.base)
+            engine = load_engine(model, device, dtype, agent_model, cache_mb, pan_and_scan)[0]
+            runner = BatchRunner(engine, options, base=plan.base)
 
             def execute(emit: Callable, update: Callable) -> Summary:
                 return runner.run(plan.items(warn), emit, update)

@@ -120,6 +120,19 @@ QuestionWordsOpt = Annotated[
                  rich_help_panel=CONVENTIONS_PANEL),
 ]
 
+PostPromptOpt = Annotated[
+    str | None,
+    typer.Option("--post-prompt", metavar="TEXT", help="An instruction appended to every question on a line of its "
+                 "own, as lmms-eval's tasks do: e.g. \"Answer the question using a single word or phrase.\" (its "
+                 "pope task's). The selection does not cover its words (with --question-words all it does: all is "
+                 "every word the model reads). Default: none."),
+]
+PanAndScanOpt = Annotated[
+    bool | None,
+    typer.Option("--pan-and-scan/--no-pan-and-scan", help="Gemma 3: crop long images into extra views (its "
+                 "pan-and-scan), each a view --tokens is split over; records say pan_and_scan (default: the "
+                 "checkpoint's setting, off on Google's). An error on families without it."),
+]
 
 
 VIDEO_PANEL = "Videos"
@@ -224,14 +237,16 @@ def guarded(debug: bool, work: Callable[[], Any]) -> Any:
 
 
 def load_engine(
-    model: str, device: str, dtype: str, agent_model: str | None = None, cache_mb: int | None = None
+    model: str, device: str, dtype: str, agent_model: str | None = None, cache_mb: int | None = None,
+    pan_and_scan: bool | None = None,
 ) -> tuple[Engine, float]:
     from ..engine import Engine
 
     start = time.perf_counter()
     also = f" and the agent's {escape(agent_model)}" if agent_model else ""
     with err.status(f"loading {escape(model)}{also} …"):
-        engine = Engine(model, device=device, dtype=dtype, agent_model=agent_model, cache_mb=cache_mb)
+        engine = Engine(model, device=device, dtype=dtype, agent_model=agent_model, cache_mb=cache_mb,
+                        pan_and_scan=pan_and_scan)
     return engine, (time.perf_counter() - start) * 1e3
 
 

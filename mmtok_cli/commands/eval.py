@@ -11,7 +11,15 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..errors import UsageError
-from ..options import AGENT_METHODS, DEFAULT_MODEL, check_agent, check_cache, check_options, selection_params
+from ..options import (
+    AGENT_METHODS,
+    DEFAULT_MODEL,
+    check_agent,
+    check_cache,
+    check_options,
+    check_post_prompt,
+    selection_params,
+)
 from .common import (
     AGENT_HELP,
     METHODS_HELP,
@@ -24,6 +32,8 @@ from .common import (
     DtypeOpt,
     MaxNewOpt,
     ModelOpt,
+    PanAndScanOpt,
+    PostPromptOpt,
     QuestionWordsOpt,
     TauTOpt,
     TauVOpt,
@@ -84,6 +94,8 @@ def eval_command(
     tau_v: TauVOpt = None,
     budget: BudgetOpt = None,
     question_words: QuestionWordsOpt = None,
+    post_prompt: PostPromptOpt = None,
+    pan_and_scan: PanAndScanOpt = None,
     cache_mb: CacheOpt = None,
     config: ConfigOpt = None,
     debug: DebugOpt = False,
@@ -121,12 +133,13 @@ def eval_command(
         if images is not None and not images.is_dir():
             raise UsageError(f"--images {images} is not a folder")
         check_cache(cache_mb)
+        check_post_prompt(post_prompt)
         check_outputs(("--json", json_path), ("--plot", plot_path), ("--predictions", predictions_path),
                        plot=plot_path, inputs=tuple(data))
         sets = [(path, *load_labelled(path, images)) for path in data]  # every file checked before the model loads
         from .. import evaluate as ev
 
-        engine, _ = load_engine(model, device, dtype, agent_model, cache_mb)
+        engine, _ = load_engine(model, device, dtype, agent_model, cache_mb, pan_and_scan)
         sink = predictions_path.open("w", encoding="utf-8") if predictions_path else None
         reports = []
         try:
@@ -140,7 +153,7 @@ def eval_command(
                         predictions=(lambda rows: sink.writelines(json.dumps({"data": str(path), **r}) + "\n"
                                                                   for r in rows)) if sink else None,
                         agent=agent, agent_tokens=agent_tokens,
-                        selection=selection,
+                        selection=selection, post_prompt=post_prompt,
                     )
                     reports.append({"model": engine.model_name, "data": str(path), **report})
         finally:
@@ -167,6 +180,7 @@ def _print_eval(report: dict[str, Any]) -> None:
                   caption=f"retention = {report['metric']} / full's {report['metric']} · "
                   + " · ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
                                for k, v in report["selection"].items())
+                  + (f"\npost-prompt: {report['post_prompt']}" if report.get("post_prompt") else "")
                   + (f"\n{report['cache']['misses']} images encoded once for all rows (--cache-mb): full's "
                      "items/s pays for encoding them, the other rows' do not" if report.get("cache") else ""))
     columns = ("method", "tokens", "accuracy", "precision", "recall", "F1", "yes-ratio", "retention", "kept",

@@ -20,6 +20,7 @@ from .common import (
     DeviceOpt,
     DtypeOpt,
     MethodOpt,
+    PanAndScanOpt,
     QuestionWordsOpt,
     check_outputs,
     err,
@@ -62,6 +63,7 @@ def profile(
     method: MethodOpt = "mmtok",
     budget: BudgetOpt = None,
     question_words: QuestionWordsOpt = None,
+    pan_and_scan: PanAndScanOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     json_path: Annotated[Path | None, typer.Option("--json", help="Write every number to this JSON file.")] = None,
@@ -115,11 +117,11 @@ def profile(
         with err.status(f"building {escape(arch)} with random weights …" if arch else
                         f"loading {escape(model or DEFAULT_MODEL)} …") as status:
             if arch:
-                engine = prof.load_arch(arch, device=device, dtype=dtype)
+                engine = prof.load_arch(arch, device=device, dtype=dtype, pan_and_scan=pan_and_scan)
             else:  # not _load_engine: its own status line cannot nest in this one
                 from ..engine import Engine
 
-                engine = Engine(model or DEFAULT_MODEL, device=device, dtype=dtype)
+                engine = Engine(model or DEFAULT_MODEL, device=device, dtype=dtype, pan_and_scan=pan_and_scan)
             load_s = time.perf_counter() - start
             report = prof.profile(
                 engine, budgets=budgets, batch_sizes=sizes, new_tokens=new_tokens, warmup=warmup,

@@ -21,6 +21,7 @@ from .common import (
     MaxFramesOpt,
     MaxNewOpt,
     ModelOpt,
+    PanAndScanOpt,
     QuestionWordsOpt,
     TauTOpt,
     TauVOpt,
@@ -66,6 +67,7 @@ def show_command(
     frames: FramesOpt = None,
     fps: FpsOpt = None,
     max_frames: MaxFramesOpt = MAX_FRAMES,
+    pan_and_scan: PanAndScanOpt = None,
     config: ConfigOpt = None,
     debug: DebugOpt = False,
 ) -> None:
@@ -100,7 +102,7 @@ def show_command(
         sources, question = split_arguments(arguments)
         target = check_picture_path(out, "--out", inputs=[path for _, path in sources if path != "-"])
         opened = open_inputs(sources)
-        engine, _ = load_engine(model, device, dtype)
+        engine, _ = load_engine(model, device, dtype, pan_and_scan=pan_and_scan)
         picture = decode_videos(engine, sources, opened, frame_choice)
         sheet, results = show(engine, picture, question, chosen, numbers=numbers, tokens=tokens,
                               max_new_tokens=max_new_tokens, **selection)

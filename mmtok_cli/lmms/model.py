@@ -17,7 +17,7 @@ from ..batch import BatchOptions, BatchRunner
 from ..engine import Engine
 from ..errors import MmtokError, UsageError
 from ..io import Item
-from ..options import DEFAULT_MODEL, check_agent, check_options, selection_params
+from ..options import DEFAULT_MODEL, check_agent, check_options, check_post_prompt, selection_params
 from ..video import MAX_FRAMES, Sampling
 
 IMAGE_TAG = "<image>"
@@ -26,9 +26,11 @@ IMAGE_TAG = "<image>"
 
 class Mmtok(lmms):
     """`--model_args pretrained=HUB_ID|FOLDER|demo,tokens=64,method=mmtok[,alpha=,tau_t=,tau_v=,device=,dtype=,agent=,
-    frames=,fps=,max_frames=]`.
+    post_prompt=,pan_and_scan=,frames=,fps=,max_frames=]`.
 
-    Generation follows each task's `max_new_tokens` and `until`; decoding is always greedy (mmtok's). A request may
+    Generation follows each task's `max_new_tokens` and `until`; decoding is always greedy (mmtok's).
+    `post_prompt`: appended to every request's text on a line of its own, after the task's own post-prompt (as
+    `mmtok eval --post-prompt`). `pan_and_scan`: Gemma 3's crops of long images (`--pan-and-scan`). A request may
     hand over several visuals (PIL images and paths of images or videos, as `videomme` and `mvbench` do): they are
     the item's inputs in order, `tokens` the total for them; videos' frames by `frames` / `fps` / `max_frames` (else
     the family's own rule), decoded in the background like `mmtok batch`'s.
@@ -52,6 +54,8 @@ class Mmtok(lmms):
         max_batch_size: int | None = None,  # lmms-eval passes it for --batch_size auto, which mmtok does not use
         budget: str | None = None,
         question_words: str | None = None,
+        post_prompt: str | None = None,
+        pan_and_scan: bool | None = None,
         frames: int | None = None,
         fps: float | None = None,
         max_frames: int = MAX_FRAMES,
@@ -60,8 +64,8 @@ class Mmtok(lmms):
         super().__init__()
         if unknown:
             raise UsageError(f"unknown model_args for mmtok: {', '.join(sorted(unknown))} (known: pretrained, tokens, "
-                             "method, alpha, tau_t, tau_v, budget, question_words, device, dtype, agent, agent_tokens, "
-                             "frames, fps, max_frames)")
+                             "method, alpha, tau_t, tau_v, budget, question_words, post_prompt, pan_and_scan, device, "
+                             "dtype, agent, agent_tokens, frames, fps, max_frames)")
         try:
             size = int(batch_size)
         except ValueError:
@@ -73,14 +77,19 @@ class Mmtok(lmms):
             raise UsageError(f"model_args tokens must be an integer (got {tokens!r})")
         check_options(tokens=tokens, method=str(method), max_new_tokens=1, dtype=str(dtype), device=str(device))
         check_agent(agent=bool(agent), method=str(method), agent_tokens=agent_tokens)
+        post_prompt = None if post_prompt is None else str(post_prompt)  # lmms-eval makes "1" a number
+        check_post_prompt(post_prompt)
+        if pan_and_scan is not None and not isinstance(pan_and_scan, bool):
+            raise UsageError(f"model_args pan_and_scan must be true or false (got {pan_and_scan!r})")
         self.options = BatchOptions(
             tokens=tokens, method=str(method), batch_size=size, agent=bool(agent), agent_tokens=agent_tokens,
             selection=selection_params(alpha=alpha, tau_t=tau_t, tau_v=tau_v, budget=budget,
                                        question_words=question_words),
+            post_prompt=post_prompt,
             sampling=Sampling(frames=None if frames is None else int(frames), fps=None if fps is None else float(fps),
                               max_frames=int(max_frames)).check(),
         )
-        self.engine = Engine(str(pretrained), device=str(device), dtype=str(dtype))
+        self.engine = Engine(str(pretrained), device=str(device), dtype=str(dtype), pan_and_scan=pan_and_scan)
         self._device = self.engine.device
 
     @property

@@ -255,6 +255,8 @@ class Prepared:
     (for what needs their pixels later, such as `random`'s seed)."""
     keys: list[str] | None = None
     """Each row's cache key (`cache.visual_key`), set by `Engine.prepare`."""
+    post_prompt: str | None = None
+    """The instruction the prompts carry after each question (`Engine.prepare`); T leaves it out (text.py)."""
 
     @property
     def rows(self) -> int:
@@ -310,6 +312,9 @@ class Adapter(ABC):
     divprune_on: ClassVar[str] = "vision"
     """The features `divprune` runs on, as its authors' code does for the family: "vision" (V, the LLM's input
     tokens: DivPrune's own LLaVA code) or "features" (U)."""
+    has_pan_and_scan: ClassVar[bool] = False
+    """The family can crop long images into extra views (Gemma 3's pan-and-scan); only then may `Engine` set its
+    `pan_and_scan`."""
 
     def __init__(self, model: Any, processor: Any) -> None:
         self.model = model
@@ -427,6 +432,10 @@ class Adapter(ABC):
     def encode(self, prepared: Prepared) -> VisionTokens:
         """Run the vision side once and return V, U and the masks."""
 
+    def pan_and_scan_in_use(self) -> bool | None:
+        """Whether long images are cropped into extra views now; None for a family without pan-and-scan."""
+        return None
+
     def cache_salt(self) -> str:
         """Settings besides the image's pixels that change its vision tokens and can change between runs of one
         loaded model (part of the cache key); the processor's fixed settings need not be here."""
@@ -483,17 +492,20 @@ class Adapter(ABC):
         )
 
     def text_tokens(
-        self, questions: list[str], agent_answers: list[str] | None = None, *, words: str = "content"
+        self, questions: list[str], agent_answers: list[str] | None = None, *, words: str = "content",
+        post_prompt: str | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """T for each question, padded: (B, m, d) input-embedding rows and a (B, m) mask.
 
         `agent_answers`: one preliminary answer per question, whose words join the question's (the agent).
-        `words`: which of the question's words ("content" or "all", see `text.question_words`).
+        `words`: which of the question's words ("content" or "all", see `text.question_words`, which says what
+        happens to the `post_prompt` the model reads after each question).
         """
         check_conventions(question_words=words)
         answers = agent_answers or [None] * len(questions)
         ids = [
-            content_token_ids(q, self.tokenizer, image_token=self.image_token, agent_answer=a, words=words)
+            content_token_ids(q, self.tokenizer, image_token=self.image_token, agent_answer=a, words=words,
+                              post_prompt=post_prompt)
             for q, a in zip(questions, answers, strict=True)
         ]
         m = max((len(i) for i in ids), default=0)

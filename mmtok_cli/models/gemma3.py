@@ -51,9 +51,10 @@ class Gemma3Adapter(Adapter):
               "pan-and-scan, K in total split evenly over the image and its crops")
     fallback_prompt = "<start_of_turn>user\n{image}{question}<end_of_turn>\n<start_of_turn>model\n"
     nested_images = True  # Gemma3Processor wants each prompt's images as a list of their own
+    has_pan_and_scan = True
     pan_and_scan: bool | None = None
     """Crop long images into extra views: None follows the checkpoint's image processor (`do_pan_and_scan`).
-    Set it on an engine's adapter: `engine.adapter.pan_and_scan = True`."""
+    `Engine(pan_and_scan=True)` (`--pan-and-scan`) sets it."""
 
     @staticmethod
     def model_class() -> type:
@@ -73,6 +74,9 @@ class Gemma3Adapter(Adapter):
         if self.pan_and_scan is not None:
             options["do_pan_and_scan"] = self.pan_and_scan
         return {name: options[name] for name in PAN_AND_SCAN if name in options}
+
+    def pan_and_scan_in_use(self) -> bool:
+        return bool(self.image_options().get("do_pan_and_scan"))
 
     def preprocess(self, entries: Sequence[Any], questions: list[str]) -> Prepared:
         visuals = [as_visuals(e) for e in entries]
