@@ -380,8 +380,11 @@ class Adapter(ABC):
             from .registry import ADAPTERS
 
             video_families = ", ".join(a.family for a in ADAPTERS if a.videos)
-            raise MmtokError(f"{self.family} checkpoints take no videos; use a video family ({video_families}), or "
-                             "ask about frames saved as images")
+            # a family with a video processor (processor_class) has a transformers class that takes videos
+            what = ("checkpoints take no videos" if self.processor_class() is None
+                    else "videos are not fed by mmtok yet")
+            raise MmtokError(f"{self.family} {what}; use a video family ({video_families}), or ask about frames saved "
+                             "as images")
         if any(not row for row in visuals):
             raise MmtokError("an item needs at least one image or video")
 
