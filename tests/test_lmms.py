@@ -169,7 +169,8 @@ def test_requests_with_several_visuals_and_paths_are_items_of_several_inputs(mod
     docs = [{"image": Image.open(p), "path": str(p), "text": x["text"]} for p, x in zip(paths, lines)]
     both = [doc["image"].convert("RGB") for doc in docs]
     want = model.engine.ask(both, docs[0]["text"], tokens=TOKENS, max_new_tokens=5).answer
-    got = model.generate_until(_requests(model, docs[:1], {"max_new_tokens": 5}, lambda doc: [d["image"] for d in docs]))
+    got = model.generate_until(_requests(model, docs[:1], {"max_new_tokens": 5},
+                                         lambda doc: [d["image"] for d in docs]))
     assert got == [want]
     alone = model.engine.ask(docs[1]["image"].convert("RGB"), docs[1]["text"], tokens=TOKENS, max_new_tokens=5)
     by_path = model.generate_until(_requests(model, docs[1:], {"max_new_tokens": 5}, lambda doc: [doc["path"]]))

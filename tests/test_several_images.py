@@ -129,7 +129,8 @@ def test_families_without_videos_say_so(family):
         engine.ask([noise_image(1), clip], "What happens?", max_new_tokens=1)
     message = str(info.value)
     # InternVL's and LLaVA-OneVision's transformers classes take videos, which mmtok does not feed yet
-    what = "videos are not fed by mmtok yet" if name in ("internvl", "llava-onevision") else "checkpoints take no videos"
+    what = ("videos are not fed by mmtok yet" if name in ("internvl", "llava-onevision")
+            else "checkpoints take no videos")
     assert "\n" not in message and f"{name} {what}" in message and "qwen2.5-vl" in message
 
 
