@@ -167,6 +167,19 @@ ARCHS["cpu-small-qwen3.5"] = {
     "text_config": {**ARCHS["qwen3.5-9b"]["text_config"], "num_hidden_layers": 2,
                     "layer_types": ["linear_attention", "full_attention"]},
 }
+# Not published models: Qwen2.5-VL-7B's and Qwen3-VL-8B's widths and vocabularies with 2 ViT blocks (Qwen2.5-VL: one
+# windowed and one full-attention; Qwen3-VL: both feeding deepstack) and 2 LLM layers, for CPU profiles of the video
+# families (`mmtok profile --video-frames`).
+ARCHS["cpu-small-qwen2.5"] = {
+    **ARCHS["qwen2.5-vl-7b"],
+    "vision_config": {**ARCHS["qwen2.5-vl-7b"]["vision_config"], "depth": 2, "fullatt_block_indexes": [1]},
+    "text_config": {**ARCHS["qwen2.5-vl-7b"]["text_config"], "num_hidden_layers": 2},
+}
+ARCHS["cpu-small-qwen3-vl"] = {
+    **ARCHS["qwen3-vl-8b"],
+    "vision_config": {**ARCHS["qwen3-vl-8b"]["vision_config"], "depth": 2, "deepstack_visual_indexes": [0, 1]},
+    "text_config": {**ARCHS["qwen3-vl-8b"]["text_config"], "num_hidden_layers": 2},
+}
 # InternVL3-8B in the hf format (OpenGVLab/InternVL3-8B-hf): InternViT-300M-448px-V2.5 + Qwen2.5-7B (its
 # vocabulary trimmed to 151674 with InternVL's specials), pixel shuffle 0.5, LayerNorm + MLP projector.
 _INTERNVL3 = {

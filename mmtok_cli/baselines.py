@@ -65,7 +65,9 @@ from .selection import (
     select,
 )
 
-BASELINES = ("random", "uniform", "vision", "text", "divprune", "visionzip")
+BASELINES = ("random", "uniform", "vision", "text", "divprune", "visionzip", "evs")
+EVS_FIRST = 255.0
+"""EVS's score of a first-grid token (vLLM's constant: above any dissimilarity, which is at most 2)."""
 RANDOM_SEED = 0
 
 
@@ -109,12 +111,14 @@ def choose(
     seed: int | Sequence[int] = RANDOM_SEED,
     divprune_on: str = "vision",
     zip_inputs: ZipInputs | None = None,
+    previous: torch.Tensor | None = None,
 ) -> Selection:
     """Kept token indices per image (ascending, and in pick order) for `method` ("mmtok" or one of `BASELINES`).
 
     Arguments as in `selection.select`; `seed` (one for all images, or one per image) is used by "random" only;
     `divprune_on` ("vision" or "features") says which tensor "divprune" reads; "visionzip" needs `zip_inputs`
-    and returns the rows the language model receives (`Selection.rows`).
+    and returns the rows the language model receives (`Selection.rows`); "evs" reads `previous` (B, n) long, each
+    token's predecessor at the same position of the previous temporal grid (-1: none; None: no token has one).
     """
     if method == "mmtok":
         return select(
@@ -143,6 +147,9 @@ def choose(
             return _uniform(k_rows, allowed_rows)
         if method == "divprune":
             return _divprune((vision if divprune_on == "vision" else features)[rows], k_rows, allowed_rows)
+        if method == "evs":
+            prev = torch.full(vision.shape[:2], -1, device=vision.device) if previous is None else previous
+            return _top_k(evs_scores(vision[rows], prev[rows].to(vision.device)), k_rows, allowed_rows)
         t = None if text is None else text[rows]
         tm = None if t is None or text_mask is None else text_mask[rows]
         vm = None if vision_mask is None else vision_mask[rows]
@@ -168,6 +175,14 @@ def _top_k(scores: torch.Tensor, k: torch.Tensor, allowed: torch.Tensor) -> torc
     picks, values = order.indices[:, :steps], order.values[:, :steps]
     none = (torch.arange(steps, device=k.device) >= k[:, None]) | torch.isneginf(values)
     return picks.masked_fill(none, -1)
+
+
+def evs_scores(vision: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+    """(B, n) EVS scores: 1 - cos(V[j], V[previous[j]]), or `EVS_FIRST` where a token has no predecessor."""
+    has = previous >= 0
+    before = vision.gather(1, previous.clamp_min(0)[..., None].expand_as(vision))
+    dissimilarity = 1 - F.cosine_similarity(vision.float(), before.float(), dim=-1)
+    return torch.where(has, dissimilarity, torch.full_like(dissimilarity, EVS_FIRST))
 
 
 def _random(k: torch.Tensor, allowed: torch.Tensor, seeds: list[int]) -> torch.Tensor:

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import torch
-from PIL import Image
 
 from .engine import Engine
 from .errors import MmtokError, first_line
-from .io import URL_TIMEOUT_S, InputPlan, Item, answer_fields, open_source, record
+from .io import URL_TIMEOUT_S, InputPlan, Item, answer_fields, open_visuals, record
 from .models.base import Prepared
+from .video import FrameSampling
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -56,6 +56,8 @@ class BatchOptions:
     their defaults."""
     download_timeout: float = URL_TIMEOUT_S
     """Deadline for one image download, whole: a slow or endless one fails its item alone."""
+    frame_sampling: FrameSampling = field(default_factory=FrameSampling)
+    """Which frames of each video to decode (--frames / --fps / --max-frames; else the family's own rule)."""
     post_prompt: str | None = None
     """An instruction appended to every question (`Engine.prepare`); records name it."""
 
@@ -120,7 +122,8 @@ class Summary:
 @dataclass
 class _Entry:
     item: Item
-    image: Image.Image | None = None
+    image: Any = None
+    """What the item asks about, opened: an image, a video, or a list of them."""
     load_ms: float = 0.0
 
 
@@ -203,6 +206,7 @@ class BatchRunner(PassRunner[_Entry]):
         self.base = base
         self.batch_size = options.batch_size
         self.debug = options.debug
+        self.sampling, self.frame_rule = engine.video_sampling(options.frame_sampling)
 
     def run(
         self,
@@ -300,12 +304,13 @@ class BatchRunner(PassRunner[_Entry]):
             except queue.Full:
                 continue
 
-    def _open(self, item: Item) -> tuple[Image.Image | None, float, str | None]:
+    def _open(self, item: Item) -> tuple[Any, float, str | None]:
         if item.picture is not None:
             return item.picture, 0.0, None
         start = time.perf_counter()
         try:
-            image = open_source(item.image, self.base, timeout=self.options.download_timeout)
+            image = open_visuals(item.visual_sources(), self.base, sampling=self.sampling, rule=self.frame_rule,
+                                 timeout=self.options.download_timeout)
         except MmtokError as exc:
             return None, (time.perf_counter() - start) * 1e3, str(exc)
         return image, (time.perf_counter() - start) * 1e3, None

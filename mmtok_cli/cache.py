@@ -7,6 +7,9 @@ entry); it encodes only the images it does not find, each once even when several
 and stores them. Entries are one image's tokens (`VisionTokens.split`), evicted least recently used first
 when the bytes they hold pass the bound. Answers do not change: an entry is exactly what encoding the image
 again would give (batch padding is rebuilt by `VisionTokens.join`).
+
+An item of several images or videos is one entry, keyed by all its inputs (`visual_key`); a video by its sampled
+frames.
 """
 
 from __future__ import annotations
@@ -40,6 +43,30 @@ def image_key(image: Image.Image, salt: str = "") -> str:
     digest.update(f"{image.mode}:{image.width}x{image.height}:{salt}:".encode())
     digest.update(image.tobytes())
     return digest.hexdigest()
+
+
+def video_key(video: Any, salt: str = "") -> str:
+    """A digest of a video's sampled frames and which frames of the file they are (their timing reaches the model:
+    Qwen's temporal positions and timestamps), so the same clip sampled alike is one entry."""
+    digest = hashlib.blake2b(digest_size=16)
+    info = video.info
+    digest.update(f"video:{video.frames.shape}:{video.indices}:{info.fps}:{info.total_frames}:{salt}:".encode())
+    digest.update(video.frames.tobytes())
+    return digest.hexdigest()
+
+
+def visual_key(entry: Any, salt: str = "") -> str:
+    """An item's key: `image_key` for one image (so a single image's key is the same as ever), `video_key` for one
+    video, and for several inputs a digest of their keys in prompt order."""
+    from .video import is_video
+
+    if isinstance(entry, (list, tuple)):
+        if len(entry) == 1:
+            return visual_key(entry[0], salt)
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(("items:" + ",".join(visual_key(v, salt) for v in entry)).encode())
+        return digest.hexdigest()
+    return video_key(entry, salt) if is_video(entry) else image_key(entry, salt)
 
 
 def tensor_bytes(value: Any) -> int:

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from PIL import Image
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
@@ -22,7 +21,7 @@ from .cache import VisionCache, default_mb
 from .errors import MmtokError, UsageError
 from .flops import estimated_speedup
 from .models import Adapter, load_adapter
-from .models.base import Prepared, VisionTokens, merged_feed
+from .models.base import Prepared, VisionTokens, as_visuals, input_counts, kept_by_input, merged_feed
 from .options import (
     AGENT_MAX_NEW_TOKENS,
     AGENT_METHODS,
@@ -36,6 +35,7 @@ from .options import (
 )
 from .selection import ALPHA, TAU_V, Selection
 from .text import with_post_prompt
+from .video import FrameSampling, is_video
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -49,9 +49,11 @@ class Answer:
     vision_total: int
     vision_kept: int
     kept_indices: list[list[int]]
+    """Per visual input of the item (one list for an item of one image), its kept tokens, counted within it."""
     kept_order: list[list[int]]
     """`kept_indices` in the order the selection picked them (first = picked first); index order for
-    full, random and uniform, and wherever everything was kept."""
+    full, random and uniform, and wherever everything was kept. For an item of several inputs, one list over all
+    its tokens (counted over the inputs one after another), as the selection picks over them together."""
     prompt_unpruned: int
     prompt_pruned: int
     speedup_estimated: float = 1.0
@@ -65,6 +67,8 @@ class Answer:
     vision_cached: bool = False
     """The image's vision tokens were not encoded for this item: the engine's cache had them, or an earlier item of
     the batch shows the same image (`timings_ms.vision` is then only the look-up)."""
+    vision_inputs: list[dict[str, Any]] = field(default_factory=list)
+    """Per visual input in prompt order: {"kind": "image" | "video", "total", "kept"} (a video's also "frames")."""
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -201,11 +205,18 @@ class Engine:
         (fast tokenizers must not be used from two threads at once)."""
         return self.adapter.for_thread()
 
+    def video_sampling(self, sampling: FrameSampling | None = None) -> tuple[FrameSampling, Any]:
+        """`sampling` checked, and the family's own frame rule for the videos it leaves to the default (see
+        `video.decode`)."""
+        return (sampling or FrameSampling()).check(), self.adapter.frame_rule()
+
     def prepare(
-        self, images: list[Image.Image], questions: list[str], *, adapter: Adapter | None = None,
+        self, images: list[Any], questions: list[str], *, adapter: Adapter | None = None,
         post_prompt: str | None = None, conversations: Sequence[list[dict] | None] | None = None,
     ) -> Prepared:
-        """Processor inputs for a batch (CPU work; safe in a background thread with `preprocessor()`).
+        """Processor inputs for a batch (CPU work; safe in a background thread with `preprocessor()`). Each entry of
+        `images` is what one question asks about: an image, a video (`video.Video`), or a list of them in prompt
+        order.
 
         `post_prompt`: a fixed instruction the model reads after every question, on a line of its own (e.g.
         "Answer the question using a single word or phrase."); `run_prepared` leaves it out of T (text.py).
@@ -213,7 +224,7 @@ class Engine:
         the question is then its last user text, which the selection reads; a post_prompt belongs in the chat).
         """
         if len(images) != len(questions) or not images:
-            raise ValueError("need one question per image, and at least one image")
+            raise ValueError("need one question per item, and at least one item")
         check_post_prompt(post_prompt)
         adapter = adapter or self.adapter
         if post_prompt and conversations and any(c is not None for c in conversations):
@@ -225,12 +236,13 @@ class Engine:
         return prepared
 
     def run(
-        self, images: list[Image.Image], questions: list[str], *, post_prompt: str | None = None,
+        self, images: list[Any], questions: list[str], *, post_prompt: str | None = None,
         conversations: Sequence[list[dict] | None] | None = None, **options: Any,
     ) -> list[Answer]:
-        """Answer one question per image as a single batch: `prepare` (with `post_prompt` or `conversations`, see
-        there), then `run_prepared` with `options` (tokens, method, max_new_tokens, alpha, tau_t, tau_v, budget,
-        question_words, ignore_eos, agent, agent_tokens, sampling; see there)."""
+        """Answer one question per item (an image, a video, or a list of them) as a single batch: `prepare` (with
+        `post_prompt` or `conversations`, see there), then `run_prepared` with `options` (tokens, method,
+        max_new_tokens, alpha, tau_t, tau_v, budget, question_words, ignore_eos, agent, agent_tokens, sampling; see
+        there)."""
         t0 = self._sync()
         prepared = self.prepare(images, questions, post_prompt=post_prompt, conversations=conversations)
         return self.run_prepared(prepared, questions, preprocess_ms=(self._sync() - t0) * 1e3, **options)
@@ -342,17 +354,20 @@ class Engine:
         # Per item, not per batch: an image of one view gets no `budget`, whatever its batch mates are.
         last_view = [0] * len(counts) if vt.parts is None or method == "full" else vt.parts.amax(1).tolist()
         words = {"question_words": question_words} if method in AGENT_METHODS else {}
+        sizes = input_counts(vt)
+        by_input = kept_by_input(vt, kept if kept is not None else [torch.arange(n) for n in counts])
         answers = []
         for row, (ids, text) in enumerate(finished):
             kept_row = list(range(counts[row])) if kept is None else kept[row].tolist()
             order_row = kept_row if order is None else order[row].tolist()
+            kept_inputs = [idx.tolist() for idx in by_input[row]]
             answers.append(
                 Answer(
                     answer=text,
                     output_ids=ids,
                     vision_total=counts[row],
                     vision_kept=len(kept_row) if fed is None else fed[row],
-                    kept_indices=[kept_row],
+                    kept_indices=kept_inputs,
                     kept_order=[order_row],
                     prompt_unpruned=unpruned[row],
                     prompt_pruned=pruned[row],
@@ -361,6 +376,7 @@ class Engine:
                     agent_answer=None if agent_answers is None else agent_answers[row],
                     conventions={**({"budget": budget} if last_view[row] > 0 else {}), **words},
                     vision_cached=reused[row],
+                    vision_inputs=_input_fields(prepared, row, sizes[row], kept_inputs, fed),
                 )
             )
         return answers
@@ -375,8 +391,8 @@ class Engine:
         if cache is None or not prepared.images:
             start = self._sync()
             vt = adapter.encode(prepared)
-            share = (self._sync() - start) * 1e3 / len(prepared.image_sizes)
-            return vt, [False] * len(prepared.image_sizes), [share] * len(prepared.image_sizes)
+            share = (self._sync() - start) * 1e3 / prepared.rows
+            return vt, [False] * prepared.rows, [share] * prepared.rows
         start = self._sync()
         if prepared.keys is None:  # prepared without `Engine.prepare`
             prepared.keys = adapter.image_keys(prepared.images)
@@ -480,14 +496,32 @@ class Engine:
         cut = [_until_eos(ids, eos) for ids in rows]
         return [(ids, tokenizer.decode(ids, skip_special_tokens=True).strip()) for ids in cut]
 
-    def ask(self, image: Image.Image, question: str, **options: Any) -> Answer:
-        """Answer one question about one image (see `run` for the options)."""
+    def ask(self, image: Any, question: str, **options: Any) -> Answer:
+        """Answer one question about one image, video, or list of them (see `run` for the options)."""
         return self.run([image], [question], **options)[0]
 
 
-def image_seed(image: Image.Image, seed: int = RANDOM_SEED) -> int:
-    """`random`'s seed for an image: a checksum of its pixels, so the draw follows the image, not its batch."""
-    return zlib.crc32(image.tobytes(), seed)
+def image_seed(image: Any, seed: int = RANDOM_SEED) -> int:
+    """`random`'s seed for an item: a checksum of its pixels (an image's, a video's sampled frames, or those of each
+    input in turn), so the draw follows the item, not its batch."""
+    for visual in as_visuals(image):
+        seed = zlib.crc32(visual.frames.tobytes() if is_video(visual) else visual.tobytes(), seed)
+    return seed
+
+
+def _input_fields(prepared: Prepared, row: int, sizes: list[int], kept: list[list[int]],
+                  fed: list[int] | None) -> list[dict[str, Any]]:
+    """`Answer.vision_inputs` of one row: each input's kind, tokens and kept tokens (a video's frames too)."""
+    visuals = prepared.visuals[row] if prepared.images else [None] * len(sizes)
+    out = []
+    for visual, size, idx in zip(visuals, sizes, kept):
+        # visionzip feeds new rows (`fed`); an item of one input counts those
+        n_kept = fed[row] if fed is not None and len(sizes) == 1 else len(idx)
+        entry: dict[str, Any] = {"kind": "video" if is_video(visual) else "image", "total": size, "kept": n_kept}
+        if is_video(visual):
+            entry["frames"] = len(visual.indices)
+        out.append(entry)
+    return out
 
 
 def check_agent_model(name: str) -> None:

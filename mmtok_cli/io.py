@@ -24,6 +24,7 @@ from typing import IO, TYPE_CHECKING, Any
 from PIL import Image, UnidentifiedImageError
 
 from .errors import MmtokError, RefusedSource, UsageError
+from .video import VIDEO_SUFFIXES, FrameSampling
 
 if TYPE_CHECKING:
     from .engine import Answer
@@ -44,6 +45,9 @@ RECORD_FIELDS = (
     "id", "image", "question", "answer", "vision_tokens", "prompt_tokens", "timings_ms", "speedup", "error",
 )
 _OPTIONAL_KEYS = ("id", "tokens", "max_new_tokens")
+VISUAL_KEYS = {"image": "image", "images": "image", "video": "video", "videos": "video"}
+"""Input keys that name an item's visual inputs, and the kind of each: "image" / "video" one path or URL, "images" /
+"videos" a list; an item's inputs are in the order of its keys, each list in its own order."""
 
 
 def load_image(source: str) -> Image.Image:
@@ -96,7 +100,7 @@ def _public_connection(address: tuple[str, int], timeout: Any = socket._GLOBAL_D
     refused = sorted({info[4][0] for info in found if not public_address(info[4][0])})
     if refused:
         raise RefusedSource(f"{host} resolves to {refused[0]}, a loopback, private or link-local address; "
-                            "such image URLs are refused (the server's --allow-private-urls allows them)")
+                            "such URLs are refused (the server's --allow-private-urls allows them)")
     error: OSError | None = None
     for family, kind, proto, _, sockaddr in found:
         sock = socket.socket(family, kind, proto)
@@ -134,10 +138,10 @@ class _PublicHTTPS(urllib.request.HTTPSHandler):
         return self.do_open(_guarded(http.client.HTTPSConnection), req, context=self._context)
 
 
-def fetch_image(
+def fetch_bytes(
     url: str, timeout: float = URL_TIMEOUT_S, max_bytes: int = MAX_DOWNLOAD_BYTES, *, allow_private: bool = True
-) -> Image.Image:
-    """Download and decode an http(s) image, with one-line errors for every way that fails.
+) -> bytes:
+    """Download an http(s) resource (an image, a video), with one-line errors for every way that fails.
 
     `timeout` bounds the whole download (connecting, redirects and every byte), not each read, so a
     server that trickles a byte at a time fails within it; the body is capped at `max_bytes` (checked
@@ -188,7 +192,14 @@ def fetch_image(
     data = b"".join(chunks)
     if not data:
         raise MmtokError(f"{url} returned no data")
-    return _decode(io.BytesIO(data), url)
+    return data
+
+
+def fetch_image(
+    url: str, timeout: float = URL_TIMEOUT_S, max_bytes: int = MAX_DOWNLOAD_BYTES, *, allow_private: bool = True
+) -> Image.Image:
+    """Download (`fetch_bytes`, `allow_private` there) and decode an http(s) image."""
+    return _decode(io.BytesIO(fetch_bytes(url, timeout, max_bytes, allow_private=allow_private)), url)
 
 
 def decode_image(data: bytes, name: str) -> Image.Image:
@@ -222,9 +233,52 @@ def open_source(source: str, base: Path | None = None, *, timeout: float = URL_T
     return load_image(str(path)) if path.exists() else _missing(source, path)
 
 
-def _missing(source: str, path: Path) -> Image.Image:
+def _missing(source: str, path: Path, what: str = "image") -> Any:
     where = "" if str(path) == source else f" (looked at {path})"
-    raise MmtokError(f"image not found: {source}{where}")
+    raise MmtokError(f"{what} not found: {source}{where}")
+
+
+def open_video(
+    source: str, base: Path | None = None, *, sampling: FrameSampling | None = None, rule: Any = None,
+    timeout: float = URL_TIMEOUT_S,
+) -> Any:
+    """A video's sampled frames (`video.decode`, `rule`: the family's default choice) from a URL (at most
+    `video.MAX_DOWNLOAD_BYTES`, within `timeout` seconds), an absolute path, or a path relative to `base`."""
+    from .video import MAX_DOWNLOAD_BYTES as VIDEO_BYTES
+    from .video import decode
+
+    if is_url(source):
+        data = fetch_bytes(source, timeout=timeout, max_bytes=VIDEO_BYTES)
+        return decode(io.BytesIO(data), sampling, default=rule, name=source)
+    path = Path(source).expanduser()
+    if base is not None and not path.is_absolute():
+        path = base / path
+    if not path.exists():
+        return _missing(source, path, "video")
+    return decode(path, sampling, default=rule, name=source)
+
+
+def open_visuals(
+    sources: list[tuple[str, str]], base: Path | None = None, *, sampling: FrameSampling | None = None,
+    rule: Any = None, timeout: float = URL_TIMEOUT_S,
+) -> Any:
+    """An item's visual inputs opened in order: one image or video alone, several as a list (`Engine.prepare`)."""
+    opened = [open_video(src, base, sampling=sampling, rule=rule, timeout=timeout) if kind == "video"
+              else open_source(src, base, timeout=timeout) for kind, src in sources]
+    return opened[0] if len(opened) == 1 else opened
+
+
+def source_fields(sources: list[tuple[str, str]]) -> dict[str, Any]:
+    """How a record names an item's inputs, as an input line would: "image" for one image; else "images" and
+    "video" / "videos" (in that order)."""
+    images = [src for kind, src in sources if kind == "image"]
+    videos = [src for kind, src in sources if kind == "video"]
+    if len(sources) == 1 and images:
+        return {"image": images[0]}
+    out: dict[str, Any] = {"images": images} if images else {}
+    if videos:
+        out.update({"video": videos[0]} if len(videos) == 1 else {"videos": videos})
+    return out
 
 
 def _decode(fp: Path | io.BytesIO, name: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
@@ -290,14 +344,21 @@ class Item:
     """1-based position in the input; the default id."""
     id: Any
     image: str | None = None
+    """The item's one image (path or URL); None for an item of several inputs or a video (`sources` has them)."""
     question: str | None = None
     tokens: int | None = None
     max_new_tokens: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     """Unknown input keys, carried through to the output record."""
     error: str | None = None
-    picture: Image.Image | None = None
-    """The image itself, already decoded (lmms-eval hands over PIL images); `image` then only names it."""
+    picture: Any = None
+    """The visual input itself, already decoded (lmms-eval hands over PIL images): an image, a video, or a list of
+    them (`Engine.prepare`); `image` / `sources` then only name it."""
+    sources: list[tuple[str, str]] = field(default_factory=list)
+    """Every visual input as (kind, path or URL) in prompt order, kind "image" or "video"; empty: `image` alone."""
+
+    def visual_sources(self) -> list[tuple[str, str]]:
+        return self.sources or ([("image", self.image)] if self.image is not None else [])
 
 
 def positive_int(value: Any, name: str) -> int:
@@ -331,15 +392,16 @@ def parse_line(
     item.extra = {k: v for k, v in data.items() if k not in ("image", "question", *_OPTIONAL_KEYS)}
     image, question = data.get("image"), data.get("question", default_question)
     try:
-        if not isinstance(image, str) or not image.strip():
-            raise ValueError("missing 'image' (a path, relative to the JSONL file, or an http(s) URL)")
+        sources = _visual_sources(data)
         if question is None:
             raise ValueError("missing 'question'")
         if not isinstance(question, str):
             raise ValueError(f"'question' must be a string (got {type(question).__name__})")
         if not question.strip():
             raise ValueError("the question is empty")
-        item.image, item.question = image, question
+        item.question = question
+        item.image = image if sources == [("image", image)] else None
+        item.sources = sources
         if "tokens" in data:
             item.tokens = positive_int(data["tokens"], "tokens")
         if "max_new_tokens" in data:
@@ -351,6 +413,27 @@ def parse_line(
     return item
 
 
+def _visual_sources(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """The line's visual inputs (`VISUAL_KEYS`) as (kind, source), in the order of its keys."""
+    sources = []
+    for key, value in data.items():
+        kind = VISUAL_KEYS.get(key)
+        if kind is None:
+            continue
+        values = value if key.endswith("s") else [value]
+        if key.endswith("s") and (not isinstance(value, list) or not value):
+            raise ValueError(f"'{key}' must be a non-empty list of paths or URLs")
+        for entry in values:
+            if not isinstance(entry, str) or not entry.strip():
+                raise ValueError(f"'{key}' must hold paths (relative to the JSONL file) or http(s) URLs, "
+                                 f"not {json.dumps(entry)}")
+            sources.append((kind, entry))
+    if not sources:
+        raise ValueError("missing 'image' (a path, relative to the JSONL file, or an http(s) URL; or 'images', "
+                         "'video', 'videos')")
+    return sources
+
+
 def read_jsonl(stream: Iterable[str], default_question: str | None = None) -> Iterator[Item]:
     """Every line of a JSONL stream as an Item, blank and broken lines included (as errors)."""
     for number, text in enumerate(stream, start=1):
@@ -358,11 +441,19 @@ def read_jsonl(stream: Iterable[str], default_question: str | None = None) -> It
 
 
 def folder_items(folder: Path, question: str) -> tuple[list[Item], list[str]]:
-    """Items for the images in `folder` (sorted by name), and the names of files skipped as non-images."""
+    """Items for the images and videos in `folder` (sorted by name), and the names of files skipped as neither."""
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
-    skipped = [p.name for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
-    return [Item(line=i, id=p.name, image=p.name, question=question) for i, p in enumerate(images, 1)], skipped
+    items, skipped = [], []
+    for p in files:
+        suffix = p.suffix.lower()
+        if suffix in IMAGE_SUFFIXES:
+            items.append(Item(line=len(items) + 1, id=p.name, image=p.name, question=question))
+        elif suffix in VIDEO_SUFFIXES:
+            items.append(Item(line=len(items) + 1, id=p.name, question=question, sources=[("video", p.name)],
+                              extra={"video": p.name}))
+        else:
+            skipped.append(p.name)
+    return items, skipped
 
 
 class InputPlan:
@@ -415,9 +506,11 @@ def plan_inputs(
             raise UsageError(f"'{source}' is a folder: give the question for its images with --question")
         items, skipped = folder_items(path, question)
         if not items:
-            raise UsageError(f"no images in '{source}' (looked for {', '.join(IMAGE_SUFFIXES)})")
+            raise UsageError(f"no images or videos in '{source}' (looked for "
+                             f"{', '.join(IMAGE_SUFFIXES + VIDEO_SUFFIXES)})")
         if skipped:
-            notes.append(f"skipped {len(skipped)} file(s) that are not images: {', '.join(skipped[:5])}"
+            notes.append(f"skipped {len(skipped)} file(s) that are neither images nor videos: "
+                         f"{', '.join(skipped[:5])}"
                          + (" …" if len(skipped) > 5 else ""))
         left = sum(1 for it in items if not done[id_key(it.id)])
         return InputPlan(lambda: iter(items), len(items), path, len(items) - left, done, notes)
@@ -502,7 +595,11 @@ def answer_fields(answer: Answer, *, load_ms: float | None = None, full: Answer 
     fields: dict[str, Any] = {
         "answer": answer.answer,
         **({} if answer.agent_answer is None else {"agent_answer": answer.agent_answer}),  # runs with the agent
-        "vision_tokens": {"total": answer.vision_total, "kept": answer.vision_kept, "cached": answer.vision_cached},
+        "vision_tokens": {
+            "total": answer.vision_total, "kept": answer.vision_kept, "cached": answer.vision_cached,
+            # per input, for an item of several inputs or a video (one image's are the totals)
+            **({"inputs": answer.vision_inputs} if _several(answer.vision_inputs) else {}),
+        },
         **({"selection": dict(answer.conventions)} if answer.conventions else {}),  # the conventions that applied
         "prompt_tokens": {"unpruned": answer.prompt_unpruned, "pruned": answer.prompt_pruned},
         "timings_ms": timings,
@@ -515,6 +612,10 @@ def answer_fields(answer: Answer, *, load_ms: float | None = None, full: Answer 
             "answer": full.answer, "agree": full.answer == answer.answer, "timings_ms": full.timings_ms,
         }
     return fields
+
+
+def _several(inputs: list[dict[str, Any]]) -> bool:
+    return len(inputs) > 1 or any(entry["kind"] == "video" for entry in inputs)
 
 
 class RecordWriter:

@@ -11,7 +11,7 @@ import math
 from .errors import UsageError
 
 DEFAULT_MODEL = "llava-hf/llava-1.5-7b-hf"
-METHODS = ("mmtok", "full", "random", "uniform", "vision", "text", "divprune", "visionzip")
+METHODS = ("mmtok", "full", "random", "uniform", "vision", "text", "divprune", "visionzip", "evs")
 METHOD_HELP = {
     "mmtok": "coverage of the question's tokens and of all vision tokens (the default)",
     "full": "no pruning: every vision token",
@@ -21,6 +21,7 @@ METHOD_HELP = {
     "text": "coverage of the question's tokens only (MMTok's P term; vision if the question has none)",
     "divprune": "max-min diversity of the tokens, cosine distance (DivPrune, as its authors' code: V on LLaVA, U on Qwen)",
     "visionzip": "the tokens the CLS attends to most, plus the rest merged into a few (VisionZip; LLaVA, LLaVA-NeXT)",
+    "evs": "videos: the tokens that changed most since the previous frame, the first frame's first (vLLM's EVS)",
 }
 """One line per method, for --help and the README."""
 DTYPES = ("auto", "float32", "bfloat16", "float16")

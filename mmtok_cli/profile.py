@@ -11,6 +11,10 @@ so at batch size B the whole batch's prefill took B x `prefill`. `end_to_end_ms`
 around the whole `Engine.run` call (processor, vision, selection, generation, decoding the text);
 the stages are the engine's own timings inside it. Decoding the image file is not included.
 
+`--video-frames N` asks about a generated clip of N frames at 448 x 448 instead (the video families: Qwen2.5-VL,
+Qwen3-VL, Qwen3.5; transformers' video processors need torchvision); decoding a video file is not included either
+(benchmarks/video.py measures that).
+
 `--arch NAME` profiles a real architecture from `archs.py` with random weights: its config plus a
 processor (the family's real image processor at the real resolution, and the offline tokenizer
 from `tiny.py`) are written to a temporary folder and loaded through the normal loading path, with
@@ -75,10 +79,28 @@ def default_image(size: int = IMAGE_SIZE) -> Image.Image:
     return Image.merge("RGB", (ramp, ramp.rotate(90), Image.radial_gradient("L").resize((size, size))))
 
 
+VIDEO_SIZE = 448
+"""Frame side of --video-frames' clip: 16 frames are 2,048 merged tokens on Qwen2.5-VL (8 grids of 16 x 16)."""
+VIDEO_FPS = 2.0
+
+
+def default_video(frames: int, size: int = VIDEO_SIZE) -> Any:
+    """A deterministic clip of `frames` frames: the test image panning one pixel column per frame (so consecutive
+    frames differ a little, as a real clip's do), at VIDEO_FPS frames per second."""
+    import numpy as np
+
+    from .video import Video, VideoInfo
+
+    base = np.asarray(default_image(size + frames))
+    clip = np.stack([base[:size, i : i + size] for i in range(frames)])
+    return Video(frames=clip, indices=list(range(frames)), info=VideoInfo(frames, VIDEO_FPS, size, size),
+                 source="generated")
+
+
 def _qwen_vl_processor(config: Any, path: Path) -> Any:
     from transformers import Qwen2VLImageProcessorPil
 
-    from .tiny import QWEN_VISION_TOKENS, build_tokenizer, qwen_chat_template
+    from .tiny import QWEN_VISION_TOKENS, build_tokenizer, qwen_chat_template, save_qwen_video_processor
 
     tokenizer = build_tokenizer(qwen=True)
     names = ("vision_start_token_id", "vision_end_token_id", "image_token_id", "video_token_id")
@@ -88,6 +110,9 @@ def _qwen_vl_processor(config: Any, path: Path) -> Any:
     tokenizer.save_pretrained(path)
     system = "You are a helpful assistant." if config.model_type == "qwen2_5_vl" else None
     (path / "chat_template.jinja").write_text(qwen_chat_template(system))
+    # the family's real video processor (its class's sizes), for --video-frames
+    save_qwen_video_processor(path, "2.5" if config.model_type == "qwen2_5_vl" else "3",
+                              patch=config.vision_config.patch_size)
     return tokenizer
 
 
@@ -220,7 +245,7 @@ def _median_spread(values: list[float]) -> tuple[float, list[float]]:
 
 
 def _measure_once(
-    engine: Engine, cfg: _Config, image: Image.Image, question: str, new_tokens: int, method: str = "mmtok",
+    engine: Engine, cfg: _Config, image: Any, question: str, new_tokens: int, method: str = "mmtok",
     **conventions: str,
 ) -> dict[str, float]:
     n = cfg.batch_size
@@ -262,32 +287,44 @@ def profile(
     method: str = "mmtok",
     budget: str = "total",
     question_words: str = "content",
+    video_frames: int | None = None,
 ) -> dict[str, Any]:
     """Measure every configuration and return the report (the `--json` document, see the module doc).
 
     `method` selects the tokens of every budget but 'full' (MMTok or a baseline); `budget` and `question_words`
-    as in `Engine.run_prepared` (the report's `selection`)."""
+    as in `Engine.run_prepared` (the report's `selection`). `video_frames`: ask about a generated clip of that many
+    frames (`default_video`) instead of the image (families with videos; decoding a file is not part of it)."""
     if new_tokens < 1 or repeats < 1 or warmup < 0:
         raise UsageError("need --new-tokens >= 1, --repeats >= 1 and --warmup >= 0")
     budgets = list(budgets) if "full" in budgets else ["full", *budgets]
     image = image or default_image()
+    visual: Any = image
+    if video_frames is not None:
+        if video_frames < 1:
+            raise UsageError(f"--video-frames must be at least 1 (got {video_frames})")
+        if not engine.adapter.videos:
+            raise UsageError(f"--video-frames: {engine.adapter.family} checkpoints take no videos")
+        visual = default_video(video_frames)
     configs = [_Config(b, n) for n in batch_sizes for b in budgets]
     rounds = warmup + repeats
     # Every round shows the same image, batch mates too: the profile measures what a new image costs, uncached.
     cache, engine.cache = engine.cache, None
     try:
-        _measure_all(engine, configs, rounds, warmup, repeats, image, question, new_tokens, method, progress,
+        _measure_all(engine, configs, rounds, warmup, repeats, visual, question, new_tokens, method, progress,
                      budget=budget, question_words=question_words)
     finally:
         engine.cache = cache
-    report = _report(engine, configs, new_tokens=new_tokens, warmup=warmup, repeats=repeats, image=image,
+    report = _report(engine, configs, new_tokens=new_tokens, warmup=warmup, repeats=repeats,
+                     image=image if video_frames is None else Image.new("RGB", (VIDEO_SIZE, VIDEO_SIZE)),
                      question=question, method=method)
     report["selection"] = {"budget": budget, "question_words": question_words}
+    if video_frames is not None:
+        report["video_frames"] = video_frames
     return report
 
 
 def _measure_all(
-    engine: Engine, configs: list[_Config], rounds: int, warmup: int, repeats: int, image: Image.Image, question: str,
+    engine: Engine, configs: list[_Config], rounds: int, warmup: int, repeats: int, image: Any, question: str,
     new_tokens: int, method: str, progress: Callable[[str], None] | None, **conventions: str,
 ) -> None:
     for r in range(rounds):

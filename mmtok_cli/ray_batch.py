@@ -67,6 +67,10 @@ class _Worker:
             reason = str(exc) if isinstance(exc, MmtokError) else root_cause(exc)
             self.error = f"Ray worker could not load the model: {reason}"
             return
+        from .video import FrameSampling
+
+        # `dataclasses.asdict` turned the frame sampling into a dict for the trip
+        options = {**options, "frame_sampling": FrameSampling(**options["frame_sampling"])}
         self.runner = BatchRunner(engine, BatchOptions(**options), base=Path(base))
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:

@@ -45,11 +45,15 @@ CHAT_TEMPLATE = (
 QWEN_VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 
 
-def qwen_chat_template(system: str | None, image: str = "<|vision_start|><|image_pad|><|vision_end|>") -> str:
-    """Qwen-VL's conversation format for images (the real templates also handle videos and tools).
+def qwen_chat_template(
+    system: str | None, image: str = "<|vision_start|><|image_pad|><|vision_end|>",
+    video: str | None = "<|vision_start|><|video_pad|><|vision_end|>",
+) -> str:
+    """Qwen-VL's conversation format for images and videos (the real templates also handle tools).
 
     Qwen2.5-VL opens with a default system turn ("You are a helpful assistant."); Qwen3-VL has none.
-    `image` is what an image part becomes (InternVL3, whose LLM is a Qwen2.5, writes "<IMG_CONTEXT>\\n").
+    `image` is what an image part becomes (InternVL3, whose LLM is a Qwen2.5, writes "<IMG_CONTEXT>\\n"), `video`
+    what a video part becomes (None: the template has no videos).
     """
     opening = (
         "{% if loop.first and message['role'] != 'system' %}"
@@ -62,7 +66,8 @@ def qwen_chat_template(system: str | None, image: str = "<|vision_start|><|image
         "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
         "{% for part in message['content'] %}"
         "{% if part['type'] == 'image' %}{{ '" + image + "' }}"
-        "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+        + ("" if video is None else "{% elif part['type'] == 'video' %}{{ '" + video + "' }}")
+        + "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
         "{% endfor %}{% endif %}"
         "{{ '<|im_end|>\\n' }}{% endfor %}"
         "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
@@ -413,7 +418,28 @@ def build_tiny_qwen_vl(
     image_processor.save_pretrained(path)
     tokenizer.save_pretrained(path)
     (path / "chat_template.jinja").write_text(qwen_chat_template(system))
+    save_qwen_video_processor(path, version, patch=patch, max_tokens=max_tokens,
+                              mean=list(image_processor.image_mean), std=list(image_processor.image_std))
     return path
+
+
+def save_qwen_video_processor(path: Path, version: str, *, patch: int, max_tokens: int | None = None,
+                              mean: list[float] | None = None, std: list[float] | None = None) -> None:
+    """The video processor's config, written as JSON (building the class needs torchvision, which the default
+    install lacks): frames resized like the images (`max_tokens` merged tokens per frame at most; None: the class's
+    real sizes), 2 frames per temporal grid. Qwen2.5-VL's takes every frame it is given; Qwen3-VL's (and Qwen3.5's)
+    samples 2 per second by default, as the real ones do."""
+    unit = patch * 2
+    config: dict = {
+        "video_processor_type": "Qwen2VLVideoProcessor" if version == "2.5" else "Qwen3VLVideoProcessor",
+        "patch_size": patch, "temporal_patch_size": 2, "merge_size": 2, "cap_pixels_per_frame": False,
+        **({} if mean is None else {"image_mean": mean, "image_std": std}),
+    }
+    if max_tokens is not None:
+        config["size"] = {"shortest_edge": 4 * unit * unit, "longest_edge": max_tokens * unit * unit}
+    if version != "2.5":
+        config.update(fps=2, do_sample_frames=True, min_frames=4, max_frames=768)
+    (path / "video_preprocessor_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
 def build_tiny_gemma3(
@@ -555,7 +581,7 @@ def save_internvl_processor(path: Path, tokenizer, *, tile: int, per_tile: int, 
         image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
     ).save_pretrained(path)
     tokenizer.save_pretrained(path)
-    (path / "chat_template.jinja").write_text(qwen_chat_template(None, image="<IMG_CONTEXT>\\n"))
+    (path / "chat_template.jinja").write_text(qwen_chat_template(None, image="<IMG_CONTEXT>\\n", video=None))
     (path / "processor_config.json").write_text(
         json.dumps({"image_seq_length": per_tile, "processor_class": "InternVLProcessor"}, indent=2) + "\n"
     )
@@ -631,7 +657,7 @@ def save_onevision_processor(path: Path, image_processor, tokenizer, config) -> 
     """Save a LLaVA-OneVision processor as its parts and settings, as the real checkpoints' files have them."""
     image_processor.save_pretrained(path)
     tokenizer.save_pretrained(path)
-    (path / "chat_template.jinja").write_text(qwen_chat_template(None, image="<image>\\n"))
+    (path / "chat_template.jinja").write_text(qwen_chat_template(None, image="<image>\\n", video=None))
     vision = config.vision_config
     settings = {
         "processor_class": "LlavaOnevisionProcessor", "image_token": "<image>", "video_token": "<video>",

@@ -5,6 +5,8 @@ import time
 from collections import defaultdict
 from functools import wraps
 
+import torch
+
 from .conftest import noise_image
 from .device import TEST_DEVICE
 
@@ -78,3 +80,19 @@ class StageClocks:
 
 ROUNDING_MS = 2e-3
 """`timings_ms` are rounded to the microsecond."""
+
+
+def greedy_on_embeddings(model, embeds, steps, **extra):
+    """Greedy decoding written out on hand-built `inputs_embeds` (Gemma 3's `generate` takes none): the prefill with
+    `extra` (Gemma 3: its token_type_ids, whose image blocks attend both ways), then one token at a time on the cache
+    until EOS or `steps` tokens."""
+    eos = model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos])
+    out = model(inputs_embeds=embeds, use_cache=True, **extra)
+    ids = []
+    for _ in range(steps):
+        ids.append(int(out.logits[0, -1].argmax()))
+        if ids[-1] in eos:
+            break
+        out = model(input_ids=torch.tensor([ids[-1:]], device=embeds.device), cache=out.cache, use_cache=True)
+    return ids

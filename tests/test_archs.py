@@ -93,3 +93,16 @@ def test_cpu_small_onevision_has_real_widths_and_few_layers():
             b.hidden_size, b.intermediate_size, b.num_attention_heads)
     assert small.image_grid_pinpoints == real.image_grid_pinpoints and small.text_config.vocab_size == 152128
     assert (small.vision_config.num_hidden_layers, small.text_config.num_hidden_layers) == (2, 2)
+
+
+@pytest.mark.parametrize("small,real", [("cpu-small-qwen2.5", "qwen2.5-vl-7b"), ("cpu-small-qwen3-vl", "qwen3-vl-8b")])
+def test_cpu_small_video_presets_have_real_widths_and_two_blocks_of_each(small, real):
+    small, real = build_config(small), build_config(real)
+    for part, keys in (("vision_config", ("hidden_size", "intermediate_size", "num_heads", "patch_size",
+                                          "out_hidden_size")),
+                       ("text_config", ("hidden_size", "intermediate_size", "num_attention_heads", "vocab_size"))):
+        a, b = getattr(small, part), getattr(real, part)
+        assert all(getattr(a, k) == getattr(b, k) for k in keys), part
+    assert (small.vision_config.depth, small.text_config.num_hidden_layers) == (2, 2)
+    assert getattr(small.vision_config, "fullatt_block_indexes", [1]) == [1]  # Qwen2.5-VL: a windowed block, a full
+    assert getattr(small.vision_config, "deepstack_visual_indexes", [0, 1]) == [0, 1]

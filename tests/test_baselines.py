@@ -7,7 +7,11 @@ from mmtok_cli.baselines import BASELINES, ZipInputs, choose
 
 
 def _zip(method, U):
-    """Random VisionZip inputs for the shape of U (no CLS slot, the projector the identity), for "visionzip"."""
+    """Random VisionZip inputs for the shape of U (no CLS slot, the projector the identity), for "visionzip"; for
+    "evs", each token's predecessor 4 tokens back (grids of 4 tokens)."""
+    if method == "evs":
+        previous = torch.arange(U.shape[1]) - 4
+        return {"previous": previous.clamp_min(-1).expand(U.shape[:2])}
     if method != "visionzip":
         return {}
     g = torch.Generator().manual_seed(5)
@@ -121,7 +125,7 @@ def test_every_method_runs_through_the_engine(engine):
     from .conftest import noise_image
 
     images = [noise_image(3), noise_image(4, size=(90, 200))]
-    for method in METHODS:
+    for method in (m for m in METHODS if m != "evs"):  # evs chooses among a video's frames: test_video.py
         answers = engine.run(images, ["Is there a cat?", "What colour is it?"], tokens=[7, 5], method=method,
                              max_new_tokens=2)
         kept = [a.vision_kept for a in answers]
@@ -226,3 +230,38 @@ def test_mmtok_keeps_what_the_authors_selector_keeps(k):
         sel = choose("mmtok", V, U, T, k=k, tau_t=tau_t)
         for row in range(2):
             assert sel.order[row].tolist() == _authors_mmtok(T[row], V[row], U[row], k, tau_t)
+
+
+def _vllm_evs_mask(video_embeds, thw, merge, q):
+    """EVS's retention mask as vLLM computes it (vllm-project/vllm at 094f117, vllm/multimodal/evs.py,
+    `compute_retention_mask` with `compute_retained_tokens_count`), transcribed: one video's (T * H * W / merge^2, d)
+    merged embeddings, its (T, H, W) grid and pruning rate q -> a bool mask of the tokens kept."""
+    t, h, w = thw
+    frames = video_embeds.reshape(t, h // merge, w // merge, video_embeds.shape[-1])
+    per_frame = (h // merge) * (w // merge)
+    similarity = torch.nn.functional.cosine_similarity(frames[1:], frames[:-1], dim=-1)
+    dissimilarity = torch.cat([255 * torch.ones_like(frames[:1, :, :, 0]), 1 - similarity], dim=0).view(-1)
+    order = torch.argsort(dissimilarity, dim=-1, descending=True, stable=True)
+    keep = max(per_frame, int(per_frame * t * (1 - q)))
+    mask = torch.zeros_like(dissimilarity, dtype=torch.bool)
+    mask[order[:keep]] = True
+    return mask
+
+
+@pytest.mark.parametrize("q", [0.3, 0.6, 0.75, 0.9])
+def test_evs_keeps_what_vllm_keeps(q):
+    """On the same merged video tokens (8 temporal grids of 6 x 8, one grid repeated so ties happen): the same tokens
+    as vLLM's EVS at pruning rate q, asked for as that many tokens."""
+    t, h, w, d = 8, 12, 16, 64
+    g = torch.Generator().manual_seed(7)
+    V = torch.randn(t, h // 2 * w // 2, d, generator=g)
+    V[4] = V[3]  # a still frame: every score of grid 4 is 0, a tie broken by index
+    V[6] = V[5] + 0.01 * torch.randn(V[5].shape, generator=g)
+    V = V.reshape(-1, d)
+    mask = _vllm_evs_mask(V, (t, h, w), 2, q)
+    per_frame = h // 2 * w // 2
+    previous = torch.arange(len(V)) - per_frame
+    previous[previous < 0] = -1
+    got = choose("evs", V[None], V[None], k=int(mask.sum()), previous=previous[None])
+    assert got.indices[0].tolist() == mask.nonzero().flatten().tolist()
+    assert got.order[0][:per_frame].tolist() == list(range(per_frame))  # the first grid first, in index order

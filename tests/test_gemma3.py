@@ -19,7 +19,7 @@ from mmtok_cli.engine import Engine
 from mmtok_cli.models.views import split_evenly
 
 from . import reference
-from .checks import assert_batch_equals_one_by_one, ray_and_local_records
+from .checks import assert_batch_equals_one_by_one, greedy_on_embeddings, ray_and_local_records
 from .conftest import noise_image
 from .device import TEST_DEVICE, to_device
 from .test_show import _unnormalize, ramp
@@ -115,19 +115,6 @@ def _shortened(model, inputs, V, kept):
     return torch.stack(embeds)[None], torch.tensor([new_types], device=ids.device)
 
 
-def _greedy(model, embeds, types, eos):
-    """Greedy decoding written out (Gemma 3's `generate` takes no `inputs_embeds`): the prefill with its
-    bidirectional image blocks, then one token at a time on the cache, without token_type_ids."""
-    out = model(inputs_embeds=embeds, token_type_ids=types, use_cache=True)
-    ids = []
-    for _ in range(NEW):
-        ids.append(int(out.logits[0, -1].argmax()))
-        if ids[-1] in eos:
-            break
-        out = model(input_ids=torch.tensor([ids[-1:]], device=embeds.device), cache=out.cache, use_cache=True)
-    return ids
-
-
 @pytest.mark.parametrize("scan,size,k", [(False, SIZES[0], 5), (False, SIZES[1], 9), (True, SIZES[0], 7),
                                          (True, SIZES[1], 11), (True, SIZES[2], 6)])
 def test_pruned_run_equals_hand_built_reference_with_shortened_token_type_ids(engines, plain, scan, size, k):
@@ -145,7 +132,7 @@ def test_pruned_run_equals_hand_built_reference_with_shortened_token_type_ids(en
         kept = sorted(int(m[j]) for m, s in zip(members, shares) for j in reference.mmtok_indices(V[m], U[m], T, s))
         short, types = _shortened(model, inputs, V, kept)
         mask = torch.ones(short.shape[:2], dtype=torch.long, device=TEST_DEVICE)
-        expected = _greedy(model, short, types, model.generation_config.eos_token_id)
+        expected = greedy_on_embeddings(model, short, NEW, token_type_ids=types)
         bidirectional = model(inputs_embeds=short, attention_mask=mask, token_type_ids=types).logits[0, -1]
         causal = model(inputs_embeds=short, attention_mask=mask).logits[0, -1]
 
@@ -273,7 +260,7 @@ def test_every_baseline_keeps_k_tokens_split_over_the_views(engines):
     images = [noise_image(3, SIZES[0]), noise_image(4, SIZES[2])]
     with pytest.raises(MmtokError, match="visionzip needs a vision tower with a CLS token"):  # SigLIP has none
         engine.run(images, ["Is there a cat?", "What colour is it?"], tokens=[7, 5], method="visionzip")
-    for method in (m for m in METHODS if m != "visionzip"):
+    for method in (m for m in METHODS if m not in ("visionzip", "evs")):  # evs: videos only (test_video.py)
         answers = engine.run(images, ["Is there a cat?", "What colour is it?"], tokens=[7, 5], method=method,
                              max_new_tokens=2)
         assert [a.vision_kept for a in answers] == ([48, 16] if method == "full" else [7, 5]), method

@@ -137,6 +137,7 @@ PRESET_TOKENS = {
     "gemma-3-12b": 256, "cpu-small-gemma3": 256,  # 64 x 64 SigLIP patches pooled to 16 x 16, at any image size
 }
 PRESET_TOKENS |= {"qwen3.5-9b": 21 * 21, "cpu-small-qwen3.5": 21 * 21}  # patch 16, 2x2 merge, as Qwen3-VL
+PRESET_TOKENS |= {"cpu-small-qwen2.5": 24 * 24, "cpu-small-qwen3-vl": 21 * 21}
 # InternVL3: the square 672-px image is a 2x2 grid of 448-px tiles plus the thumbnail, 256 tokens each
 PRESET_TOKENS.update({"internvl3-8b": 5 * 256, "cpu-small-internvl": 5 * 256})
 # LLaVA-OneVision: the base view (27 x 27 SigLIP patches), a 2x2 grid of 384-px crops (54 x 54 tokens, fewer than

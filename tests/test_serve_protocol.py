@@ -156,5 +156,5 @@ def test_a_chat_template_that_refuses_the_messages_is_a_one_line_error(engine, m
     turns = [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
              {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}]
     with pytest.raises(MmtokError, match="refuses these messages: no system turns here"):
-        engine.adapter.prompt("What is it?", turns)
-    assert engine.adapter.prompt("What is it?", turns[1:]) == "USER:"
+        engine.adapter.prompt("What is it?", conversation=turns)
+    assert engine.adapter.prompt("What is it?", conversation=turns[1:]) == "USER:"

@@ -1,4 +1,4 @@
-"""`mmtok ask`: one question about one image."""
+"""`mmtok ask`: one question about one image, several images, or videos."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..errors import UsageError
 from ..options import DEFAULT_MODEL, check_agent, check_options, selection_params
+from ..video import MAX_FRAMES
 from .common import (
     AgentModelOpt,
     AgentOpt,
@@ -21,6 +21,9 @@ from .common import (
     DebugOpt,
     DeviceOpt,
     DtypeOpt,
+    FpsOpt,
+    FramesOpt,
+    MaxFramesOpt,
     MaxNewOpt,
     MethodOpt,
     ModelOpt,
@@ -29,9 +32,13 @@ from .common import (
     TauTOpt,
     TauVOpt,
     TokensOpt,
+    decode_videos,
     err,
     guarded,
     load_engine,
+    open_inputs,
+    sampling,
+    split_arguments,
 )
 from .config import ConfigOpt
 
@@ -59,12 +66,12 @@ ShowOpt = Annotated[
 ]
 
 
-def _show_target(path: str | None, image: str) -> Path | None:
+def _show_target(path: str | None, sources: list[str]) -> Path | None:
     if path is None:
         return None
     from ..show import check_picture_path
 
-    return check_picture_path(path, "--show", inputs=[] if image == "-" else [image])
+    return check_picture_path(path, "--show", inputs=[s for s in sources if s != "-"])
 
 
 def _save_show(engine: Engine, image: Any, question: str, results: list[tuple[str, Any]], target: Path) -> None:
@@ -75,8 +82,11 @@ def _save_show(engine: Engine, image: Any, question: str, results: list[tuple[st
 
 
 def ask(
-    image: Annotated[str, typer.Argument(help="Image file to ask about ('-' reads it from stdin).")],
-    question: Annotated[str, typer.Argument(help="The question, in quotes.")],
+    arguments: Annotated[
+        list[str],
+        typer.Argument(metavar="IMAGE|VIDEO... QUESTION", help="One or more image or video files (in the order the "
+                       "question refers to them; '-' reads one image from stdin), then the question, in quotes."),
+    ],
     model: ModelOpt = DEFAULT_MODEL,
     tokens: TokensOpt = 64,
     method: MethodOpt = "mmtok",
@@ -95,20 +105,29 @@ def ask(
     agent: AgentOpt = False,
     agent_model: AgentModelOpt = None,
     agent_tokens: AgentTokensOpt = None,
+    frames: FramesOpt = None,
+    fps: FpsOpt = None,
+    max_frames: MaxFramesOpt = MAX_FRAMES,
     config: ConfigOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Answer one QUESTION about one IMAGE, showing the language model only --tokens vision tokens.
+    """Answer one QUESTION about one IMAGE (or several images, or videos), showing the language model only --tokens
+    vision tokens.
 
     Prints the answer on stdout, and on stderr how many vision tokens the model saw, how long the
     prompt was with and without pruning, and the estimated speedup.
 
     With --json, stdout gets one JSON object with: answer, vision_tokens {total, kept},
     prompt_tokens {unpruned, pruned}, timings_ms {preprocess, vision, select, prefill, decode,
-    total}, speedup {estimated, measured}, kept_indices (one ascending list per image), model,
+    total}, speedup {estimated, measured}, kept_indices (one ascending list per image or video), model,
     family, method, model_load_ms, device, dtype. speedup.estimated is an ESTIMATE: the language
     model's prefill FLOPs unpruned / pruned, from the model config; speedup.measured is filled
-    only with --compare. With --agent: agent_answer, and timings_ms.agent (in total too).
+    only with --compare. With --agent: agent_answer, and timings_ms.agent (in total too). With several
+    inputs or a video, vision_tokens.inputs has each input's kind, total and kept (a video's frames).
+
+    Several images or videos: name them all before the question; --tokens is the total for all of them
+    (--budget says how it is split). Videos need the `video` extra; their frames: --frames / --fps /
+    --max-frames.
 
     Examples:
 
@@ -121,19 +140,24 @@ def ask(
       mmtok ask photo.jpg "Where is the dog?" --tokens 32 --show kept.png
 
       mmtok ask photo.jpg "What is the man holding?" --tokens 16 --agent --json | jq .agent_answer
+
+      mmtok ask old.jpg new.jpg "Which photo shows the newer model?" --tokens 64
+
+      mmtok ask clip.mp4 "What happens after the man opens the door?" --tokens 256 --frames 16
     """
-    from ..io import answer_fields, load_image
+    from ..io import answer_fields, source_fields
 
     def work() -> None:
         check_options(tokens=tokens, method=method, max_new_tokens=max_new_tokens, dtype=dtype, device=device)
         check_agent(agent=agent, method=method, agent_model=agent_model, agent_tokens=agent_tokens)
         selection = selection_params(alpha=alpha, tau_t=tau_t, tau_v=tau_v, budget=budget,
                                      question_words=question_words)
-        if not question.strip():
-            raise UsageError("the question is empty; pass the question as the second argument, in quotes")
-        target = _show_target(show_path, image)
-        picture = load_image(image)
+        frame_choice = sampling(frames, fps, max_frames)
+        sources, question = split_arguments(arguments)
+        target = _show_target(show_path, [path for _, path in sources])
+        opened = open_inputs(sources)
         engine, load_ms = load_engine(model, device, dtype, agent_model, pan_and_scan=pan_and_scan)
+        picture = decode_videos(engine, sources, opened, frame_choice)
         options = {"tokens": tokens, "max_new_tokens": max_new_tokens}
         answer = engine.ask(picture, question, method=method, **options, agent=agent, agent_tokens=agent_tokens,
                             **selection)
@@ -142,7 +166,7 @@ def ask(
             _save_show(engine, picture, question, [(method, answer)] + ([("full", full)] if full else []), target)
         fields = answer_fields(answer, full=full)
         if as_json:
-            record = {"image": image, "question": question, **fields, "kept_indices": answer.kept_indices,
+            record = {**source_fields(sources), "question": question, **fields, "kept_indices": answer.kept_indices,
                       **_engine_fields(engine, method, load_ms)}
             sys.stdout.write(json.dumps(record) + "\n")
             return

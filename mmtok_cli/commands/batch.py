@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from ..errors import UsageError
 from ..options import DEFAULT_MODEL, check_agent, check_cache, check_options, check_post_prompt, selection_params
+from ..video import MAX_FRAMES
 from .common import (
     AgentModelOpt,
     AgentOpt,
@@ -22,6 +23,9 @@ from .common import (
     DeviceOpt,
     DownloadTimeoutOpt,
     DtypeOpt,
+    FpsOpt,
+    FramesOpt,
+    MaxFramesOpt,
     MaxNewOpt,
     MethodOpt,
     ModelOpt,
@@ -36,6 +40,7 @@ from .common import (
     err,
     guarded,
     load_engine,
+    sampling,
 )
 from .config import ConfigOpt
 
@@ -49,7 +54,7 @@ def batch(
         typer.Argument(
             metavar="INPUT",
             help="A JSONL file (one {\"image\", \"question\"} object per line), a folder of images "
-            "(with --question), or '-' for JSONL on stdin.",
+            "and videos (with --question), or '-' for JSONL on stdin.",
         ),
     ],
     out: Annotated[
@@ -106,15 +111,25 @@ def batch(
     agent: AgentOpt = False,
     agent_model: AgentModelOpt = None,
     agent_tokens: AgentTokensOpt = None,
+    frames: FramesOpt = None,
+    fps: FpsOpt = None,
+    max_frames: MaxFramesOpt = MAX_FRAMES,
     config: ConfigOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Answer many questions about many images, batched, writing one JSON record per input line.
+    """Answer many questions about many images (or videos), batched, writing one JSON record per input line.
 
     INPUT lines look like {"image": "cat.jpg", "question": "What is here?"}; image paths are
     relative to the JSONL file's folder (or absolute, or http(s) URLs). Optional keys: id (default:
     the line number), tokens, max_new_tokens; any other key is copied to the record (a key that
     clashes with a record field goes under "input").
+
+    Several images or videos per question: "images": [...], "video": "clip.mp4" or "videos": [...]
+    (with or without "image"), in the order of the line's keys; --tokens is the total for all of
+    them. A folder's video files are items too. Videos need the `video` extra; their frames:
+    --frames / --fps / --max-frames. Records of such items add vision_tokens.inputs (each input's
+    kind, total and kept; a video's frames); a corrupt, empty, audio-only or oversized video fails
+    its item alone.
 
     Every input line gets exactly one record, in input order: id, image, question, answer,
     vision_tokens {total, kept}, prompt_tokens {unpruned, pruned}, timings_ms (this item's share of
@@ -162,6 +177,7 @@ def batch(
             raise UsageError("--retry-errors goes with --resume (it re-runs the failed items of an earlier run)")
         check_download_timeout(download_timeout)
         check_cache(cache_mb)
+        frame_choice = sampling(frames, fps, max_frames)
         check_post_prompt(post_prompt)
         from ..io import plan_inputs
 
@@ -177,7 +193,8 @@ def batch(
         options = BatchOptions(tokens=tokens, method=method, max_new_tokens=max_new_tokens,
                                batch_size=batch_size, compare=compare, debug=debug, show_dir=pictures,
                                agent=agent, agent_tokens=agent_tokens,
-                               selection=selection, download_timeout=download_timeout, post_prompt=post_prompt)
+                               selection=selection, download_timeout=download_timeout, frame_sampling=frame_choice,
+                               post_prompt=post_prompt)
         if ray:
             from ..models.registry import check_model, check_pan_and_scan
             from ..ray_batch import RayOptions, import_ray, run_on_ray

@@ -157,6 +157,75 @@ def check_download_timeout(seconds: float) -> None:
         raise UsageError(f"--download-timeout must be a number of seconds above 0 (got {seconds})")
 
 
+VIDEO_PANEL = "Videos"
+FramesOpt = Annotated[
+    int | None,
+    typer.Option("--frames", metavar="N", help="Frames to read from each video, evenly spaced (all of them when "
+                 "the file has no more). Default: the model family's own rule (Qwen3-VL: 2 per second), else every "
+                 "frame; never more than --max-frames.", rich_help_panel=VIDEO_PANEL),
+]
+FpsOpt = Annotated[
+    float | None,
+    typer.Option("--fps", metavar="F", help="Frames to read per second of video instead of --frames (up to "
+                 "--max-frames).", rich_help_panel=VIDEO_PANEL),
+]
+MaxFramesOpt = Annotated[
+    int,
+    typer.Option("--max-frames", metavar="N", help="Most frames read from one video (only those are decoded).",
+                 rich_help_panel=VIDEO_PANEL),
+]
+
+
+def sampling(frames: int | None, fps: float | None, max_frames: int) -> Any:
+    """--frames / --fps / --max-frames as a checked `video.FrameSampling` (one-line usage errors)."""
+    from ..video import FrameSampling
+
+    return FrameSampling(frames=frames, fps=fps, max_frames=max_frames).check()
+
+
+def split_arguments(arguments: list[str]) -> tuple[list[tuple[str, str]], str]:
+    """`IMAGE|VIDEO... QUESTION` -> the inputs as (kind, path) in order, and the question: the last argument is the
+    question, the others images or videos (a video by its file name's suffix, see `video.VIDEO_SUFFIXES`)."""
+    from ..video import looks_like_video
+
+    if len(arguments) < 2:
+        raise UsageError("give one or more images or videos, then the question in quotes: "
+                         "mmtok ask photo.jpg \"What is here?\"")
+    *paths, question = arguments
+    if not question.strip():
+        raise UsageError("the question is empty; pass the question as the last argument, in quotes")
+    if "-" in paths and len(paths) > 1:
+        raise UsageError("'-' (an image on stdin) cannot go with other images or videos")
+    return [("video" if looks_like_video(p) else "image", p) for p in paths], question
+
+
+def open_inputs(sources: list[tuple[str, str]]) -> list[Any]:
+    """The images decoded and the videos' headers checked (`video.probe`), before the model loads: a missing,
+    corrupt or audio-only file fails in milliseconds. Videos are decoded after (their frames depend on the family)."""
+    from ..io import load_image
+    from ..video import probe
+
+    opened: list[Any] = []
+    for kind, path in sources:
+        if kind == "video":
+            probe(path)
+            opened.append(None)
+        else:
+            opened.append(load_image(path))
+    return opened
+
+
+def decode_videos(engine: Engine, sources: list[tuple[str, str]], opened: list[Any], frames: Any) -> Any:
+    """What the question asks about, for `Engine.ask`: `open_inputs`' images, and the videos decoded now, with the
+    loaded family's own frame rule where `frames` (a `video.FrameSampling`) leaves the choice to it."""
+    from ..io import open_video
+
+    chosen, rule = engine.video_sampling(frames)
+    opened = [open_video(path, sampling=chosen, rule=rule) if kind == "video" else picture
+              for (kind, path), picture in zip(sources, opened)]
+    return opened[0] if len(opened) == 1 else opened
+
+
 def guarded(debug: bool, work: Callable[[], Any]) -> Any:
     """Run `work`; turn failures into one 'error:' line and an exit status (2 usage, 1 otherwise)."""
     if not debug:

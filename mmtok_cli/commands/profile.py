@@ -49,6 +49,11 @@ def profile(
         str | None, typer.Option("--image", help="Image to use (default: a generated 672 x 672 test image).")
     ] = None,
     question: Annotated[str | None, typer.Option("--question", help="Question to ask (default: POPE-style).")] = None,
+    video_frames: Annotated[
+        int | None,
+        typer.Option("--video-frames", metavar="N", help="Ask about a generated 448 x 448 clip of N frames instead of "
+                     "the image (video families: Qwen2.5-VL, Qwen3-VL, Qwen3.5; needs the `video` extra)."),
+    ] = None,
     method: MethodOpt = "mmtok",
     budget: BudgetOpt = None,
     question_words: QuestionWordsOpt = None,
@@ -78,6 +83,8 @@ def profile(
       mmtok profile --arch llava-1.5-7b --tokens 576,64 --batch-size 1,16 --plot speed.png
 
       mmtok profile --model llava-hf/llava-1.5-7b-hf --new-tokens 16
+
+      mmtok profile --arch cpu-small-qwen2.5 --video-frames 16 --tokens 512,205,102
     """
     from ..profile import DEFAULT_QUESTION, parse_batch_sizes, parse_budgets
 
@@ -90,6 +97,8 @@ def profile(
                                        question_words=question_words)
         if repeats < 1 or warmup < 0:
             raise UsageError("--repeats must be at least 1 and --warmup at least 0")
+        if video_frames is not None and (video_frames < 1 or image is not None):
+            raise UsageError("--video-frames takes a number of frames of at least 1, and no --image")
         check_outputs(("--json", json_path), ("--plot", plot_path), plot=plot_path)
         picture = None
         if image is not None:
@@ -111,7 +120,8 @@ def profile(
             report = prof.profile(
                 engine, budgets=budgets, batch_sizes=sizes, new_tokens=new_tokens, warmup=warmup,
                 repeats=repeats, image=picture, question=question or DEFAULT_QUESTION,
-                progress=lambda text: status.update(f"profiling: {escape(text)}"), method=method, **conventions,
+                progress=lambda text: status.update(f"profiling: {escape(text)}"), method=method,
+                video_frames=video_frames, **conventions,
             )
         report["load_s"] = round(load_s, 2)
         report["wall_s"] = round(time.perf_counter() - start, 2)

@@ -1,4 +1,4 @@
-"""`mmtok show`: a picture of the image regions the model was given."""
+"""`mmtok show`: a picture of the image regions (and video frames) the model was given."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from ..errors import UsageError
 from ..options import DEFAULT_MODEL, check_options, selection_params
+from ..video import MAX_FRAMES
 from .common import (
     METHODS_HELP,
     AlphaOpt,
@@ -16,6 +16,9 @@ from .common import (
     DebugOpt,
     DeviceOpt,
     DtypeOpt,
+    FpsOpt,
+    FramesOpt,
+    MaxFramesOpt,
     MaxNewOpt,
     ModelOpt,
     PanAndScanOpt,
@@ -23,16 +26,23 @@ from .common import (
     TauTOpt,
     TauVOpt,
     TokensOpt,
+    decode_videos,
     err,
     guarded,
     load_engine,
+    open_inputs,
+    sampling,
+    split_arguments,
 )
 from .config import ConfigOpt
 
 
 def show_command(
-    image: Annotated[str, typer.Argument(help="Image file to ask about ('-' reads it from stdin).")],
-    question: Annotated[str, typer.Argument(help="The question, in quotes.")],
+    arguments: Annotated[
+        list[str],
+        typer.Argument(metavar="IMAGE|VIDEO... QUESTION", help="One or more image or video files ('-' reads one "
+                       "image from stdin), then the question, in quotes."),
+    ],
     out: Annotated[str, typer.Option("--out", "-o", help="Picture to write (.png, .jpg, ...).")],
     methods: Annotated[
         str,
@@ -54,6 +64,9 @@ def show_command(
     tau_v: TauVOpt = None,
     budget: BudgetOpt = None,
     question_words: QuestionWordsOpt = None,
+    frames: FramesOpt = None,
+    fps: FpsOpt = None,
+    max_frames: MaxFramesOpt = MAX_FRAMES,
     pan_and_scan: PanAndScanOpt = None,
     config: ConfigOpt = None,
     debug: DebugOpt = False,
@@ -63,7 +76,9 @@ def show_command(
 
     Regions are exact for each family: LLaVA-1.5 through its resize and center crop or pad-to-square;
     LLaVA-NeXT as two panels, its coarse base view and its high-resolution crops; Qwen-VL's merged
-    tokens over its dynamic-resolution grid. Prints one line per method on stdout: METHOD: ANSWER.
+    tokens over its dynamic-resolution grid. Several images are drawn side by side; a video as a contact
+    sheet of its sampled frames, a tile per temporal grid with that grid's kept tokens bright. Prints one
+    line per method on stdout: METHOD: ANSWER.
 
     Examples:
 
@@ -72,8 +87,9 @@ def show_command(
       mmtok show photo.jpg "Where is the dog?" --tokens 32 --methods mmtok,full --out compare.png
 
       mmtok show photo.jpg "Where is the dog?" --tokens 16 --numbers --out order.png
+
+      mmtok show clip.mp4 "What happens?" --tokens 128 --frames 16 --out clip.png
     """
-    from ..io import load_image
     from ..show import check_picture_path, parse_methods, save_picture, show
 
     def work() -> None:
@@ -82,11 +98,12 @@ def show_command(
             check_options(tokens=tokens, method=method, max_new_tokens=max_new_tokens, dtype=dtype, device=device)
         selection = selection_params(alpha=alpha, tau_t=tau_t, tau_v=tau_v, budget=budget,
                                      question_words=question_words)
-        if not question.strip():
-            raise UsageError("the question is empty; pass the question as the second argument, in quotes")
-        target = check_picture_path(out, "--out", inputs=[] if image == "-" else [image])
-        picture = load_image(image)
+        frame_choice = sampling(frames, fps, max_frames)
+        sources, question = split_arguments(arguments)
+        target = check_picture_path(out, "--out", inputs=[path for _, path in sources if path != "-"])
+        opened = open_inputs(sources)
         engine, _ = load_engine(model, device, dtype, pan_and_scan=pan_and_scan)
+        picture = decode_videos(engine, sources, opened, frame_choice)
         sheet, results = show(engine, picture, question, chosen, numbers=numbers, tokens=tokens,
                               max_new_tokens=max_new_tokens, **selection)
         save_picture(sheet, target)

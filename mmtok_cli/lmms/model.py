@@ -18,17 +18,22 @@ from ..engine import Engine
 from ..errors import MmtokError, UsageError
 from ..io import Item
 from ..options import DEFAULT_MODEL, check_agent, check_options, check_post_prompt, selection_params
+from ..video import MAX_FRAMES, FrameSampling
 
 IMAGE_TAG = "<image>"
 """Some tasks write LLaVA's image placeholder into the prompt; the adapter places the image itself."""
 
 
 class Mmtok(lmms):
-    """`--model_args pretrained=HUB_ID|FOLDER|demo,tokens=64,method=mmtok[,alpha=,tau_t=,tau_v=,device=,dtype=,agent=]`.
+    """`--model_args pretrained=HUB_ID|FOLDER|demo,tokens=64,method=mmtok[,alpha=,tau_t=,tau_v=,device=,dtype=,agent=,
+    post_prompt=,pan_and_scan=,frames=,fps=,max_frames=]`.
 
     Generation follows each task's `max_new_tokens` and `until`; decoding is always greedy (mmtok's).
     `post_prompt`: appended to every request's text on a line of its own, after the task's own post-prompt (as
-    `mmtok eval --post-prompt`). `pan_and_scan`: Gemma 3's crops of long images (`--pan-and-scan`).
+    `mmtok eval --post-prompt`). `pan_and_scan`: Gemma 3's crops of long images (`--pan-and-scan`). A request may
+    hand over several visuals (PIL images and paths of images or videos, as `videomme` and `mvbench` do): they are
+    the item's inputs in order, `tokens` the total for them; videos' frames by `frames` / `fps` / `max_frames` (else
+    the family's own rule), decoded in the background like `mmtok batch`'s.
     """
 
     is_simple = True
@@ -51,13 +56,16 @@ class Mmtok(lmms):
         question_words: str | None = None,
         post_prompt: str | None = None,
         pan_and_scan: bool | None = None,
+        frames: int | None = None,
+        fps: float | None = None,
+        max_frames: int = MAX_FRAMES,
         **unknown: Any,
     ) -> None:
         super().__init__()
         if unknown:
             raise UsageError(f"unknown model_args for mmtok: {', '.join(sorted(unknown))} (known: pretrained, tokens, "
                              "method, alpha, tau_t, tau_v, budget, question_words, post_prompt, pan_and_scan, device, "
-                             "dtype, agent, agent_tokens)")
+                             "dtype, agent, agent_tokens, frames, fps, max_frames)")
         try:
             size = int(batch_size)
         except ValueError:
@@ -78,6 +86,8 @@ class Mmtok(lmms):
             selection=selection_params(alpha=alpha, tau_t=tau_t, tau_v=tau_v, budget=budget,
                                        question_words=question_words),
             post_prompt=post_prompt,
+            frame_sampling=FrameSampling(frames=None if frames is None else int(frames),
+                                         fps=None if fps is None else float(fps), max_frames=int(max_frames)).check(),
         )
         self.engine = Engine(str(pretrained), device=str(device), dtype=str(dtype), pan_and_scan=pan_and_scan)
         self._device = self.engine.device
@@ -96,11 +106,13 @@ class Mmtok(lmms):
         for number, request in enumerate(requests):
             context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
             where = f"{task}/{split}/{doc_id}"
-            picture = one_image(doc_to_visual(self.task_dict[task][split][doc_id]), where)
+            picture, sources = request_visuals(doc_to_visual(self.task_dict[task][split][doc_id]), where,
+                                               sampling=self.options.frame_sampling,
+                                               rule=self.engine.adapter.frame_rule())
             limit, until = generation_limits(gen_kwargs, self.options.max_new_tokens)
             question = context.replace(IMAGE_TAG, "").strip()
             items.append(Item(line=number + 1, id=number, image=where, question=question, max_new_tokens=limit,
-                              picture=picture))
+                              picture=picture, sources=sources))
             stops.append(until)
         records: list[dict[str, Any]] = []
         with tqdm(total=len(items), disable=self.rank != 0, desc="mmtok answering") as bar:
@@ -120,18 +132,43 @@ class Mmtok(lmms):
                                   "cannot run on it")
 
     def generate_until_multi_round(self, requests: list[Instance]) -> list[str]:
-        raise NotImplementedError("mmtok answers one question per image in one round: multi-round tasks cannot "
+        raise NotImplementedError("mmtok answers one question per item in one round: multi-round tasks cannot "
                                   "run on it")
 
 
-def one_image(visuals: Any, where: str) -> Image.Image:
-    """The request's single image as RGB (as `mmtok` opens files), or a one-line error for none or several."""
+def request_visuals(
+    visuals: Any, where: str, *, sampling: FrameSampling | None = None, rule: Any = None
+) -> tuple[Any, list[tuple[str, str]]]:
+    """A request's visuals as an item's: (picture, sources). PIL images become the picture (RGB, as `mmtok` opens
+    files: one alone, several as a list); file paths (videos by their suffix, as lmms-eval's video tasks hand them
+    over, or images) become `sources`, opened by the batch runner in the background. Videos in a mix with PIL images
+    are decoded here (`sampling`, `rule`: see `video.decode`). A one-line error for no visual, or one of another
+    kind."""
+    from ..io import open_visuals
+    from ..video import looks_like_video
+
     found = [] if visuals is None else list(visuals) if isinstance(visuals, (list, tuple)) else [visuals]
-    if len(found) != 1 or not isinstance(found[0], Image.Image):
-        what = ", ".join(type(v).__name__ for v in found) or "nothing"
-        raise MmtokError(f"{where}: mmtok answers about exactly one image per question, this request has "
-                         f"{len(found)} visual(s) ({what}); pick an image task with one image per question")
-    return found[0].convert("RGB")
+    if not found:
+        raise MmtokError(f"{where}: this request has no visual; mmtok answers questions about images and videos")
+    odd = [type(v).__name__ for v in found if not isinstance(v, (Image.Image, str))]
+    if odd:
+        raise MmtokError(f"{where}: mmtok takes PIL images and paths of images or videos, this request has "
+                         f"{', '.join(odd)}")
+    sources = [("video" if looks_like_video(v) else "image", v) for v in found if isinstance(v, str)]
+    if len(sources) == len(found):
+        return None, sources
+    if not sources:
+        pictures = [v.convert("RGB") for v in found]
+        return (pictures[0] if len(pictures) == 1 else pictures), []
+    opened = [v.convert("RGB") if isinstance(v, Image.Image) else open_visuals([source], sampling=sampling, rule=rule)
+              for v, source in zip(found, _aligned(found, sources))]
+    return opened, []
+
+
+def _aligned(found: list[Any], sources: list[tuple[str, str]]) -> list[Any]:
+    """`sources` spread over `found`'s positions (None where `found` holds a PIL image)."""
+    left = iter(sources)
+    return [next(left) if isinstance(v, str) else None for v in found]
 
 
 _warned: set[str] = set()

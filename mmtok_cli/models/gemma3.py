@@ -21,13 +21,21 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from PIL import Image
-from torch.nn.utils.rnn import pad_sequence
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..errors import MmtokError
 from ..selection import TAU_T_LLAVA
-from .base import Adapter, Prepared, VisionTokens, compact, placeholder_stays
+from .base import (
+    Adapter,
+    Prepared,
+    VisionTokens,
+    as_visuals,
+    compact,
+    image_sizes,
+    lay_out,
+    placeholder_stays,
+    view_pieces,
+)
 from .regions import Placement, TokenRegions, cell_box, clip
 
 PAN_AND_SCAN = ("do_pan_and_scan", "pan_and_scan_min_crop_size", "pan_and_scan_max_num_crops",
@@ -42,6 +50,7 @@ class Gemma3Adapter(Adapter):
     budget = ("K of the image's soft tokens (256 = 16 x 16, pooled from SigLIP's 64 x 64 patches); with "
               "pan-and-scan, K in total split evenly over the image and its crops")
     fallback_prompt = "<start_of_turn>user\n{image}{question}<end_of_turn>\n<start_of_turn>model\n"
+    nested_images = True  # Gemma3Processor wants each prompt's images as a list of their own
     has_pan_and_scan = True
     pan_and_scan: bool | None = None
     """Crop long images into extra views: None follows the checkpoint's image processor (`do_pan_and_scan`).
@@ -70,21 +79,24 @@ class Gemma3Adapter(Adapter):
         return bool(self.image_options().get("do_pan_and_scan"))
 
     def preprocess(
-        self, images: list[Image.Image], questions: list[str], conversations: Sequence[list[dict] | None] | None = None
+        self, entries: Sequence[Any], questions: list[str], conversations: Sequence[list[dict] | None] | None = None
     ) -> Prepared:
-        prompts = self.prompts(questions, conversations)
+        visuals = [as_visuals(e) for e in entries]
+        self.check_visuals(visuals)
+        prompts = self.prompts(questions, visuals, conversations)
         # Gemma's chat template writes BOS itself: then the tokenizer must not add a second one (what transformers'
         # `apply_chat_template(tokenize=True)` does too); the fallback prompt has none and gets the tokenizer's.
         bos = self.tokenizer.bos_token
         written = bool(bos) and prompts[0].startswith(bos)
-        # Gemma3Processor wants each prompt's images as a list of their own.
-        inputs = self.processor(images=[[im] for im in images], text=prompts, padding=True, return_tensors="pt",
-                                add_special_tokens=not written, **self.image_options())
-        return Prepared(inputs=inputs.to(self.device), image_sizes=[(im.height, im.width) for im in images],
-                        images=list(images))
+        inputs = self.processor(text=prompts, padding=True, return_tensors="pt", add_special_tokens=not written,
+                                **self.processor_images(visuals), **self.image_options())
+        return Prepared(inputs=inputs.to(self.device), image_sizes=image_sizes(visuals), images=list(entries))
 
     def _views(self, prepared: Prepared) -> list[int]:
-        """How many views (the image, then its crops) each row's prompt holds: its soft tokens / tokens per view."""
+        """How many views (the image, then its crops) each image of the batch has: its pan-and-scan crops plus one
+        (where each row holds one image, its soft tokens / tokens per view)."""
+        if prepared.images and any(n > 1 for n in prepared.count("image")):
+            return [1 + len(self.crop_boxes(h, w)) for h, w in prepared.image_sizes]
         per_view = self.model.config.mm_tokens_per_image
         return ((prepared.inputs["input_ids"] == self.image_token_id).sum(1) // per_view).tolist()
 
@@ -100,20 +112,8 @@ class Gemma3Adapter(Adapter):
         vision_all = out.pooler_output  # (all views of the batch, tokens per view, d)
         features_all = self._pooled(out.last_hidden_state)
         views = self._views(prepared)
-        per_view = vision_all.shape[1]
-        vision = list(vision_all.flatten(0, 1).split([v * per_view for v in views]))
-        features = list(features_all.flatten(0, 1).split([v * per_view for v in views]))
-        device = vision_all.device
-        vision_t = pad_sequence(vision, batch_first=True)
-        mask = pad_sequence([torch.ones(len(v), dtype=torch.bool, device=device) for v in vision], batch_first=True)
-        parts = None
-        if max(views) > 1:  # some image has crops: split its budget over its views
-            parts = pad_sequence(
-                [torch.arange(v, device=device).repeat_interleave(per_view) for v in views],
-                batch_first=True, padding_value=-1,
-            )
-        return VisionTokens(vision=vision_t, features=pad_sequence(features, batch_first=True), mask=mask,
-                            allowed=mask, parts=parts)
+        layout = prepared.layout()
+        return VisionTokens(**lay_out(view_pieces(vision_all, features_all, views), [len(row) for row in layout]))
 
     def _pooled(self, hidden: torch.Tensor) -> torch.Tensor:
         """(views, tokens per view, e) SigLIP features pooled over the projector's own windows, in V's order."""

@@ -17,12 +17,12 @@ run is shortened to them. `k >= n` feeds every token unchanged: exactly the unpr
 from __future__ import annotations
 
 import torch
-from torch.nn.utils.rnn import pad_sequence
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..errors import MmtokError
 from ..selection import TAU_T_LLAVA
-from .base import Adapter, Prepared, VisionTokens, drop_placeholders
+from .base import Adapter, Prepared, VisionTokens, lay_out, placeholder_runs, view_pieces
+from .llava import feed_in_order
 from .regions import Box, Placement, TokenRegions, clip, size_value
 
 
@@ -56,19 +56,8 @@ class InternVLAdapter(Adapter):
         if sum(views) != len(views_v):
             raise MmtokError(f"the prompt has image placeholders for {sum(views)} views but the processor made "
                              f"{len(views_v)}; is processor_config.json's image_seq_length the model's?")
-        vision = [v.flatten(0, 1) for v in views_v.split(views)]
-        features = [u.flatten(0, 1) for u in views_u.split(views)]
-        per_view = views_v.shape[1]
-        parts = [torch.arange(n, device=views_v.device).repeat_interleave(per_view) for n in views]
-        vision_t = pad_sequence(vision, batch_first=True)
-        mask = pad_sequence([torch.ones(len(v), dtype=torch.bool, device=vision_t.device) for v in vision], True)
-        return VisionTokens(
-            vision=vision_t,
-            features=pad_sequence(features, batch_first=True),
-            mask=mask,
-            allowed=mask,
-            parts=pad_sequence(parts, batch_first=True, padding_value=-1),
-        )
+        layout = prepared.layout()
+        return VisionTokens(**lay_out(view_pieces(views_v, views_u, views), [len(row) for row in layout]))
 
     def pixel_rows(self, prepared: Prepared) -> list[int]:
         """Each image's tiles (and thumbnail), concatenated over the batch."""
@@ -90,30 +79,16 @@ class InternVLAdapter(Adapter):
         return shuffled.reshape(features.shape[0], -1, shuffled.shape[-1])
 
     def _views_per_image(self, input_ids: torch.Tensor, per_view: int) -> list[int]:
-        """How many views (tiles + thumbnail) each row's image has, from its `<IMG_CONTEXT>` run."""
-        placeholders = (input_ids == self.image_token_id).sum(1).tolist()
-        if any(p % per_view for p in placeholders):
-            raise MmtokError(f"image placeholder runs of {placeholders} tokens are not whole views of {per_view}; "
+        """How many views (tiles + thumbnail) each image of the batch has, from its `<IMG_CONTEXT>` run (one per
+        image, inside its `<img>...</img>`), rows in order."""
+        runs = [run for row in placeholder_runs(input_ids, self.image_token_id) for run in row]
+        if any(p % per_view for p in runs):
+            raise MmtokError(f"image placeholder runs of {runs} tokens are not whole views of {per_view}; "
                              "is processor_config.json's image_seq_length the model's?")
-        return [p // per_view for p in placeholders]
+        return [p // per_view for p in runs]
 
     def generation_inputs(self, prepared: Prepared, tokens: VisionTokens, kept: list[torch.Tensor] | None) -> dict:
-        input_ids, attention_mask = prepared.inputs["input_ids"], prepared.inputs["attention_mask"]
-        counts = tokens.counts
-        if kept is None:
-            kept = [torch.arange(n, device=tokens.vision.device) for n in counts]
-        lengths = torch.tensor([len(idx) for idx in kept], device=input_ids.device)
-        if bool((lengths < torch.tensor(counts, device=input_ids.device)).any()):
-            input_ids, attention_mask = drop_placeholders(
-                input_ids, attention_mask, self.image_token_id, lengths, self.tokenizer.pad_token_id
-            )
-        # The model scatters one (1, total, d) block into the placeholders of the whole batch, row by row.
-        fed = torch.cat([v[idx] for v, idx in zip(tokens.vision, kept)])[None]
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=fed)},
-        }
+        return feed_in_order(self, prepared, tokens, kept, listed=False)
 
     def token_regions(self, prepared: Prepared, row: int) -> TokenRegions:
         """Tile tokens cover their part of the tile grid the image was resized to (panel "tiles"); the thumbnail's

@@ -7,12 +7,25 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..baselines import ZipInputs
 from ..errors import MmtokError
 from ..selection import TAU_T_LLAVA
-from .base import VISIONZIP_FAMILIES, Adapter, Prepared, VisionTokens, drop_placeholders, padded, per_image, per_view
+from .base import (
+    VISIONZIP_FAMILIES,
+    Adapter,
+    Piece,
+    Prepared,
+    VisionTokens,
+    compact,
+    lay_out,
+    padded,
+    per_image,
+    per_view,
+    placeholder_stays,
+)
 from .regions import Placement, TokenRegions, cell_box, clip, resize_and_crop
 
 
@@ -37,7 +50,7 @@ class ClipVisionTokens(VisionTokens):
     """(B, n) long: each token's view (counted over the batch) * hw + its patch in the view; -1 for padding.
     None (as the two above) where visionzip cannot run."""
     views: list[int] | None = per_image()
-    """Each image's views: its rows of `layer_input`."""
+    """Each item's views (of all its images): its rows of `layer_input`."""
 
     def split(self) -> list[ClipVisionTokens]:
         pieces = super().split()
@@ -128,16 +141,24 @@ class LlavaAdapter(Adapter):
         config = self.model.config
         pixels = prepared.inputs["pixel_values"]
         out = self.model.get_image_features(pixel_values=pixels, return_dict=True, **hidden_states_to_keep(config))
-        vision = torch.stack(list(out.pooler_output))
+        vision = torch.stack(list(out.pooler_output))  # (images, n, d)
         features = projector_input(config, out.hidden_states)
-        mask = torch.ones(vision.shape[:2], dtype=torch.bool, device=vision.device)
         allowed = self._content_patches(prepared.image_sizes, pixels.shape[-2:]).to(vision.device)
-        if allowed.shape != mask.shape:  # an unusual layout: do not guess, allow everything
-            allowed = mask
+        if allowed.shape != vision.shape[:2]:  # an unusual layout: do not guess, allow everything
+            allowed = torch.ones(vision.shape[:2], dtype=torch.bool, device=vision.device)
+        layout = prepared.layout()
+        order = [i for row in layout for _, i in row]
+        fields = lay_out([Piece(vision=vision[i], features=features[i], allowed=allowed[i]) for i in order],
+                         [len(row) for row in layout])
         layer_input, layer_cls = read_layer(config, out.hidden_states) or (None, None)
-        sources = None if layer_input is None else torch.arange(mask.numel(), device=vision.device).view(mask.shape)
-        return ClipVisionTokens(vision=vision, features=features, mask=mask, allowed=allowed, layer_input=layer_input,
-                                layer_cls=layer_cls, sources=sources, views=[1] * len(vision))
+        sources = None
+        if layer_input is not None:  # each token's image (its view) * n + its patch, as the batch's rows hold them
+            n = vision.shape[1]
+            numbers = torch.arange(len(vision) * n, device=vision.device).view(len(vision), n)
+            sources = pad_sequence([torch.cat([numbers[i] for _, i in row]) for row in layout], batch_first=True,
+                                   padding_value=-1)
+        return ClipVisionTokens(**fields, layer_input=layer_input, layer_cls=layer_cls, sources=sources,
+                                views=[len(row) for row in layout])
 
     def visionzip_inputs(self, prepared: Prepared, tokens: VisionTokens) -> ZipInputs:
         assert isinstance(tokens, ClipVisionTokens)
@@ -192,21 +213,30 @@ class LlavaAdapter(Adapter):
         return TokenRegions(boxes=boxes, panel=[0] * len(boxes))
 
     def generation_inputs(self, prepared: Prepared, tokens: VisionTokens, kept: list[torch.Tensor] | None) -> dict:
-        input_ids, attention_mask = prepared.inputs["input_ids"], prepared.inputs["attention_mask"]
-        if kept is None:
-            per_image = list(tokens.vision)
-        else:
-            per_image = [v[idx] for v, idx in zip(tokens.vision, kept)]
-            counts = torch.tensor([len(idx) for idx in kept], device=input_ids.device)
-            if bool((counts < tokens.mask.sum(-1).to(counts.device)).any()):
-                input_ids, attention_mask = drop_placeholders(
-                    input_ids, attention_mask, self.image_token_id, counts, self.tokenizer.pad_token_id
-                )
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=per_image)},
-        }
+        return feed_in_order(self, prepared, tokens, kept, listed=True)
+
+
+def feed_in_order(
+    adapter: Adapter, prepared: Prepared, tokens: VisionTokens, kept: list[torch.Tensor] | None, *, listed: bool
+) -> dict:
+    """`generate`'s inputs for families whose placeholders are one per vision token, in the row's token order (each
+    image's run after the previous one's) and whose positions are plain 1-D: the dropped tokens' placeholders go, the
+    kept tokens fill the rest in order, the prompt is renumbered. The model gets the kept rows as one (total, d)
+    tensor in a list (`listed`, as LLaVA concatenates them) or as a (1, total, d) tensor (InternVL)."""
+    input_ids, attention_mask = prepared.inputs["input_ids"], prepared.inputs["attention_mask"]
+    counts = tokens.counts
+    if kept is None:
+        kept = [torch.arange(n, device=tokens.vision.device) for n in counts]
+    if any(len(idx) < n for idx, n in zip(kept, counts)):
+        stays = placeholder_stays(input_ids, attention_mask, adapter.image_token_id, kept, counts)
+        attention_mask, (input_ids,) = compact(stays, input_ids, pad=adapter.tokenizer.pad_token_id)
+    # The model scatters the batch's rows, concatenated, into its placeholders in sequence order.
+    fed = torch.cat([v[idx] for v, idx in zip(tokens.vision, kept)])
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=[fed] if listed else fed[None])},
+    }
 
 
 def clip_input_placement(image_processor: Any, height: int, width: int) -> tuple[Placement, tuple[int, int]]:

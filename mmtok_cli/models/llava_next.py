@@ -24,7 +24,18 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from ..baselines import ZipInputs
 from ..errors import MmtokError
 from ..selection import TAU_T_LLAVA
-from .base import Adapter, Prepared, VisionTokens, drop_placeholders, per_image
+from .base import (
+    Adapter,
+    Piece,
+    Prepared,
+    VisionTokens,
+    compact,
+    input_counts,
+    kept_by_input,
+    lay_out,
+    per_image,
+    placeholder_stays,
+)
 from .llava import ClipVisionTokens, clip_zip_inputs, hidden_states_to_keep, projector_input, read_layer
 from .regions import Box, Placement, TokenRegions, cell_box, clip, resize_and_crop, size_value
 
@@ -34,10 +45,11 @@ _NEWLINE, _Y, _X, _VIEW = 0, 1, 2, 3
 
 @dataclass
 class NextVisionTokens(ClipVisionTokens):
-    """`parts`: 0 = base view, 1.. = crops."""
+    """`parts`: each image's base view, then its crops (numbered over the item's images)."""
 
-    packed: list[torch.Tensor] | None = per_image()
-    """Each image's packed sequence as the model builds it, newlines included: what k >= n feeds."""
+    packed: list[list[torch.Tensor]] | None = per_image()
+    """Per item, each image's packed sequence as the model builds it, newlines included: what an image that keeps
+    every token feeds."""
 
 
 class LlavaNextAdapter(Adapter):
@@ -56,39 +68,39 @@ class LlavaNextAdapter(Adapter):
 
     def encode(self, prepared: Prepared) -> NextVisionTokens:
         sizes = prepared.inputs["image_sizes"]
+        # LLaVA-OneVision: the images of a prompt of several get no crops
+        per_row = prepared.inputs.get("batch_num_images")
         out = self.model.get_image_features(
             pixel_values=prepared.inputs["pixel_values"], image_sizes=sizes, return_dict=True,
-            **hidden_states_to_keep(self.model.config),
+            **({} if per_row is None else {"batch_num_images": per_row}), **hidden_states_to_keep(self.model.config),
         )
         packed = list(out.pooler_output)
         features = projector_input(self.model.config, out.hidden_states)  # (all views, hw, e)
-        views = self._views(sizes)
+        views = self._views(sizes, per_row)
         probes = self._probe(sizes, views, features.shape[1], features)
-        vision, feats, parts = [], [], []
+        pieces = []
         for seq, probe in zip(packed, probes):
             token = probe[:, _NEWLINE] < 0.5
-            vision.append(seq[token])
-            feats.append(probe[token, _VIEW + max(views):].to(features.dtype))
             # a token resampled from several views (LLaVA-OneVision) belongs to the one that weighs most
-            parts.append(probe[token, _VIEW : _VIEW + max(views)].argmax(-1))
-        vision_t = pad_sequence(vision, batch_first=True)
-        mask = pad_sequence([torch.ones(len(v), dtype=torch.bool, device=vision_t.device) for v in vision], True)
+            pieces.append(Piece(vision=seq[token], features=probe[token, _VIEW + max(views):].to(features.dtype),
+                                views=probe[token, _VIEW : _VIEW + max(views)].argmax(-1)))
+        layout = prepared.layout()
+        order = [i for row in layout for _, i in row]
+        fields = lay_out([pieces[i] for i in order], [len(row) for row in layout])
         zip_layer = read_layer(self.model.config, out.hidden_states)  # None where visionzip cannot run
         layer_input, layer_cls = zip_layer or (None, None)
         sources = None
         if zip_layer is not None:
-            sources = pad_sequence(self._sources(sizes, views, features.shape[1]), batch_first=True, padding_value=-1)
+            numbers = self._sources(sizes, views, features.shape[1])
+            sources = pad_sequence([torch.cat([numbers[i] for _, i in row]) for row in layout], batch_first=True,
+                                   padding_value=-1)
         return NextVisionTokens(
+            **fields,
             layer_input=layer_input,
             layer_cls=layer_cls,
             sources=sources,
-            vision=vision_t,
-            features=pad_sequence(feats, batch_first=True),
-            mask=mask,
-            allowed=mask,
-            parts=pad_sequence(parts, batch_first=True, padding_value=-1),
-            packed=packed,
-            views=views,
+            packed=[[packed[i] for _, i in row] for row in layout],
+            views=[sum(views[i] for _, i in row) for row in layout],
         )
 
     def visionzip_inputs(self, prepared: Prepared, tokens: VisionTokens) -> ZipInputs:
@@ -103,12 +115,15 @@ class LlavaNextAdapter(Adapter):
         packed = self._pack(list(numbers.view(-1, per_view, 1).split(views)), sizes, newline)
         return [p[p[:, 0] >= 0, 0].long() for p in packed]
 
-    def _views(self, sizes: torch.Tensor) -> list[int]:
-        """Views per image: the base view plus the crops of its any-resolution grid."""
+    def _views(self, sizes: torch.Tensor, per_row: torch.Tensor | None = None) -> list[int]:
+        """Views per image: the base view plus the crops of its any-resolution grid; only the base view where the
+        model takes no crops (`per_row`: LLaVA-OneVision's images per prompt, crops only for a prompt of one)."""
         from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
         config = self.model.config
-        return [image_size_to_num_patches(s, config.image_grid_pinpoints, config.vision_config.image_size) for s in sizes]
+        cropped = [True] * len(sizes) if per_row is None else [n == 1 for n in per_row.tolist() for _ in range(n)]
+        return [image_size_to_num_patches(s, config.image_grid_pinpoints, config.vision_config.image_size) if crop
+                else 1 for s, crop in zip(sizes, cropped)]
 
     def _pack(self, views: list[torch.Tensor], sizes: torch.Tensor, newline: torch.Tensor) -> list[torch.Tensor]:
         """The model's own packing of each image's (views, hw, c) rows, `newline` where it puts its row newlines."""
@@ -157,22 +172,28 @@ class LlavaNextAdapter(Adapter):
     def generation_inputs(self, prepared: Prepared, tokens: VisionTokens, kept: list[torch.Tensor] | None) -> dict:
         assert isinstance(tokens, NextVisionTokens)
         input_ids, attention_mask = prepared.inputs["input_ids"], prepared.inputs["attention_mask"]
-        counts = tokens.counts
-        per_image = []
-        for row, packed in enumerate(tokens.packed):
-            if kept is None or len(kept[row]) == counts[row]:
-                per_image.append(packed)  # everything kept: the model's own sequence, newlines included
-            else:
-                per_image.append(tokens.vision[row, kept[row]])
-        lengths = torch.tensor([len(p) for p in per_image], device=input_ids.device)
-        if bool((lengths < torch.tensor([len(p) for p in tokens.packed], device=input_ids.device)).any()):
-            input_ids, attention_mask = drop_placeholders(
-                input_ids, attention_mask, self.image_token_id, lengths, self.tokenizer.pad_token_id
-            )
+        if kept is None:
+            kept = [torch.arange(n, device=tokens.vision.device) for n in tokens.counts]
+        fed, slots, runs = [], [], []
+        for row, (packed, pieces, sizes) in enumerate(zip(tokens.packed, kept_by_input(tokens, kept),
+                                                          input_counts(tokens))):
+            start, run, row_slots = 0, 0, []
+            for seq, local, size in zip(packed, pieces, sizes, strict=True):
+                # an image that keeps everything: the model's own sequence, newlines included
+                piece = seq if len(local) == size else tokens.vision[row, local.to(tokens.vision.device) + start]
+                fed.append(piece)
+                # its placeholders are identical: it keeps the first len(piece) of its run
+                row_slots.append(torch.arange(run, run + len(piece), device=input_ids.device))
+                start, run = start + size, run + len(seq)
+            slots.append(torch.cat(row_slots))
+            runs.append(run)
+        if any(len(s) < n for s, n in zip(slots, runs)):
+            stays = placeholder_stays(input_ids, attention_mask, self.image_token_id, slots, runs)
+            attention_mask, (input_ids,) = compact(stays, input_ids, pad=self.tokenizer.pad_token_id)
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
-            "mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=per_image)},
+            "mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=fed)},
         }
 
     def token_regions(self, prepared: Prepared, row: int) -> TokenRegions:

@@ -28,6 +28,8 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
     budget = ("K in total, split evenly over the base view and the crops (after the model's anyres_max_9 "
               "downsampling of large crop grids); row newlines dropped")
     fallback_prompt = "<|im_start|>user\n{image}\n{question}<|im_end|>\n<|im_start|>assistant\n"
+    nested_images = True
+    """The processor counts each prompt's images (`batch_num_images`): a prompt of several gets no crops."""
 
     @staticmethod
     def model_class() -> type:
