@@ -202,24 +202,27 @@ def fetch_image(
     return _decode(io.BytesIO(fetch_bytes(url, timeout, max_bytes, allow_private=allow_private)), url)
 
 
-def decode_image(data: bytes, name: str) -> Image.Image:
-    """Image bytes decoded with the same limits as a file or a download (`name` says which image, in errors)."""
-    return _decode(io.BytesIO(data), name)
+def decode_image(data: bytes | Path, name: str) -> Image.Image:
+    """Image bytes (or a file) decoded with the same limits as any other image (`name` says which, in errors)."""
+    return _decode(io.BytesIO(data) if isinstance(data, bytes) else data, name)
 
 
-def local_image(path: str | Path, root: str | Path) -> Image.Image:
-    """A regular file at most MAX_DOWNLOAD_BYTES long that lies inside `root` once links are resolved (`mmtok
-    serve`'s file:// images); anything else is refused with `RefusedSource`, or is a one-line MmtokError."""
+def local_file(
+    path: str | Path, root: str | Path, *, max_bytes: int = MAX_DOWNLOAD_BYTES, what: str = "image"
+) -> Path:
+    """`path` resolved, where it is a regular file at most `max_bytes` long that lies inside `root` once links are
+    resolved (`mmtok serve`'s file:// images and videos; `what` names which in errors); anything else is refused with
+    `RefusedSource`, or is a one-line MmtokError."""
     real, inside = Path(os.path.realpath(path)), Path(os.path.realpath(root))
     if not real.is_relative_to(inside):
-        raise RefusedSource(f"{path} is outside the folder the server allows local images from")
+        raise RefusedSource(f"{path} is outside the folder the server allows local media from")
     if not real.exists():
-        raise MmtokError(f"image not found: {path}")
+        raise MmtokError(f"{what} not found: {path}")
     if not real.is_file():  # a FIFO or a device would hang or never end
         raise RefusedSource(f"{path} is not a regular file")
-    if real.stat().st_size > MAX_DOWNLOAD_BYTES:
-        raise MmtokError(f"{path} is over the {MAX_DOWNLOAD_BYTES / 1e6:g} MB image limit")
-    return _decode(real, str(path))
+    if real.stat().st_size > max_bytes:
+        raise MmtokError(f"{path} is over the {max_bytes / 1e6:g} MB {what} limit")
+    return real
 
 
 def open_source(source: str, base: Path | None = None, *, timeout: float = URL_TIMEOUT_S) -> Image.Image:

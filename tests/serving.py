@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+from typer.testing import CliRunner
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_images"
 
@@ -82,8 +83,24 @@ def data_url(path: Path | str) -> str:
 
 def user(url: str, question: str) -> list[dict]:
     """One user message: the image, then the question (what `mmtok ask` prompts)."""
-    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
-                                         {"type": "text", "text": question}]}]
+    return turn(question, ("image", url))
+
+
+def turn(question: str, *media: tuple[str, str]) -> list[dict]:
+    """One user message: each (kind, url) of `media` ("image" / "video") in order, then the question."""
+    parts = [{"type": f"{kind}_url", f"{kind}_url": {"url": url}} for kind, url in media]
+    return [{"role": "user", "content": [*parts, {"type": "text", "text": question}]}]
+
+
+def ask_json(*arguments) -> dict:
+    """`mmtok ask ARGUMENTS --json`'s record."""
+    import json
+
+    from mmtok_cli.cli import app
+
+    result = CliRunner().invoke(app, ["ask", *map(str, arguments), "--json"])
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
 
 
 def metric(text: str, name: str, labels: str = "") -> float:

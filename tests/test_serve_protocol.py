@@ -10,13 +10,16 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from mmtok_cli.engine import Engine, Sampling
 from mmtok_cli.serve.options import ServeOptions
-from mmtok_cli.serve.protocol import ApiError, parse_chat
+from mmtok_cli.serve.protocol import ApiError, Visual, parse_chat
+from mmtok_cli.video import FrameSampling
 
 from .conftest import noise_image
 from .device import TEST_DEVICE, to_device
 
 URL = "data:image/png;base64,iVBORw0KGgo="
-OPTIONS = ServeOptions(model="m", tokens=32, max_new_tokens=16, selection={"alpha": 0.25})
+VIDEO = "data:video/mp4;base64,AAAAIGZ0eXA="
+OPTIONS = ServeOptions(model="m", tokens=32, max_new_tokens=16, selection={"alpha": 0.25}, max_inputs=3,
+                       frame_sampling=FrameSampling(frames=8, max_frames=16))
 
 
 def parse(has_template=True, **body):
@@ -36,9 +39,48 @@ def test_a_request_becomes_the_item_a_jsonl_line_would():
     assert request.conversation is None  # exactly `mmtok ask`'s prompt
     assert request.run.kwargs() == {"method": "mmtok", "alpha": 0.25, "tau_v": 0.1, "agent": False,
                                     "agent_tokens": None}
-    assert request.stop == ("###",) and request.sampling == Sampling() and request.url == URL
+    assert request.stop == ("###",) and request.sampling == Sampling()
+    assert request.visuals == [Visual("image", URL, "messages[0].content[0].image_url.url")]
+    assert (item.image, item.sources) == ("data:image/png;base64,...", [("image", "data:image/png;base64,...")])
     defaults = parse(messages=one_turn())
     assert (defaults.item.tokens, defaults.item.max_new_tokens) == (32, 16)  # the server's flags
+
+
+def test_images_and_videos_keep_their_order_and_frame_options_their_bounds():
+    def part(kind, url):
+        return {"type": f"{kind}_url", f"{kind}_url": {"url": url}}
+
+    def turn(*kinds, question="Which?"):
+        return [{"role": "user", "content": [*(part(k, VIDEO if k == "video" else URL) for k in kinds),
+                                             {"type": "text", "text": question}]}]
+
+    request = parse(messages=turn("image", "video", "image"))
+    assert [(v.kind, v.param) for v in request.visuals] == [
+        ("image", "messages[0].content[0].image_url.url"), ("video", "messages[0].content[1].video_url.url"),
+        ("image", "messages[0].content[2].image_url.url")]
+    assert [kind for kind, _ in request.item.sources] == ["image", "video", "image"] and request.item.image is None
+    assert request.conversation is None  # one turn of the inputs, then the question: `mmtok ask`'s prompt
+    assert request.frames == FrameSampling(frames=8, max_frames=16)  # the server's flags
+    assert parse(messages=turn("video"), mmtok={"fps": 2}).frames == FrameSampling(fps=2.0, max_frames=16)
+    assert parse(messages=turn("video"), mmtok={"max_frames": 4}).frames == FrameSampling(frames=4, max_frames=4)
+    assert parse(messages=turn("video"), mmtok={"frames": 3, "tokens": 5}).frames.frames == 3
+    for body, param, words in [
+        ({"messages": turn("image"), "mmtok": {"frames": 4}}, "mmtok.frames", "no video_url"),
+        ({"messages": turn("video"), "mmtok": {"max_frames": 17}}, "mmtok.max_frames", "limit of 16 (--max-frames)"),
+        ({"messages": turn("video"), "mmtok": {"frames": 20}}, "mmtok.frames", "limit of 16"),
+        ({"messages": turn("video"), "mmtok": {"frames": 4, "fps": 1}}, "mmtok.frames", "mmtok.fps both"),
+        ({"messages": turn("video"), "mmtok": {"fps": 0}}, "mmtok.fps", "above 0"),
+        ({"messages": turn("video"), "mmtok": {"frames": 2.5}}, "mmtok.frames", "positive integer"),
+        ({"messages": [{"role": "user", "content": [part("video", URL), {"type": "text", "text": "?"}]}]},
+         "messages[0].content[0].video_url.url", "data:video/<type>;base64"),
+        ({"messages": turn("image", "image", "video", "image")}, "messages", "limit of 3 (--max-inputs)"),
+        ({"messages": [{"role": "user", "content": "hello"}]}, "messages", "hold none"),
+    ]:
+        with pytest.raises(ApiError) as caught:
+            parse(**body)
+        assert caught.value.param == param and words in caught.value.message, (body, caught.value.message)
+    with pytest.raises(ApiError, match="no chat template"):  # the built-in format holds one image
+        parse(has_template=False, messages=turn("image", "image"))
 
 
 def test_a_conversation_keeps_its_turns_and_asks_the_last_user_text():

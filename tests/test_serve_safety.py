@@ -1,8 +1,11 @@
-"""`mmtok serve`'s safety against hostile clients and media, on a real server (a tiny Qwen2.5-VL checkpoint): the
-API key, image URLs (redirects, deadline, decoded-size limit, private addresses on every hop), file:// inside the
-allowed folder only, a bounded queue, clients that leave, and a stream that fails mid-way."""
+"""`mmtok serve`'s media and its safety against hostile clients and media, on a real server (a tiny Qwen2.5-VL
+checkpoint): several images and a video in one request answer as `mmtok ask`; the API key, image URLs (redirects,
+deadline, decoded-size limit, private addresses on every hop), file:// inside the allowed folder only, a bounded
+queue, clients that leave, and a stream that fails mid-way."""
 
+import base64
 import http.server
+import importlib.util
 import io
 import json
 import struct
@@ -20,7 +23,7 @@ from mmtok_cli.io import fetch_image, public_address
 
 from .conftest import noise_image
 from .device import TEST_DEVICE
-from .serving import Served, metric, user
+from .serving import Served, ask_json, metric, turn, user
 from .test_hardening import HANG_UP_MARGIN_S, _Hostile, _trickles_since
 
 openai = pytest.importorskip("openai")
@@ -152,8 +155,6 @@ def test_every_route_but_health_wants_the_key(server, reference):
 
 
 def data_url_of(image) -> str:
-    import base64
-
     return "data:image/png;base64," + base64.b64encode(_png(image)).decode()
 
 
@@ -163,6 +164,55 @@ def test_url_and_file_images_answer_like_their_pixels(server, images, media, ref
         assert reply.status_code == 200, reply.text
         assert reply.json()["choices"][0]["message"]["content"] == reference.answer
         assert reply.json()["mmtok"]["kept_indices"] == reference.kept_indices
+
+
+def test_two_images_answer_as_ask(server, images, talker, tmp_path):
+    second = noise_image(22, (80, 104))
+    first_file, second_file = tmp_path / "first.png", tmp_path / "second.png"
+    PICTURE.save(first_file)
+    second.save(second_file)
+    question = "Which of the two is brighter?"
+    # In prompt order: a data: URL, then an http URL of PICTURE.
+    reply = chat(server, None, messages=turn(question, ("image", data_url_of(second)), ("image", f"{images}/img.png")),
+                 mmtok={"tokens": 12})
+    assert reply.status_code == 200, reply.text
+    asked = ask_json(second_file, first_file, question, "--model", talker, "--tokens", 12, "--max-new-tokens", 4)
+    mm = reply.json()["mmtok"]
+    assert reply.json()["choices"][0]["message"]["content"] == asked["answer"]
+    assert mm["kept_indices"] == asked["kept_indices"] and len(mm["kept_indices"]) == 2
+    assert mm["vision_tokens"]["inputs"] == asked["vision_tokens"]["inputs"]
+    assert [entry["kind"] for entry in mm["vision_tokens"]["inputs"]] == ["image", "image"]
+    assert mm["prompt_tokens"] == asked["prompt_tokens"]
+
+
+HAS_VIDEO = importlib.util.find_spec("torchvision") is not None and importlib.util.find_spec("av") is not None
+
+
+@pytest.mark.skipif(not HAS_VIDEO, reason="videos need the `video` extra: torchvision and PyAV")
+def test_a_video_answers_as_ask(server, talker, media):
+    from .test_decode import write_video
+
+    clip = write_video(media[0] / "clip.mp4", frames=8, size=(64, 48))
+    question = "What happens in the clip?"
+    asked = ask_json(clip, question, "--model", talker, "--tokens", 16, "--frames", 4, "--max-new-tokens", 4)
+    inline = "data:video/mp4;base64," + base64.b64encode(clip.read_bytes()).decode()
+    for url in (inline, f"file://{clip}"):
+        reply = chat(server, None, messages=turn(question, ("video", url)), mmtok={"tokens": 16, "frames": 4})
+        assert reply.status_code == 200, reply.text
+        mm = reply.json()["mmtok"]
+        assert reply.json()["choices"][0]["message"]["content"] == asked["answer"]
+        assert mm["kept_indices"] == asked["kept_indices"] and mm["prompt_tokens"] == asked["prompt_tokens"]
+        assert mm["vision_tokens"]["inputs"] == asked["vision_tokens"]["inputs"]
+        assert mm["vision_tokens"]["inputs"][0]["frames"] == 4
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torchvision") is not None, reason="a processor with torchvision reads "
+                    "videos")
+def test_without_torchvision_a_video_is_refused_in_one_line(server):
+    reply = chat(server, None, messages=turn("What happens?", ("video", "data:video/mp4;base64,AAAA")))
+    assert reply.status_code == 400
+    error = reply.json()["error"]
+    assert "install torchvision" in error["message"] and error["param"] == "messages[0].content[0].video_url.url"
 
 
 def test_hostile_images_get_their_status_and_the_server_goes_on(server, images, media, reference):
@@ -339,4 +389,9 @@ def test_the_media_policy_reads_files_only_inside_its_folder(media):
             policy.load(url)
     with pytest.raises(RefusedSource, match="--allowed-local-media-path"):
         MediaPolicy().load(f"file://{folder / 'inside.png'}")
+    # Videos under the same policy, refused before any byte is read or decoded.
+    with pytest.raises(RefusedSource, match="loopback, private or link-local"):
+        MediaPolicy().load("http://127.0.0.1:9/clip.mp4", "video")
+    with pytest.raises(RefusedSource, match="outside the folder"):
+        policy.load(f"file://{outside}", "video")
     assert Path(folder / "inside.png").exists()

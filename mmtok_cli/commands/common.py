@@ -147,8 +147,8 @@ RayAddressOpt = Annotated[
                              "default: start a local Ray instance.", rich_help_panel="Ray")
 ]
 DownloadTimeoutOpt = Annotated[
-    float, typer.Option("--download-timeout", help="Seconds one image URL may take in all (connect, redirects, "
-                        "body; at most 50 MB): a slower one fails its item alone.")
+    float, typer.Option("--download-timeout", help="Seconds one image or video URL may take in all (connect, "
+                        "redirects, body; at most 50 MB an image, 200 MB a video): a slower one fails its item alone.")
 ]
 
 

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from ..options import DEFAULT_MODEL, selection_params
+from ..video import MAX_FRAMES
 from .common import (
     AgentModelOpt,
     AgentOpt,
@@ -19,6 +20,9 @@ from .common import (
     DeviceOpt,
     DownloadTimeoutOpt,
     DtypeOpt,
+    FpsOpt,
+    FramesOpt,
+    MaxFramesOpt,
     MethodOpt,
     PanAndScanOpt,
     QuestionWordsOpt,
@@ -28,6 +32,7 @@ from .common import (
     TokensOpt,
     err,
     guarded,
+    sampling,
 )
 from .config import ConfigOpt
 
@@ -68,6 +73,9 @@ def serve(
     agent: AgentOpt = False,
     agent_model: AgentModelOpt = None,
     agent_tokens: AgentTokensOpt = None,
+    frames: FramesOpt = None,
+    fps: FpsOpt = None,
+    max_frames: MaxFramesOpt = MAX_FRAMES,
     max_batch_size: Annotated[
         int, typer.Option("--max-batch-size", help="Most requests in one forward pass (halved on CUDA out-of-memory).",
                           rich_help_panel=BATCHING)
@@ -88,18 +96,22 @@ def serve(
         int, typer.Option("--max-prompt-chars", help="The most characters of text in one request's messages "
                           "(400 above).", rich_help_panel=LIMITS)
     ] = 20_000,
+    max_inputs: Annotated[
+        int, typer.Option("--max-inputs", help="The most images and videos in one request (400 above).",
+                          rich_help_panel=LIMITS)
+    ] = 8,
     max_body_mb: Annotated[
         float, typer.Option("--max-body-mb", help="The largest request body, in MB (413 above).",
                             rich_help_panel=LIMITS)
     ] = 20.0,
     download_timeout: DownloadTimeoutOpt = 30.0,
     allow_private_urls: Annotated[
-        bool, typer.Option("--allow-private-urls", help="Fetch image URLs on loopback, private and link-local "
-                           "addresses too (refused by default, on every redirect).", rich_help_panel=LIMITS)
+        bool, typer.Option("--allow-private-urls", help="Fetch image and video URLs on loopback, private and "
+                           "link-local addresses too (refused by default, on every redirect).", rich_help_panel=LIMITS)
     ] = False,
     allowed_local_media_path: Annotated[
-        str | None, typer.Option("--allowed-local-media-path", metavar="DIR", help="Read file:// image URLs, but "
-                                 "only inside DIR (refused without it).", rich_help_panel=LIMITS)
+        str | None, typer.Option("--allowed-local-media-path", metavar="DIR", help="Read file:// image and video "
+                                 "URLs, but only inside DIR (refused without it).", rich_help_panel=LIMITS)
     ] = None,
     ray: Annotated[
         bool, typer.Option("--ray", help="Deploy on Ray Serve: --replicas copies of the server, each loading the "
@@ -117,10 +129,11 @@ def serve(
 ) -> None:
     """Serve the model over HTTP with OpenAI's Chat Completions API; every request picks its own vision tokens.
 
-    POST /v1/chat/completions takes OpenAI's request (one image per request, as an image_url part: a
-    data:image/...;base64 URL, http(s), or file:// under --allowed-local-media-path) plus an optional
-    "mmtok" object of per-request options: tokens, method, budget, question_words, alpha, tau_t, tau_v, agent,
-    agent_tokens (defaults: this command's flags). Replies are chat.completion objects (or a stream of chunks)
+    POST /v1/chat/completions takes OpenAI's request (images as image_url parts, videos as video_url parts, in
+    prompt order: data:image/...;base64 or data:video/...;base64 URLs, http(s), or file:// under
+    --allowed-local-media-path) plus an optional "mmtok" object of per-request options: tokens, method, budget,
+    question_words, alpha, tau_t, tau_v, agent, agent_tokens, frames, fps, max_frames (defaults: this command's
+    flags; --max-frames also bounds a request's). Replies are chat.completion objects (or a stream of chunks)
     with usage.prompt_tokens the pruned prompt the model read, usage.prompt_tokens_details.image_tokens the
     vision tokens kept, and an "mmtok" object with the fields of `mmtok ask --json` plus batch_size. Also
     GET /v1/models, GET /health (200 once the model is loaded) and GET /metrics (Prometheus).
@@ -150,10 +163,12 @@ def serve(
             tokens=tokens, method=method, max_new_tokens=max_new_tokens,
             selection=selection_params(alpha=alpha, tau_t=tau_t, tau_v=tau_v, budget=budget,
                                        question_words=question_words),
-            agent=agent, agent_model=agent_model, agent_tokens=agent_tokens, max_batch_size=max_batch_size,
+            agent=agent, agent_model=agent_model, agent_tokens=agent_tokens,
+            frame_sampling=sampling(frames, fps, max_frames), max_batch_size=max_batch_size,
             batch_wait_ms=batch_wait_ms, max_queue=max_queue, max_request_tokens=max_request_tokens,
-            max_prompt_chars=max_prompt_chars, max_body_mb=max_body_mb, download_timeout=download_timeout,
-            allow_private_urls=allow_private_urls, allowed_local_media_path=allowed_local_media_path, debug=debug,
+            max_prompt_chars=max_prompt_chars, max_inputs=max_inputs, max_body_mb=max_body_mb,
+            download_timeout=download_timeout, allow_private_urls=allow_private_urls,
+            allowed_local_media_path=allowed_local_media_path, debug=debug,
         )
         options.check()
         if not ray and (replicas != 1 or gpus_per_replica or ray_address):

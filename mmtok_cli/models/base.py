@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import itertools
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar, TypeVar
 
@@ -25,7 +25,7 @@ from ..options import check_conventions
 from ..selection import Selection
 from ..text import content_token_ids
 from ..video import is_video
-from .processors import load_processor
+from .processors import TORCHVISION_HINT, load_processor
 from .regions import TokenRegions
 from .views import previous_frame, select_global, select_per_view
 
@@ -400,8 +400,17 @@ class Adapter(ABC):
                 for q, row, c in zip(questions, visuals, conversations or [None] * len(questions), strict=True)]
 
     def check_visuals(self, visuals: Sequence[Sequence[Any]]) -> None:
-        """A one-line MmtokError for inputs the family cannot take (videos, where it has no video input)."""
-        if not self.videos and any(is_video(v) for row in visuals for v in row):
+        """A one-line MmtokError for inputs the family cannot take (`check_kinds`), or an item of none."""
+        self.check_kinds({"video" if is_video(v) else "image" for row in visuals for v in row})
+        if any(not row for row in visuals):
+            raise MmtokError("an item needs at least one image or video")
+
+    def check_kinds(self, kinds: Iterable[str]) -> None:
+        """A one-line MmtokError where `kinds` ("image" / "video") hold a video the family cannot take: it has no
+        video input, or its processor was assembled for images only (no torchvision)."""
+        if "video" not in kinds:
+            return
+        if not self.videos:
             from .registry import ADAPTERS
 
             video_families = ", ".join(a.family for a in ADAPTERS if a.videos)
@@ -410,8 +419,9 @@ class Adapter(ABC):
                     else "videos are not fed by mmtok yet")
             raise MmtokError(f"{self.family} {what}; use a video family ({video_families}), or ask about frames saved "
                              "as images")
-        if any(not row for row in visuals):
-            raise MmtokError("an item needs at least one image or video")
+        if getattr(self.processor, "video_processor", None) is None:
+            raise MmtokError(f"{self.family} reads videos, but its processor was loaded for images only: "
+                             f"{TORCHVISION_HINT}")
 
     def processor_images(self, visuals: Sequence[Sequence[Any]]) -> dict[str, Any]:
         """The processor's image and video arguments for the rows' visual inputs: images as one flat list (the

@@ -2,9 +2,10 @@
 `GET /metrics`; every error in OpenAI's shape `{"error": {"message", "type", "param", "code"}}`.
 
 A chat request: its body is read (413 over --max-body-mb), validated (`protocol.parse_chat`, 400), admitted to
-the queue (503 when full), its image loaded off the event loop (`Server.open_image`, 400 / 422), then handed to the
-batcher; the reply is one `chat.completion`, or a server-sent-event stream of `chat.completion.chunk`s ending in
-`data: [DONE]` (an error after the stream started is one `{"error": ...}` event, then `[DONE]`).
+the queue (503 when full), its images and videos loaded off the event loop (`Server.open_media`, 400 / 422), then
+handed to the batcher; the reply is one `chat.completion`, or a server-sent-event stream of
+`chat.completion.chunk`s ending in `data: [DONE]` (an error after the stream started is one `{"error": ...}`
+event, then `[DONE]`).
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def build_app(server: Server) -> FastAPI:
             server.metrics.requests.labels(str(exc.status)).inc()
             return error_response(exc)
         try:
-            loading = asyncio.get_running_loop().run_in_executor(server.loader, server.open_image, job)
+            loading = asyncio.get_running_loop().run_in_executor(server.loader, server.open_media, job)
             if not await _unless_gone(loading, request):
                 job.cancelled.set()
                 server.finished(job, "disconnected")

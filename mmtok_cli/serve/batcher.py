@@ -1,5 +1,5 @@
-"""Dynamic batching: requests whose images are loaded wait here; one gathering thread groups them into forward
-passes and preprocesses the next pass while the model runs the current one, on the model's thread, with
+"""Dynamic batching: requests whose images and videos are loaded wait here; one gathering thread groups them into
+forward passes and preprocesses the next pass while the model runs the current one, on the model's thread, with
 `mmtok batch`'s recovery (`batch.PassRunner`: out-of-memory halving, a failing request failing alone).
 
 A pass takes up to `--max-batch-size` requests that can share it (the same `RunOptions` and decoding; a seeded
@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
-from PIL import Image
 from transformers.generation.stopping_criteria import StoppingCriteria
 
 from ..batch import PassRunner
@@ -43,10 +42,11 @@ class Job:
     """("delta", text), then ("done", Outcome) or ("error", exception), put from the model's thread."""
     cancelled: threading.Event = field(default_factory=threading.Event)
     """The client left: never run it, or drop its row at the next step."""
-    image: Image.Image | None = None
+    image: Any = None
+    """What it asks about, loaded: an image, a video, or a list of them in prompt order (`Engine.prepare`)."""
     load_ms: float = 0.0
     ready_at: float = 0.0
-    """When its image was loaded and it joined the batcher's queue."""
+    """When its images and videos were loaded and it joined the batcher's queue."""
     first_token_at: float | None = None
     sent: str = ""
     """The answer's text streamed so far (kept across a pass's out-of-memory retries)."""
@@ -181,7 +181,7 @@ class Batcher(PassRunner[Job]):
             self._cond.notify_all()
 
     def submit(self, job: Job) -> None:
-        """Queue a request whose image is loaded."""
+        """Queue a request whose images and videos are loaded."""
         job.ready_at = time.perf_counter()
         with self._cond:
             self._pending.append(job)

@@ -13,6 +13,7 @@ from pathlib import Path
 from ..errors import UsageError
 from ..io import URL_TIMEOUT_S
 from ..options import DEFAULT_MODEL, check_agent, check_cache, check_options
+from ..video import FrameSampling
 
 API_KEY_ENV = "MMTOK_API_KEY"
 
@@ -41,22 +42,26 @@ class ServeOptions:
     agent: bool = False
     agent_model: str | None = None
     agent_tokens: int | None = None
+    frame_sampling: FrameSampling = field(default_factory=FrameSampling)
+    """Which frames of a video are decoded (--frames / --fps / --max-frames); --max-frames also bounds a request's."""
     # Batching.
     max_batch_size: int = 8
     batch_wait_ms: float = 10.0
     """How long the first request of a pass waits for others to join it."""
     max_queue: int = 64
-    """Requests waiting for a pass (their images loading or loaded); one more is answered 503."""
+    """Requests waiting for a pass (their images and videos loading or loaded); one more is answered 503."""
     # Bounds on one request.
     max_request_tokens: int = 1024
     """The most tokens one request may ask to generate (max_tokens)."""
     max_prompt_chars: int = 20_000
     """The most characters of text in one request's messages."""
+    max_inputs: int = 8
+    """The most images and videos in one request."""
     max_body_mb: float = 20.0
     download_timeout: float = URL_TIMEOUT_S
     allow_private_urls: bool = False
     allowed_local_media_path: str | None = None
-    """file:// image URLs are read only inside this folder; None: refused."""
+    """file:// image and video URLs are read only inside this folder; None: refused."""
     debug: bool = False
 
     def check(self) -> None:
@@ -66,11 +71,12 @@ class ServeOptions:
         check_agent(agent=self.agent, method=self.method, agent_model=self.agent_model,
                     agent_tokens=self.agent_tokens)
         check_cache(self.cache_mb)
+        self.frame_sampling.check()
         if not 0 <= self.port <= 65535:
             raise UsageError(f"--port must be 0 (any free port) to 65535 (got {self.port})")
         for flag, value in (("--max-batch-size", self.max_batch_size), ("--max-queue", self.max_queue),
                             ("--max-request-tokens", self.max_request_tokens),
-                            ("--max-prompt-chars", self.max_prompt_chars)):
+                            ("--max-prompt-chars", self.max_prompt_chars), ("--max-inputs", self.max_inputs)):
             if value < 1:
                 raise UsageError(f"{flag} must be at least 1 (got {value})")
         if self.max_new_tokens > self.max_request_tokens:

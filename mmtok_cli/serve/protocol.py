@@ -2,8 +2,9 @@
 the `chat.completion` / `chat.completion.chunk` bodies built from an engine `Answer`.
 
 No FastAPI and no torch here: this is plain data in and out, so every rule is readable in one place. A request
-and a JSONL line for `mmtok batch` mean the same thing: both become an `Item` (image, question, tokens,
-max_new_tokens), checked by the same code (`io.positive_int`, `options.selection_params`, ...).
+and a JSONL line for `mmtok batch` mean the same thing: both become an `Item` (its images and videos in prompt
+order, question, tokens, max_new_tokens), checked by the same code (`io.positive_int`, `options.selection_params`,
+`video.FrameSampling.check`, ...).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ..errors import UsageError
 from ..io import Item, answer_fields, positive_int
 from ..options import AGENT_METHODS, METHODS, selection_params
+from ..video import FrameSampling
 
 if TYPE_CHECKING:
     from ..engine import Answer, Sampling
@@ -34,7 +36,12 @@ NO_OP_VALUES: dict[str, tuple[Any, ...]] = {
     "parallel_tool_calls": (False, True), "metadata": ({},),
 }
 """Options the server cannot honour, accepted only at values that change nothing; any other value is a 400."""
-MMTOK_KEYS = ("tokens", "method", "budget", "question_words", "alpha", "tau_t", "tau_v", "agent", "agent_tokens")
+MMTOK_KEYS = ("tokens", "method", "budget", "question_words", "alpha", "tau_t", "tau_v", "agent", "agent_tokens",
+              "frames", "fps", "max_frames")
+FRAME_KEYS = ("frames", "fps", "max_frames")
+"""The `mmtok` object's frame options: which frames of each video are decoded (`mmtok batch`'s --frames ...)."""
+MEDIA = {"image_url": "image", "video_url": "video"}
+"""Content parts that carry a visual input, and its kind."""
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 """Message roles and what the chat template gets (`developer` is OpenAI's newer name for `system`)."""
 
@@ -75,20 +82,32 @@ class RunOptions:
         return {"method": self.method, **dict(self.selection), "agent": self.agent, "agent_tokens": self.agent_tokens}
 
 
+@dataclass(frozen=True)
+class Visual:
+    """One image or video of a request, as sent."""
+
+    kind: str
+    """"image" or "video"."""
+    url: str
+    """A data:, http(s): or file: URL."""
+    param: str
+    """Where it sits in the request (`messages[0].content[1].image_url.url`), for errors about it."""
+
+
 @dataclass
 class ChatRequest:
     """A validated chat request: the item it asks, and what only a chat has."""
 
     item: Item
-    url: str
-    """The image as sent: a data:, http(s): or file: URL."""
-    url_param: str
-    """Where the image sits in the request (`messages[0].content[1].image_url.url`), for errors about it."""
+    visuals: list[Visual]
+    """The images and videos in prompt order (at least one)."""
     conversation: list[dict[str, Any]] | None
-    """Chat-template messages (the image as `{"type": "image"}`), or None for one user turn of the image, then the
-    question: exactly `mmtok ask`'s prompt."""
+    """Chat-template messages (each visual input as `{"type": "image"}` / `{"type": "video"}`), or None for one
+    user turn of the visual inputs, then the question: exactly `mmtok ask`'s prompt."""
     run: RunOptions
     sampling: Sampling
+    frames: FrameSampling = field(default_factory=FrameSampling)
+    """Which frames of its videos are decoded (checked; the family's own rule where it leaves the choice)."""
     stop: tuple[str, ...] = ()
     stream: bool = False
     include_usage: bool = False
@@ -122,9 +141,10 @@ def parse_chat(body: Any, options: ServeOptions, *, model_name: str, has_templat
     if model != model_name:
         raise ApiError(404, f"the model '{model}' is not served here; this server serves '{model_name}'",
                        param="model", code="model_not_found")
-    messages, question, url, url_param = _messages(given.get("messages"), options)
+    messages, question, visuals = _messages(given.get("messages"), options)
     max_tokens = _max_tokens(given, options)
     mm = _mmtok(given.get("mmtok", {}), options)
+    frames = _frames(given.get("mmtok", {}), options, visuals)
     stop = _stop(given.get("stop"))
     stream = given.get("stream", False)
     if not isinstance(stream, bool):
@@ -132,24 +152,28 @@ def parse_chat(body: Any, options: ServeOptions, *, model_name: str, has_templat
     include_usage = _stream_options(given.get("stream_options"), stream)
     sampling = Sampling(temperature=_number(given, "temperature", 0, 2, low_open=False),
                         top_p=_number(given, "top_p", 0, 1, low_open=True), seed=_seed(given.get("seed")))
-    simple = (len(messages) == 1 and [p["type"] for p in messages[0]["content"]] == ["image", "text"])
-    if not simple and not has_template:
-        raise bad("this checkpoint has no chat template, so it reads one user message only: the image, then the "
+    # One user turn of the visual inputs, then the question, is `mmtok ask`'s own prompt; anything else is templated
+    # as sent.
+    types = [p["type"] for p in messages[0]["content"]]
+    simple = len(messages) == 1 and types == [*(v.kind for v in visuals), "text"]
+    if not has_template and not (simple and len(visuals) == 1 and visuals[0].kind == "image"):
+        raise bad("this checkpoint has no chat template, so it reads one user message only: one image, then the "
                   "question", "messages")
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
-    item = Item(line=1, id=request_id, image=_label(url), question=question, tokens=mm.pop("tokens"),
-                max_new_tokens=max_tokens)
-    return ChatRequest(item=item, url=url, url_param=url_param, conversation=None if simple else messages,
-                       run=RunOptions(**mm), sampling=sampling, stop=stop, stream=stream, include_usage=include_usage,
+    sources = [(v.kind, _label(v.url)) for v in visuals]
+    item = Item(line=1, id=request_id, image=sources[0][1] if sources == [("image", sources[0][1])] else None,
+                sources=sources, question=question, tokens=mm.pop("tokens"), max_new_tokens=max_tokens)
+    return ChatRequest(item=item, visuals=visuals, conversation=None if simple else messages, run=RunOptions(**mm),
+                       sampling=sampling, frames=frames, stop=stop, stream=stream, include_usage=include_usage,
                        id=request_id)
 
 
-def _messages(value: Any, options: ServeOptions) -> tuple[list[dict[str, Any]], str, str, str]:
-    """Chat-template messages, the question (the last user message's text), the image's URL and its place."""
+def _messages(value: Any, options: ServeOptions) -> tuple[list[dict[str, Any]], str, list[Visual]]:
+    """Chat-template messages, the question (the last user message's text), and the images and videos."""
     if not isinstance(value, list) or not value:
         raise bad("'messages' must be a non-empty list of messages", "messages")
     out: list[dict[str, Any]] = []
-    images: list[tuple[str, str]] = []
+    visuals: list[Visual] = []
     chars = 0
     for i, message in enumerate(value):
         where = f"messages[{i}]"
@@ -162,26 +186,29 @@ def _messages(value: Any, options: ServeOptions) -> tuple[list[dict[str, Any]], 
         role = message.get("role")
         if role not in ROLES:
             raise bad(f"{where}.role must be one of {', '.join(ROLES)} (got {role!r})", f"{where}.role")
-        parts = _parts(message.get("content"), where, role, images)
+        parts = _parts(message.get("content"), where, role, visuals)
         chars += sum(len(p.get("text", "")) for p in parts)
         out.append({"role": ROLES[role], "content": parts})
     if chars > options.max_prompt_chars:
         raise bad(f"the messages hold {chars} characters of text, over this server's limit of "
                   f"{options.max_prompt_chars} (--max-prompt-chars)", "messages", "too_long")
-    if len(images) != 1:
-        raise bad(f"mmtok serve answers about exactly one image per request; the messages hold {len(images)}",
-                  "messages", "image_count")
+    if not visuals:
+        raise bad("mmtok serve answers about images or videos: the messages hold none (send image_url or video_url "
+                  "parts)", "messages", "image_count")
+    if len(visuals) > options.max_inputs:
+        raise bad(f"the messages hold {len(visuals)} images and videos, over this server's limit of "
+                  f"{options.max_inputs} (--max-inputs)", "messages", "image_count")
     if out[-1]["role"] != "user":
         raise bad("the last message must be the user's: its text is the question", f"messages[{len(out) - 1}]")
     question = "\n".join(p["text"] for p in out[-1]["content"] if p["type"] == "text")
     if not question.strip():
         raise bad("the last user message has no text: it is the question", f"messages[{len(out) - 1}].content")
-    url, url_param = images[0]
-    return out, question, url, url_param
+    return out, question, visuals
 
 
-def _parts(content: Any, where: str, role: str, images: list[tuple[str, str]]) -> list[dict[str, Any]]:
-    """A message's content as chat-template parts; images are collected with their place in the request."""
+def _parts(content: Any, where: str, role: str, visuals: list[Visual]) -> list[dict[str, Any]]:
+    """A message's content as chat-template parts; images and videos are collected with their place in the
+    request."""
     if isinstance(content, str):
         return [{"type": "text", "text": content}]
     if not isinstance(content, list):
@@ -194,40 +221,39 @@ def _parts(content: Any, where: str, role: str, images: list[tuple[str, str]]) -
             if set(part) != {"type", "text"} or not isinstance(part["text"], str):
                 raise bad(f"{at} must be {{\"type\": \"text\", \"text\": \"...\"}}", at)
             parts.append({"type": "text", "text": part["text"]})
-        elif kind == "image_url":
-            image = part.get("image_url")
-            if set(part) != {"type", "image_url"} or not isinstance(image, dict) or not isinstance(
-                    image.get("url"), str):
-                raise bad(f"{at} must be {{\"type\": \"image_url\", \"image_url\": {{\"url\": \"...\"}}}}", at)
+        elif kind in MEDIA:
+            media, sent = MEDIA[kind], part.get(kind)
+            if set(part) != {"type", kind} or not isinstance(sent, dict) or not isinstance(sent.get("url"), str):
+                raise bad(f"{at} must be {{\"type\": \"{kind}\", \"{kind}\": {{\"url\": \"...\"}}}}", at)
             if role != "user":
-                raise bad(f"{at}: images go in user messages", at)
-            odd = sorted(set(image) - {"url", "detail"}) or (["detail"] if image.get("detail", "auto") != "auto" else [])
+                raise bad(f"{at}: images and videos go in user messages", at)
+            odd = sorted(set(sent) - {"url", "detail"}) or (["detail"] if sent.get("detail", "auto") != "auto" else [])
             if odd:
                 key = odd[0]
-                raise bad(f"{at}.image_url.{key} is not supported by mmtok serve (the checkpoint's processor decides "
-                          "the resolution; --tokens the vision tokens)", f"{at}.image_url.{key}",
+                raise bad(f"{at}.{kind}.{key} is not supported by mmtok serve (the checkpoint's processor decides "
+                          "the resolution; --tokens the vision tokens)", f"{at}.{kind}.{key}",
                           "unsupported_parameter")
-            _check_url(image["url"], f"{at}.image_url.url")
-            images.append((image["url"], f"{at}.image_url.url"))
-            parts.append({"type": "image"})
+            _check_url(sent["url"], f"{at}.{kind}.url", media)
+            visuals.append(Visual(media, sent["url"], f"{at}.{kind}.url"))
+            parts.append({"type": media})
         else:
-            raise bad(f"{at}: content parts of type {kind!r} are not supported (text and image_url are)", at,
-                      "unsupported_parameter")
+            raise bad(f"{at}: content parts of type {kind!r} are not supported (text, image_url and video_url are)",
+                      at, "unsupported_parameter")
     return parts
 
 
-def _check_url(url: str, param: str) -> None:
+def _check_url(url: str, param: str, media: str) -> None:
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
     if scheme == "data":
-        if not re.match(r"data:image/[\w.+-]+;base64,", url, re.IGNORECASE):
-            raise bad("a data URL image must be data:image/<type>;base64,<data>", param)
+        if not re.match(rf"data:{media}/[\w.+-]+;base64,", url, re.IGNORECASE):
+            raise bad(f"a data URL {media} must be data:{media}/<type>;base64,<data>", param)
     elif scheme not in ("http", "https", "file"):
-        raise bad(f"image URLs must be data:image/...;base64, http(s) or file URLs (got {scheme or 'no'} scheme)",
-                  param)
+        raise bad(f"{media} URLs must be data:{media}/...;base64, http(s) or file URLs (got {scheme or 'no'} "
+                  "scheme)", param)
 
 
 def _label(url: str) -> str:
-    """The image's name in the item: its URL, a data URL cut short."""
+    """An image's or video's name in the item: its URL, a data URL cut short."""
     return url if not url.startswith("data:") else url[: url.index(",") + 1] + "..."
 
 
@@ -259,7 +285,7 @@ def _mmtok(value: Any, options: ServeOptions) -> dict[str, Any]:
     if unknown:
         raise bad(f"mmtok.{unknown[0]} is not an mmtok option (known: {', '.join(MMTOK_KEYS)})",
                   f"mmtok.{unknown[0]}", "unsupported_parameter")
-    given = {k: v for k, v in value.items() if v is not None}
+    given = {k: v for k, v in value.items() if v is not None and k not in FRAME_KEYS}
     for key in ("tokens", "agent_tokens"):
         if key in given:
             try:
@@ -294,6 +320,40 @@ def _mmtok(value: Any, options: ServeOptions) -> dict[str, Any]:
     return {"tokens": given.get("tokens", options.tokens), "method": method,
             "selection": tuple(sorted(selection.items())), "agent": agent,
             "agent_tokens": given.get("agent_tokens", options.agent_tokens) if agent else None}
+
+
+def _frames(value: dict[str, Any], options: ServeOptions, visuals: list[Visual]) -> FrameSampling:
+    """The request's frame options over the server's (--frames / --fps / --max-frames), checked as `mmtok batch`
+    checks its flags; the server's --max-frames bounds what a request may ask."""
+    given = {k: value[k] for k in FRAME_KEYS if value.get(k) is not None}
+    if given and not any(v.kind == "video" for v in visuals):
+        key = next(iter(given))
+        raise bad(f"mmtok.{key} chooses a video's frames; the messages hold no video_url", f"mmtok.{key}")
+    for key in ("frames", "max_frames"):
+        if key in given:
+            try:
+                positive_int(given[key], f"mmtok.{key}")
+            except ValueError as exc:
+                raise bad(str(exc), f"mmtok.{key}") from None
+    if "fps" in given:
+        fps = given["fps"]
+        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
+            raise bad(f"mmtok.fps must be a number above 0 (got {fps!r})", "mmtok.fps")
+    server = options.frame_sampling
+    for key in ("frames", "max_frames"):
+        if given.get(key, 0) > server.max_frames:
+            raise bad(f"mmtok.{key} is {given[key]}, over this server's limit of {server.max_frames} (--max-frames)",
+                      f"mmtok.{key}", "too_large")
+    max_frames = given.get("max_frames", server.max_frames)
+    if "frames" in given or "fps" in given:  # the request's choice replaces the server's
+        frames, fps = given.get("frames"), given.get("fps")
+    else:  # the server's, within the request's max_frames
+        frames = None if server.frames is None else min(server.frames, max_frames)
+        fps = server.fps
+    try:
+        return FrameSampling(frames=frames, fps=None if fps is None else float(fps), max_frames=max_frames).check()
+    except UsageError as exc:
+        raise bad(_field_names(str(exc)), f"mmtok.{next(iter(given))}") from None
 
 
 def _field_names(message: str) -> str:

@@ -37,11 +37,13 @@ def replica_app(options: dict[str, Any]) -> Callable[[], Any]:
 
     def build() -> Any:
         from ..quiet import quiet_libraries
+        from ..video import FrameSampling
         from .app import build_app
         from .server import Server
 
         quiet_libraries()
-        server = Server(ServeOptions(**options))
+        # `dataclasses.asdict` turned the frame sampling into a dict for the trip
+        server = Server(ServeOptions(**{**options, "frame_sampling": FrameSampling(**options["frame_sampling"])}))
         server.load()
         return build_app(server)
 

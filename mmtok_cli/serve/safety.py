@@ -1,9 +1,9 @@
-"""What the server lets a request make it do: which images it fetches or reads, and who may ask.
+"""What the server lets a request make it do: which images and videos it fetches or reads, and who may ask.
 
-Images go through `io`'s loaders, so a request's image has the limits of a `mmtok batch` item (one download
-deadline, a byte cap, at most 5 redirects, the decoded-size limit checked before decoding), plus the server's
-policy: no loopback, private or link-local hosts unless --allow-private-urls (checked on every redirect hop, on
-the address actually connected to), and file:// only inside --allowed-local-media-path.
+Media go through `io`'s loaders, so a request's image or video has the limits of a `mmtok batch` item (one download
+deadline, a byte cap: an image's or a video's, at most 5 redirects, the decoded-size limit checked before
+decoding), plus the server's policy: no loopback, private or link-local hosts unless --allow-private-urls (checked
+on every redirect hop, on the address actually connected to), and file:// only inside --allowed-local-media-path.
 """
 
 from __future__ import annotations
@@ -11,13 +11,15 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import io
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
-from PIL import Image
-
 from ..errors import MmtokError, RefusedSource
-from ..io import MAX_DOWNLOAD_BYTES, URL_TIMEOUT_S, decode_image, fetch_image, local_image
+from ..io import MAX_DOWNLOAD_BYTES, URL_TIMEOUT_S, decode_image, fetch_bytes, local_file
+from ..video import MAX_DOWNLOAD_BYTES as MAX_VIDEO_BYTES
 
 
 @dataclass
@@ -27,30 +29,40 @@ class MediaPolicy:
     """The folder file:// URLs may read from (already resolved); None refuses them."""
     timeout: float = URL_TIMEOUT_S
 
-    def load(self, url: str) -> Image.Image:
-        """The image at `url` (data:, http(s): or file:), decoded; RefusedSource where the policy says no,
+    def load(self, url: str, kind: str = "image", *, sampling: Any = None, rule: Any = None) -> Any:
+        """The image (`kind` "image") or video ("video": its frames `sampling` picks, `rule` the family's default;
+        see `video.decode`) at `url` (data:, http(s): or file:), decoded; RefusedSource where the policy says no,
         MmtokError where it cannot be fetched or decoded."""
+        limit = MAX_DOWNLOAD_BYTES if kind == "image" else MAX_VIDEO_BYTES
         scheme = url.split(":", 1)[0].lower()
+        source: bytes | Path
         if scheme == "data":
             header, _, payload = url.partition(",")
             try:
-                data = base64.b64decode(payload, validate=True)
+                source = base64.b64decode(payload, validate=True)
             except (binascii.Error, ValueError):
-                raise MmtokError("the data URL's image is not valid base64") from None
-            if len(data) > MAX_DOWNLOAD_BYTES:
-                raise MmtokError(f"the data URL's image is over the {MAX_DOWNLOAD_BYTES / 1e6:g} MB image limit")
-            return decode_image(data, f"the {header.removeprefix('data:')} data URL image")
-        if scheme in ("http", "https"):
-            return fetch_image(url, timeout=self.timeout, allow_private=self.allow_private)
-        if scheme == "file":
+                raise MmtokError(f"the data URL's {kind} is not valid base64") from None
+            if len(source) > limit:
+                raise MmtokError(f"the data URL's {kind} is over the {limit / 1e6:g} MB {kind} limit")
+            name = f"the {header.removeprefix('data:')} data URL {kind}"
+        elif scheme in ("http", "https"):
+            source, name = fetch_bytes(url, self.timeout, limit, allow_private=self.allow_private), url
+        elif scheme == "file":
             if self.local_root is None:
-                raise RefusedSource("file:// image URLs are refused: the server was started without "
+                raise RefusedSource("file:// URLs are refused: the server was started without "
                                     "--allowed-local-media-path")
             parts = urlparse(url)
             if parts.netloc not in ("", "localhost"):
                 raise RefusedSource(f"{url} names another host; file:// URLs read this machine's files only")
-            return local_image(unquote(parts.path), self.local_root)
-        raise RefusedSource(f"image URLs must be data:, http(s): or file: URLs, not {scheme}:")
+            name = unquote(parts.path)
+            source = local_file(name, self.local_root, max_bytes=limit, what=kind)
+        else:
+            raise RefusedSource(f"media URLs must be data:, http(s): or file: URLs, not {scheme}:")
+        if kind == "image":
+            return decode_image(source, name)
+        from ..video import decode
+
+        return decode(io.BytesIO(source) if isinstance(source, bytes) else source, sampling, default=rule, name=name)
 
 
 def authorized(header: str | None, api_key: str | None) -> bool:

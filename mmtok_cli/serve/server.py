@@ -29,8 +29,8 @@ class Server:
         self.metrics = ServeMetrics()
         self.policy = MediaPolicy(allow_private=options.allow_private_urls,
                                   local_root=options.allowed_local_media_path, timeout=options.download_timeout)
-        # Images are downloaded and decoded here, off the event loop and off the model's thread.
-        self.loader = ThreadPoolExecutor(LOAD_THREADS, thread_name_prefix="mmtok-image")
+        # Images and videos are downloaded and decoded here, off the event loop and off the model's thread.
+        self.loader = ThreadPoolExecutor(LOAD_THREADS, thread_name_prefix="mmtok-media")
         self.engine: Any = None
         self.batcher: Any = None
         self.error: BaseException | None = None
@@ -91,8 +91,16 @@ class Server:
         if not self.ready:
             raise ApiError(503, "the model is still loading; retry shortly", code="loading",
                            headers={"Retry-After": str(RETRY_AFTER_S * 5)})
-        has_template = bool(getattr(self.engine.adapter.processor, "chat_template", None))
-        return parse_chat(body, self.options, model_name=self.model_name, has_template=has_template)
+        adapter = self.engine.adapter
+        has_template = bool(getattr(adapter.processor, "chat_template", None))
+        request = parse_chat(body, self.options, model_name=self.model_name, has_template=has_template)
+        videos = [v for v in request.visuals if v.kind == "video"]
+        if videos:
+            try:  # before any video is downloaded
+                adapter.check_kinds(["video"])
+            except MmtokError as exc:
+                raise ApiError(400, str(exc), param=videos[0].param, code="video_unsupported") from None
+        return request
 
     def admit(self, request: ChatRequest) -> Any:
         """A Job for the request, counted in the queue; 503 with Retry-After when the queue is full."""
@@ -116,17 +124,23 @@ class Server:
             self._waiting -= 1
             self.metrics.queue.set(self._waiting)
 
-    def open_image(self, job: Any) -> None:
-        """Load the job's image (in the loader pool): 400 for a source the policy refuses, 422 for one that cannot be
-        fetched or decoded."""
+    def open_media(self, job: Any) -> None:
+        """Load the job's images and videos in prompt order (in the loader pool; a video's frames as the request
+        chooses, else the family's own rule): 400 for a source the policy refuses, 422 for one that cannot be fetched
+        or decoded."""
         start = time.perf_counter()
         request = job.request
+        rule = self.engine.adapter.frame_rule()
+        opened = []
         try:
-            job.image = self.policy.load(request.url)
-        except RefusedSource as exc:
-            raise ApiError(400, str(exc), param=request.url_param, code="image_refused") from None
-        except MmtokError as exc:
-            raise ApiError(422, str(exc), param=request.url_param, code="image_unavailable") from None
+            for visual in request.visuals:
+                try:
+                    opened.append(self.policy.load(visual.url, visual.kind, sampling=request.frames, rule=rule))
+                except RefusedSource as exc:
+                    raise ApiError(400, str(exc), param=visual.param, code=f"{visual.kind}_refused") from None
+                except MmtokError as exc:
+                    raise ApiError(422, str(exc), param=visual.param, code=f"{visual.kind}_unavailable") from None
+            job.image = opened[0] if len(opened) == 1 else opened  # what `Engine.prepare` takes for an item
         finally:
             job.load_ms = (time.perf_counter() - start) * 1e3
 
