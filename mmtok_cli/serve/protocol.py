@@ -286,12 +286,7 @@ def _mmtok(value: Any, options: ServeOptions) -> dict[str, Any]:
         raise bad(f"mmtok.{unknown[0]} is not an mmtok option (known: {', '.join(MMTOK_KEYS)})",
                   f"mmtok.{unknown[0]}", "unsupported_parameter")
     given = {k: v for k, v in value.items() if v is not None and k not in FRAME_KEYS}
-    for key in ("tokens", "agent_tokens"):
-        if key in given:
-            try:
-                positive_int(given[key], f"mmtok.{key}")
-            except ValueError as exc:
-                raise bad(str(exc), f"mmtok.{key}") from None
+    _positive_ints(given, ("tokens", "agent_tokens"))
     for key in ("method", "budget", "question_words"):
         if key in given and not isinstance(given[key], str):
             raise bad(f"mmtok.{key} must be a string", f"mmtok.{key}")
@@ -329,12 +324,7 @@ def _frames(value: dict[str, Any], options: ServeOptions, visuals: list[Visual])
     if given and not any(v.kind == "video" for v in visuals):
         key = next(iter(given))
         raise bad(f"mmtok.{key} chooses a video's frames; the messages hold no video_url", f"mmtok.{key}")
-    for key in ("frames", "max_frames"):
-        if key in given:
-            try:
-                positive_int(given[key], f"mmtok.{key}")
-            except ValueError as exc:
-                raise bad(str(exc), f"mmtok.{key}") from None
+    _positive_ints(given, ("frames", "max_frames"))
     if "fps" in given:
         fps = given["fps"]
         if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
@@ -354,6 +344,15 @@ def _frames(value: dict[str, Any], options: ServeOptions, visuals: list[Visual])
         return FrameSampling(frames=frames, fps=None if fps is None else float(fps), max_frames=max_frames).check()
     except UsageError as exc:
         raise bad(_field_names(str(exc)), f"mmtok.{next(iter(given))}") from None
+
+
+def _positive_ints(given: dict[str, Any], keys: tuple[str, ...]) -> None:
+    for key in keys:
+        if key in given:
+            try:
+                positive_int(given[key], f"mmtok.{key}")
+            except ValueError as exc:
+                raise bad(str(exc), f"mmtok.{key}") from None
 
 
 def _field_names(message: str) -> str:
