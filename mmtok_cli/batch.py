@@ -22,7 +22,7 @@ from PIL import Image
 
 from .engine import Engine
 from .errors import MmtokError, first_line
-from .io import URL_TIMEOUT_S, InputPlan, Item, answer_fields, open_source, record
+from .io import URL_TIMEOUT_S, InputPlan, Item, WriteError, answer_fields, open_source, record
 from .models.base import Prepared
 
 if TYPE_CHECKING:
@@ -34,6 +34,8 @@ QUEUE_CHUNKS = 2
 """Chunks the loader may prepare ahead of the model."""
 STALL_S = 0.25
 """When input stops arriving for this long, a partial chunk goes to the model instead of waiting."""
+STOP_S = 10.0
+"""How long a run that stops early waits for the loader to put down its work."""
 
 
 @dataclass
@@ -173,6 +175,9 @@ class BatchRunner:
                     progress(len(records), summary)
         finally:
             stop.set()
+            # A run that stops early (a failed write, Ctrl-C) lets the loader finish its step first: a thread still
+            # inside torch while the interpreter exits can abort the process.
+            loader.join(timeout=STOP_S)
             summary.wall_s = time.perf_counter() - start
         return summary
 
@@ -300,6 +305,8 @@ class BatchRunner:
                 return ["out of memory even at batch size 1 (try fewer --tokens, a smaller model or --dtype bfloat16)"]
             self.batch_size = max(1, len(entries) // 2)
             return self._answer(entries, None, 0.0)
+        except WriteError:
+            raise  # an output cannot be written (--show-dir on a full disk): the run stops, the item is not at fault
         except Exception as exc:
             if self.options.debug:
                 raise

@@ -609,7 +609,7 @@ def batch(
 
             pictures = prepare_picture_dir(show_dir)
         from .batch import BatchOptions, BatchProgress, BatchRunner, print_summary
-        from .io import RecordWriter
+        from .io import RecordWriter, WriteError
 
         options = BatchOptions(tokens=tokens, method=method, max_new_tokens=max_new_tokens,
                                batch_size=batch_size, compare=compare, debug=debug, show_dir=pictures,
@@ -649,6 +649,8 @@ def batch(
                 err.print(f"[red]interrupted[/]; records written so far are complete: rerun with --resume "
                           f"to continue{'' if out != '-' else ' (needs --out FILE)'}", highlight=False)
                 raise typer.Exit(130) from None
+            except WriteError as exc:  # a full disk: say what is safe and how to go on
+                raise writer.stopped(exc) from None
             finally:
                 writer.close()
         print_summary(err, summary, plan, out, batch_size)
@@ -869,11 +871,13 @@ def profile(
             )
         report["load_s"] = round(load_s, 2)
         report["wall_s"] = round(time.perf_counter() - start, 2)
+        _print_profile(report)  # first: an output that fails to write (a full disk) must not take the table along
         if json_path is not None:
-            json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+            from .io import write_text
+
+            write_text(json_path, json.dumps(report, indent=2) + "\n", "--json")
         if plot_path is not None:
             prof.plot(report, plot_path)
-        _print_profile(report)
 
     _guarded(debug, work)
 
@@ -1019,6 +1023,7 @@ def eval_command(
       mmtok eval coco_pope_random.json coco_pope_popular.json --images val2014 --tokens 64,4 --methods mmtok
     """
     from .evaluate import load_labelled, parse_methods, parse_tokens
+    from .io import RecordWriter
 
     def work() -> None:
         budgets, chosen = parse_tokens(tokens), parse_methods(methods)
@@ -1039,7 +1044,7 @@ def eval_command(
         from . import evaluate as ev
 
         engine, _ = _load_engine(model, device, dtype, agent_model, cache_mb)
-        sink = predictions_path.open("w", encoding="utf-8") if predictions_path else None
+        sink = RecordWriter(str(predictions_path), append=False, option="--predictions") if predictions_path else None
         reports = []
         try:
             with err.status("evaluating …") as status:
@@ -1049,8 +1054,7 @@ def eval_command(
                         engine, items, methods=chosen, budgets=budgets, base=base, batch_size=batch_size,
                         max_new_tokens=max_new_tokens,
                         progress=lambda text: status.update(f"evaluating: {escape(name + text)}"),
-                        predictions=(lambda rows: sink.writelines(json.dumps({"data": str(path), **r}) + "\n"
-                                                                  for r in rows)) if sink else None,
+                        predictions=(lambda rows: sink.write([{"data": str(path), **r} for r in rows])) if sink else None,
                         agent=agent, agent_tokens=agent_tokens,
                         selection=selection,
                     )
@@ -1058,13 +1062,13 @@ def eval_command(
         finally:
             if sink:
                 sink.close()
+        for report in reports:  # first: an output that fails to write (a full disk) must not take the table along
+            _print_eval(report)
         if json_path is not None:
             several = {"model": engine.model_name, "files": reports}
             ev.write_json(reports[0] if len(reports) == 1 else several, json_path)
         if plot_path is not None:
             ev.plot(reports, plot_path)
-        for report in reports:
-            _print_eval(report)
 
     _guarded(debug, work)
 

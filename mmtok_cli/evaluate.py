@@ -17,7 +17,7 @@ from typing import Any
 
 from . import options
 from .errors import MmtokError, UsageError
-from .io import Item, open_source, parse_line
+from .io import Item, open_source, parse_line, write_text, writing
 from .metrics import normalize, score
 
 
@@ -244,9 +244,10 @@ def plot(reports: Sequence[dict[str, Any]], path: str | Path) -> None:
         ax.set_title(f"{report.get('model', '')} on {Path(str(report.get('data', ''))).name}", fontsize=9)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with writing(path, "--plot"):
+        fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
 def write_json(report: dict[str, Any], path: Path) -> None:
-    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_text(path, json.dumps(report, indent=2) + "\n", "--json")

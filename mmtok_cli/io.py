@@ -10,12 +10,15 @@ import io
 import json
 import os
 import socket
+import stat
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -168,9 +171,11 @@ def _decode(fp: Path | io.BytesIO, name: str, max_pixels: int = MAX_PIXELS) -> I
 def check_output(path: str | Path, option: str, *, inputs: Iterable[str | Path] = ()) -> Path:
     """An output file path checked before any model loads (every command's outputs go through here).
 
-    Refused, as one-line usage errors: a folder, a missing or unwritable folder, an existing file that cannot be
-    written, and the same file as one of `inputs` (by inode, so links and other
-    spellings count too; no flag overrides that: writing it would destroy the input).
+    Refused, as one-line usage errors: a folder, a missing folder, the same file as one of `inputs` (by inode, so
+    links and other spellings count too; no flag overrides that: writing it would destroy the input), and a place
+    where the file cannot really be written. That is tried, not asked (`os.access` says yes to root almost
+    everywhere, /proc and /sys included): an existing file is opened for appending (nothing is truncated or
+    written), otherwise a file is created in the folder and removed again.
     """
     target = Path(path).expanduser()
     if target.is_dir():
@@ -178,13 +183,74 @@ def check_output(path: str | Path, option: str, *, inputs: Iterable[str | Path] 
     folder = target.parent
     if not folder.is_dir():
         raise UsageError(f"the folder of {option} '{path}' does not exist (no folder {folder})")
-    if not os.access(folder, os.W_OK | os.X_OK) or target.exists() and not os.access(target, os.W_OK):
-        raise UsageError(f"{option} '{path}' cannot be written (permission denied)")
     for source in inputs:
         source = Path(source).expanduser()
         if target.exists() and source.exists() and os.path.samefile(source, target):
             raise UsageError(f"{option} '{path}' is the input file {source}; writing it would destroy the input")
+    if target.is_file():
+        try:
+            with target.open("ab"):
+                pass
+        except OSError as exc:
+            raise UsageError(f"{option} '{path}' cannot be written ({_reason(exc)})") from None
+    elif target.exists():  # a device or a pipe (/dev/null, /dev/stdout): opening one may block or have effects
+        if not os.access(target, os.W_OK):
+            raise UsageError(f"{option} '{path}' cannot be written (permission denied)")
+    else:
+        _probe_folder(folder, f"{option} '{path}' cannot be written")
     return target
+
+
+def check_output_folder(path: str | Path, option: str) -> Path:
+    """An output folder (created later if only it is missing) in which files can really be created, checked
+    before any model loads like `check_output`."""
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{option} '{path}' is a file, not a folder")
+    if not folder.exists() and not folder.parent.is_dir():
+        raise UsageError(f"the folder that would hold {option} '{path}' does not exist (no folder {folder.parent})")
+    _probe_folder(folder if folder.exists() else folder.parent, f"{option} '{path}' cannot be written")
+    return folder
+
+
+def _probe_folder(folder: Path, refusal: str) -> None:
+    """Create a file in `folder` and remove it, or refuse with `refusal` and the reason."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".mmtok-probe-", dir=folder)
+    except OSError as exc:
+        raise UsageError(f"{refusal}: no file can be created in {folder} ({_reason(exc)})") from None
+    os.close(fd)
+    try:
+        os.unlink(probe)
+    except OSError:
+        pass
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+class WriteError(MmtokError):
+    """An output could not be written while the work ran (a full disk, a removed folder, ...)."""
+
+
+@contextmanager
+def writing(path: str | Path, what: str | None = None) -> Iterator[None]:
+    """Turn an OSError while writing `path` into one `WriteError` line naming it (`what`: e.g. "--json")."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise  # the reader went away: the CLI stops quietly
+    except OSError as exc:
+        name = f"{what} '{path}'" if what else f"'{path}'"
+        inside = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(path) else ""
+        raise WriteError(f"cannot write {name}{inside}: {_reason(exc)}") from None
+
+
+def write_text(path: str | Path, text: str, what: str | None = None) -> None:
+    """Write a whole text file (a --json report), with a one-line error when that fails."""
+    with writing(path, what):
+        Path(path).write_text(text, encoding="utf-8")
 
 
 @dataclass
@@ -381,8 +447,12 @@ def done_ids(path: Path, *, retry_errors: bool = False) -> Counter[str]:
     ids.update(key for _, key in kept)
     if retry_errors and len(kept) < len(records):
         temporary = path.with_name(path.name + ".mmtok-tmp")
-        temporary.write_bytes(b"".join(raw + b"\n" for raw, _ in kept))
-        os.replace(temporary, path)  # atomic: a crash leaves the old file or the new one, never half
+        try:
+            with writing(path, "--out"):
+                temporary.write_bytes(b"".join(raw + b"\n" for raw, _ in kept))
+                os.replace(temporary, path)  # atomic: a crash leaves the old file or the new one, never half
+        finally:
+            temporary.unlink(missing_ok=True)
     return ids
 
 
@@ -423,18 +493,72 @@ def answer_fields(answer: Answer, *, load_ms: float | None = None, full: Answer 
 
 
 class RecordWriter:
-    """Writes whole JSONL lines and flushes after each group, so an interruption never tears a line."""
+    """Writes whole JSONL lines and flushes after each group, so an interruption never tears a line.
 
-    def __init__(self, target: str, *, append: bool) -> None:
+    A group that cannot be written (a full disk) is taken back out of the file, so the file keeps only whole
+    records and `--resume` continues from them; `stopped` says so in one line.
+    """
+
+    def __init__(self, target: str, *, append: bool, option: str | None = None) -> None:
+        """`option`: the flag that named `target` (e.g. --predictions), for messages."""
         self.to_stdout = target == "-"
-        self.fp: IO[str] = sys.stdout if self.to_stdout else open(target, "a" if append else "w", encoding="utf-8")
+        self.name, self.option = "stdout" if self.to_stdout else target, option
+        self.written = 0
+        """Records of this run that are complete in the output."""
+        with writing(target, option):
+            self.fp: IO[Any] = sys.stdout if self.to_stdout else open(target, "ab" if append else "wb", buffering=0)
+        self.regular = not self.to_stdout and stat.S_ISREG(os.fstat(self.fp.fileno()).st_mode)
+        self.end = self.fp.tell() if self.regular else 0
+        """Where the last whole record ends."""
 
     def write(self, records: list[dict[str, Any]]) -> None:
-        if records:
-            self.fp.write("".join(json.dumps(r) + "\n" for r in records))
-        self.fp.flush()
-        if not self.to_stdout:
-            os.fsync(self.fp.fileno())
+        text = "".join(json.dumps(r) + "\n" for r in records)
+        if self.to_stdout:
+            try:
+                self.fp.write(text)
+                self.fp.flush()
+            except BrokenPipeError:
+                raise
+            except OSError as exc:
+                raise WriteError(f"cannot write the records to stdout: {_reason(exc)}") from None
+        else:
+            with writing(self.name, self.option):
+                self._write_file(text.encode("utf-8"))
+        self.written += len(records)
+
+    def _write_file(self, data: bytes) -> None:
+        try:
+            view = memoryview(data)
+            while view:  # unbuffered: a short write is not an error yet, the next one says why
+                view = view[self.fp.write(view) :]
+            if self.regular:  # fsync means nothing to a device (/dev/null refuses it)
+                os.fsync(self.fp.fileno())
+        except OSError:
+            if self.regular:
+                try:  # take the torn group back out, so only whole records stay
+                    os.ftruncate(self.fp.fileno(), self.end)
+                except OSError:
+                    pass  # done_ids cuts a torn last line when resuming
+            raise
+        self.end += len(data)
+
+    def stopped(self, exc: MmtokError) -> MmtokError:
+        """`exc` (a write that failed mid-run) with what is safe and how to go on, in one line."""
+        total = self._records_in_file()
+        if total is None:  # stdout or a device: nothing to resume from
+            return MmtokError(f"{exc}; {self.written} records went to {self.name} before it")
+        before = f" ({total - self.written} from before this run)" if total > self.written else ""
+        return MmtokError(f"{exc}; {self.name} keeps {total} complete records{before}: make room and rerun with "
+                          "--resume to continue")
+
+    def _records_in_file(self) -> int | None:
+        if not self.regular:
+            return None
+        try:
+            with open(self.name, "rb") as fp:
+                return sum(chunk.count(b"\n") for chunk in iter(lambda: fp.read(1 << 20), b""))
+        except OSError:
+            return None
 
     def close(self) -> None:
         if not self.to_stdout:
