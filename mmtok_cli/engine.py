@@ -17,7 +17,7 @@ from PIL import Image
 from transformers.generation.streamers import BaseStreamer
 
 from .baselines import RANDOM_SEED
-from .cache import VisionCache, default_mb
+from .cache import VisionCache, default_mb, pixel_strips
 from .errors import MmtokError, UsageError
 from .flops import estimated_speedup
 from .models import Adapter, load_adapter
@@ -157,14 +157,21 @@ class Engine:
         (fast tokenizers must not be used from two threads at once)."""
         return self.adapter.for_thread()
 
-    def prepare(self, images: list[Image.Image], questions: list[str], *, adapter: Adapter | None = None) -> Prepared:
-        """Processor inputs for a batch (CPU work; safe in a background thread with `preprocessor()`)."""
+    def prepare(
+        self, images: list[Image.Image], questions: list[str], *, adapter: Adapter | None = None, seeds: bool = False
+    ) -> Prepared:
+        """Processor inputs for a batch (CPU work; safe in a background thread with `preprocessor()`).
+
+        The cache keys, and with `seeds` `random`'s seeds, are computed here too, so that the originals may be
+        dropped afterwards (`Prepared.drop_images`)."""
         if len(images) != len(questions) or not images:
             raise ValueError("need one question per image, and at least one image")
         adapter = adapter or self.adapter
         prepared = adapter.preprocess(images, questions)
         if self.cache is not None:  # hashing here keeps it off the model's thread in `mmtok batch`
             prepared.keys = adapter.image_keys(images)
+        if seeds:
+            prepared.seeds = [image_seed(im) for im in images]
         return prepared
 
     def run(self, images: list[Image.Image], questions: list[str], **options: Any) -> list[Answer]:
@@ -302,7 +309,7 @@ class Engine:
         is joined from the entries. The encoding's time goes to the rows that were encoded, the join's to all.
         """
         adapter, cache = self.adapter, self.cache
-        if cache is None or not prepared.images:
+        if cache is None or prepared.keys is None and not prepared.images:
             start = self._sync()
             vt = adapter.encode(prepared)
             share = (self._sync() - start) * 1e3 / len(prepared.image_sizes)
@@ -366,12 +373,15 @@ class Engine:
     ) -> Selection:
         """T from the questions (and the agent's words), then the adapter's selection; tau_t None: the family's.
 
-        `random` draws with a seed per image from its pixels (`image_seed`), when `prepared` has the images;
+        `random` draws with a seed per image from its pixels (`image_seed`), when `prepared` has them or the images;
         `visionzip` reads the adapter's `visionzip_inputs` (`prepared` needed)."""
         adapter = self.adapter
         text, text_mask = adapter.text_tokens(questions, agent_answers, words=question_words)
-        images = prepared.images if prepared is not None else []
-        seeds = [image_seed(im) for im in images] if method == "random" and images else None
+        seeds = None
+        if method == "random" and prepared is not None:
+            seeds = prepared.seeds or [image_seed(im) for im in prepared.images]
+            if not seeds:  # a default seed would silently draw other tokens than the same batch with its images
+                raise ValueError("random needs the batch's images or their seeds (Engine.prepare(seeds=True))")
         zip_inputs = None
         if method == "visionzip":
             if prepared is None:
@@ -405,7 +415,9 @@ class Engine:
 
 def image_seed(image: Image.Image, seed: int = RANDOM_SEED) -> int:
     """`random`'s seed for an image: a checksum of its pixels, so the draw follows the image, not its batch."""
-    return zlib.crc32(image.tobytes(), seed)
+    for strip in pixel_strips(image):
+        seed = zlib.crc32(strip, seed)
+    return seed
 
 
 def check_agent_model(name: str) -> None:

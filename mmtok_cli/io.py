@@ -39,7 +39,14 @@ MAX_PIXELS = 40_000_000
 """Decoded-size cap per image: 120 MB as RGB (PIL's own bomb error comes only past 179 Mpixel)."""
 MAX_SIDE = 4096
 """Images are scaled down to this many pixels on their longest side when decoded: every supported processor
-reads fewer, and an image in flight then holds at most 50 MB."""
+reads fewer, and an image in flight then holds at most 64 MB (PIL keeps 4 bytes a pixel)."""
+PIL_BLOCK_BYTES = 64 * 2**20
+"""Pillow allocates a large image in blocks of at most this size (its PILLOW_BLOCK_SIZE, 16 MB by default). Blocks
+over glibc's largest mmap threshold (32 MB) are mapped and unmapped on their own, so the memory of a large image
+goes back to the system when it is let go; 16 MB blocks land in the heap, where a few large images in a row left
+the process holding twice what it used (`benchmarks/memory.py`). A PILLOW_BLOCK_SIZE in the environment wins."""
+if "PILLOW_BLOCK_SIZE" not in os.environ and Image.core.get_block_size() < PIL_BLOCK_BYTES:
+    Image.core.set_block_size(PIL_BLOCK_BYTES)
 
 # Fields every output record has; an input key with one of these names is kept under "input".
 RECORD_FIELDS = (
@@ -48,19 +55,24 @@ RECORD_FIELDS = (
 _OPTIONAL_KEYS = ("id", "tokens", "max_new_tokens")
 
 
-def load_image(source: str) -> Image.Image:
+Reserve = Callable[[int], None]
+"""Called with the bytes an image will take while it decodes, before it does; may block until they are free (the
+batch loader's memory bound, `batch.ByteBudget`)."""
+
+
+def load_image(source: str, *, reserve: Reserve | None = None) -> Image.Image:
     """Open an image file (or '-' for stdin) fully and as RGB, or explain in one line why not."""
     if source == "-":
         data = sys.stdin.buffer.read()
         if not data:
             raise MmtokError("no image data on stdin")
-        return _decode(io.BytesIO(data), "stdin")
+        return _decode(io.BytesIO(data), "stdin", reserve=reserve)
     path = Path(source).expanduser()
     if not path.exists():
         raise MmtokError(f"image not found: {source}")
     if path.is_dir():
         raise MmtokError(f"'{source}' is a folder, not an image")
-    return _decode(path, source)
+    return _decode(path, source, reserve=reserve)
 
 
 def is_url(source: str) -> bool:
@@ -71,7 +83,9 @@ class _FewRedirects(urllib.request.HTTPRedirectHandler):
     max_redirections = MAX_REDIRECTS
 
 
-def fetch_image(url: str, timeout: float = URL_TIMEOUT_S, max_bytes: int = MAX_DOWNLOAD_BYTES) -> Image.Image:
+def fetch_image(
+    url: str, timeout: float = URL_TIMEOUT_S, max_bytes: int = MAX_DOWNLOAD_BYTES, *, reserve: Reserve | None = None
+) -> Image.Image:
     """Download and decode an http(s) image, with one-line errors for every way that fails.
 
     `timeout` bounds the whole download (connecting, redirects and every byte), not each read, so a
@@ -116,18 +130,20 @@ def fetch_image(url: str, timeout: float = URL_TIMEOUT_S, max_bytes: int = MAX_D
     data = b"".join(chunks)
     if not data:
         raise MmtokError(f"{url} returned no data")
-    return _decode(io.BytesIO(data), url)
+    return _decode(io.BytesIO(data), url, reserve=reserve)
 
 
-def open_source(source: str, base: Path | None = None, *, timeout: float = URL_TIMEOUT_S) -> Image.Image:
+def open_source(
+    source: str, base: Path | None = None, *, timeout: float = URL_TIMEOUT_S, reserve: Reserve | None = None
+) -> Image.Image:
     """An image from a URL (downloaded within `timeout` seconds), an absolute path, or a path relative to
-    `base` (the JSONL file's folder)."""
+    `base` (the JSONL file's folder). `reserve`: see `Reserve`."""
     if is_url(source):
-        return fetch_image(source, timeout=timeout)
+        return fetch_image(source, timeout=timeout, reserve=reserve)
     path = Path(source).expanduser()
     if base is not None and not path.is_absolute():
         path = base / path
-    return load_image(str(path)) if path.exists() else _missing(source, path)
+    return load_image(str(path), reserve=reserve) if path.exists() else _missing(source, path)
 
 
 def _missing(source: str, path: Path) -> Image.Image:
@@ -135,13 +151,16 @@ def _missing(source: str, path: Path) -> Image.Image:
     raise MmtokError(f"image not found: {source}{where}")
 
 
-def _decode(fp: Path | io.BytesIO, name: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def _decode(
+    fp: Path | io.BytesIO, name: str, max_pixels: int = MAX_PIXELS, *, reserve: Reserve | None = None
+) -> Image.Image:
     """Decode fully, as RGB; images over `max_pixels` are refused from their header, before decoding.
 
     Images larger than MAX_SIDE on their longest side come back scaled down to it (aspect kept). JPEGs that
     large are decoded at a reduced scale to begin with (libjpeg's DCT scaling, `draft`, never below MAX_SIDE),
     so a huge photo costs a quarter of the memory or less while decoding; the pixel cap applies to the size
-    actually decoded.
+    actually decoded. An RGB image is scaled down before it is copied out of the decoder, so decoding holds the
+    full-size pixels once, not twice. `reserve` hears what decoding will hold at most (`decode_bytes`) first.
     """
     try:
         with Image.open(fp) as image:
@@ -155,10 +174,13 @@ def _decode(fp: Path | io.BytesIO, name: str, max_pixels: int = MAX_PIXELS) -> I
                     f"'{name}' is {width} x {height} = {width * height / 1e6:.0f} Mpixel, over the "
                     f"{max_pixels / 1e6:g} Mpixel limit; downscale it first"
                 )
+            if reserve is not None:
+                reserve(decode_bytes(width, height, rgb=image.mode == "RGB"))
             image.load()  # decode now: a truncated file fails here, not halfway through the model
-            rgb = image.convert("RGB")
-        if max(rgb.size) > MAX_SIDE:
-            rgb.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.BICUBIC)
+            if image.mode == "RGB":  # the same pixels as converting first; the full size is never copied
+                _shrink(image)
+            rgb = image.convert("RGB")  # a copy that outlives the decoder's file
+        _shrink(rgb)
         return rgb
     except MmtokError:
         raise
@@ -166,6 +188,24 @@ def _decode(fp: Path | io.BytesIO, name: str, max_pixels: int = MAX_PIXELS) -> I
         raise MmtokError(f"'{name}' is not an image PIL can read (unknown or corrupt format)") from None
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise MmtokError(f"'{name}' could not be decoded as an image: {exc}") from None
+
+
+def _shrink(image: Image.Image) -> None:
+    if max(image.size) > MAX_SIDE:
+        image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.BICUBIC)
+
+
+def image_bytes(width: int, height: int) -> int:
+    """What a decoded RGB image of that size holds (PIL keeps 4 bytes a pixel)."""
+    return 4 * width * height
+
+
+def decode_bytes(width: int, height: int, *, rgb: bool = True) -> int:
+    """The most `_decode` holds at once for an image decoded at width x height: the decoded pixels, the RGB copy
+    (at full size unless the image is RGB already) and, when scaled down, the smaller copy."""
+    scale = min(1.0, MAX_SIDE / max(width, height))
+    small = image_bytes(round(width * scale), round(height * scale))
+    return image_bytes(width, height) * (1 if rgb else 2) + small * (2 if scale < 1 else 1)
 
 
 def check_output(path: str | Path, option: str, *, inputs: Iterable[str | Path] = ()) -> Path:

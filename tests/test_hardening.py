@@ -3,6 +3,7 @@
 import http.server
 import io
 import json
+import math
 import os
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from typer.testing import CliRunner
 from mmtok_cli.cli import app
 from mmtok_cli.errors import MmtokError
 from mmtok_cli.evaluate import load_labelled
-from mmtok_cli.io import MAX_SIDE, _decode, fetch_image
+from mmtok_cli.io import MAX_PIXELS, MAX_SIDE, _decode, fetch_image
 
 from .conftest import noise_image
 from .device import cpu_only
@@ -159,7 +160,7 @@ def test_a_write_that_fails_mid_run_stops_in_one_line_and_resume_continues(tiny_
     assert failed.returncode == 1 and len(_lines(failed.stderr)) == 1, failed.stderr
     line = failed.stderr.strip()
     name = str(tmp_path / "pictures") if pictures else str(out)
-    assert line.startswith(f"error: cannot write ") and name in line and "File too large" in line, line
+    assert line.startswith("error: cannot write ") and name in line and "File too large" in line, line
     assert f"{out} keeps {len(kept)} complete records" in line and "--resume" in line, line
     assert len(kept) == (0 if pictures else 2) and [json.loads(r)["id"] for r in kept] == list(range(len(kept)))
     done = _batch_in_child([*common, "--out", out, *extra, "--resume"])
@@ -327,6 +328,28 @@ def test_a_batch_of_bombs_stays_within_the_memory_bound(tiny_llava, tmp_path, bo
     recs = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
     assert code == 1 and all("over the 40 Mpixel limit" in r["error"] for r in recs) and len(recs) == 3
     assert peak_kb < 1_500_000, f"peak RSS {peak_kb / 1e6:.2f} GB"  # decoding them would take 3 x 432 MB and more
+
+
+@cpu_only  # host RSS; a CUDA context alone would change it
+def test_the_largest_accepted_images_stay_within_the_loaders_bound(tiny_llava, tmp_path):
+    """Six 40-Mpixel PNGs at batch size 6 (`benchmarks/memory.py`, smaller): originals let go once preprocessed, the
+    rest bounded in bytes. Before, the loader held every one of them and decoded four at once: over 2 GB."""
+    side = math.isqrt(MAX_PIXELS)
+    ramp = Image.linear_gradient("L").resize((side, side))
+    Image.merge("RGB", (ramp, ramp.rotate(90), ramp)).save(tmp_path / "largest.png")
+    questions = write_jsonl(tmp_path / "q.jsonl", [{"image": "largest.png", "question": "what?"}] * 6)
+    probe = (
+        "import resource, subprocess, sys; "
+        "p = subprocess.run([sys.executable, '-m', 'mmtok_cli', 'batch', sys.argv[1], '--model', sys.argv[2], "
+        "'--batch-size', '6', '--max-new-tokens', '1', '--out', sys.argv[3]]); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, p.returncode)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe, str(questions), str(tiny_llava), str(tmp_path / "a.jsonl")],
+                         capture_output=True, text=True, timeout=300)
+    peak_kb, code = (int(v) for v in out.stdout.split())
+    recs = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert code == 0 and len(recs) == 6 and all(r["error"] is None for r in recs)
+    assert peak_kb < 1_500_000, f"peak RSS {peak_kb / 1e6:.2f} GB"
 
 
 # -- JSONL, resume -------------------------------------------------------------------------------------

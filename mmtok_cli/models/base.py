@@ -141,9 +141,17 @@ class Prepared:
     image_sizes: list[tuple[int, int]]
     """(height, width) of each original image, before any resizing or padding."""
     images: list[Image.Image] = field(default_factory=list)
-    """The original images (for what needs their pixels later, such as `random`'s per-image seed)."""
+    """The original images, for what needs their pixels later (the agent's second model, pictures of the kept
+    regions); empty once they are dropped (`drop_images`), which keeps a batch waiting in memory small."""
     keys: list[str] | None = None
     """Each image's cache key (`cache.image_key`), set by `Engine.prepare`."""
+    seeds: list[int] | None = None
+    """Each image's seed for `random` (`engine.image_seed`), set by `Engine.prepare(seeds=True)`; without it,
+    `random` computes them from `images`."""
+
+    def drop_images(self) -> None:
+        """Let go of the originals: the processor's outputs, keys and seeds are all that answering needs."""
+        self.images = []
 
 
 class Adapter(ABC):
@@ -262,6 +270,7 @@ class Adapter(ABC):
             inputs=BatchFeature(cut), image_sizes=[prepared.image_sizes[r] for r in rows],
             images=[prepared.images[r] for r in rows] if prepared.images else [],
             keys=[prepared.keys[r] for r in rows] if prepared.keys else None,
+            seeds=[prepared.seeds[r] for r in rows] if prepared.seeds else None,
         )
 
     def text_tokens(
