@@ -140,7 +140,7 @@ def _batch_in_child(args: list[str], *, max_file_bytes: int | None = None, stdou
             resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
 
     return subprocess.run([sys.executable, "-m", "mmtok_cli", "batch", *map(str, args)], preexec_fn=limit,
-                          stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=300)
+                          stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=300, check=False)
 
 
 def _lines(text: str) -> list[str]:
@@ -308,6 +308,22 @@ def test_huge_images_are_decoded_no_larger_than_needed():
     assert _decode(io.BytesIO(_png(5000, 1000)), "wide.png").size == (MAX_SIDE, round(1000 * MAX_SIDE / 5000))
 
 
+def _batch_peak_rss(questions: Path, model: Path, batch_size: int) -> tuple[int, int, list[dict]]:
+    """`mmtok batch` in a fresh child: its peak RSS in KB (a probe process in between, so peaks do not mix), its
+    exit status and its records."""
+    out = questions.with_name("answers.jsonl")
+    probe = (
+        "import resource, subprocess, sys; "
+        "p = subprocess.run([sys.executable, '-m', 'mmtok_cli', 'batch', sys.argv[1], '--model', sys.argv[2], "
+        "'--batch-size', sys.argv[3], '--max-new-tokens', '1', '--out', sys.argv[4]]); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, p.returncode)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe, str(questions), str(model), str(batch_size), str(out)],
+                          capture_output=True, text=True, timeout=300, check=True)
+    peak_kb, code = (int(v) for v in done.stdout.split())
+    return peak_kb, code, [json.loads(line) for line in out.read_text().splitlines()]
+
+
 @cpu_only  # host RSS; a CUDA context alone would change it
 def test_a_batch_of_bombs_stays_within_the_memory_bound(tiny_llava, tmp_path, bomb):
     """Three 144-Mpixel PNGs (420 KB each) in one batch: error records, and a peak far below what decoding costs."""
@@ -316,16 +332,7 @@ def test_a_batch_of_bombs_stays_within_the_memory_bound(tiny_llava, tmp_path, bo
         (tmp_path / f"bomb{i}.png").write_bytes(bomb)
         rows.append({"id": i, "image": f"bomb{i}.png", "question": "what?"})
     questions = write_jsonl(tmp_path / "q.jsonl", rows)
-    probe = (
-        "import resource, subprocess, sys; "
-        "p = subprocess.run([sys.executable, '-m', 'mmtok_cli', 'batch', sys.argv[1], '--model', sys.argv[2], "
-        "'--batch-size', '3', '--out', sys.argv[3]]); "
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, p.returncode)"
-    )
-    out = subprocess.run([sys.executable, "-c", probe, str(questions), str(tiny_llava), str(tmp_path / "a.jsonl")],
-                         capture_output=True, text=True, timeout=300)
-    peak_kb, code = (int(v) for v in out.stdout.split())
-    recs = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    peak_kb, code, recs = _batch_peak_rss(questions, tiny_llava, 3)
     assert code == 1 and all("over the 40 Mpixel limit" in r["error"] for r in recs) and len(recs) == 3
     assert peak_kb < 1_500_000, f"peak RSS {peak_kb / 1e6:.2f} GB"  # decoding them would take 3 x 432 MB and more
 
@@ -338,16 +345,7 @@ def test_the_largest_accepted_images_stay_within_the_loaders_bound(tiny_llava, t
     ramp = Image.linear_gradient("L").resize((side, side))
     Image.merge("RGB", (ramp, ramp.rotate(90), ramp)).save(tmp_path / "largest.png")
     questions = write_jsonl(tmp_path / "q.jsonl", [{"image": "largest.png", "question": "what?"}] * 6)
-    probe = (
-        "import resource, subprocess, sys; "
-        "p = subprocess.run([sys.executable, '-m', 'mmtok_cli', 'batch', sys.argv[1], '--model', sys.argv[2], "
-        "'--batch-size', '6', '--max-new-tokens', '1', '--out', sys.argv[3]]); "
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, p.returncode)"
-    )
-    out = subprocess.run([sys.executable, "-c", probe, str(questions), str(tiny_llava), str(tmp_path / "a.jsonl")],
-                         capture_output=True, text=True, timeout=300)
-    peak_kb, code = (int(v) for v in out.stdout.split())
-    recs = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    peak_kb, code, recs = _batch_peak_rss(questions, tiny_llava, 6)
     assert code == 0 and len(recs) == 6 and all(r["error"] is None for r in recs)
     assert peak_kb < 1_500_000, f"peak RSS {peak_kb / 1e6:.2f} GB"
 
