@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import torch
 from PIL import Image
@@ -105,6 +105,8 @@ class BatchOptions:
     their defaults."""
     download_timeout: float = URL_TIMEOUT_S
     """Deadline for one image download, whole: a slow or endless one fails its item alone."""
+    post_prompt: str | None = None
+    """An instruction appended to every question (`Engine.prepare`); records name it."""
 
 
 @dataclass
@@ -184,8 +186,68 @@ class _Chunk:
 
 _END = object()
 
+E = TypeVar("E")
 
-class BatchRunner:
+
+class PassRunner(Generic[E]):
+    """Forward passes over entries of type E on one engine, with the recovery every front end needs (`batch`,
+    `serve`): on CUDA out-of-memory the pass is halved, and later passes stay at the smaller `batch_size`; when a
+    pass fails otherwise, each entry runs alone, so a bad one fails alone. Subclasses say how entries are prepared
+    and answered."""
+
+    engine: Engine
+    batch_size: int
+    debug: bool = False
+    """Let unexpected exceptions propagate instead of failing the entry."""
+
+    def prepare_entries(self, entries: list[E]) -> Prepared:
+        """The processor's inputs for `entries` (on the model's thread: after a split, or a failed pass)."""
+        raise NotImplementedError
+
+    def answer_entries(self, entries: list[E], prepared: Prepared, preprocess_ms: float) -> list[Any]:
+        """One result per entry, from one forward pass."""
+        raise NotImplementedError
+
+    def run_pass(self, entries: list[E], prepared: Prepared | None, preprocess_ms: float) -> list[Any]:
+        """Results of `answer_entries`, or for an entry that has none, the exception that says why (MmtokError for
+        what can be explained in a line)."""
+        if len(entries) > self.batch_size:  # the batch size was lowered after an out-of-memory
+            mid = self.batch_size
+            return self.run_pass(entries[:mid], None, 0.0) + self.run_pass(entries[mid:], None, 0.0)
+        try:
+            if prepared is None:
+                start = time.perf_counter()
+                prepared = self.prepare_entries(entries)
+                preprocess_ms = (time.perf_counter() - start) * 1e3
+            return self.answer_entries(entries, prepared, preprocess_ms)
+        except torch.cuda.OutOfMemoryError:
+            if self.engine.cache is not None:  # cached vision tokens yield to the batch (they may be on the GPU)
+                self.engine.cache.shrink()
+            if self.engine.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(entries) == 1:
+                return [MmtokError("out of memory even at batch size 1 (try fewer --tokens, a smaller model or "
+                                   "--dtype bfloat16)")]
+            self.batch_size = max(1, len(entries) // 2)
+            return self.run_pass(entries, None, 0.0)
+        except WriteError:
+            raise  # an output cannot be written (--show-dir on a full disk): the run stops, the entry is not at fault
+        except Exception as exc:
+            if self.debug:
+                raise
+            if len(entries) > 1:  # find the entry that fails; the others still get answers
+                return [o for e in entries for o in self.run_pass([e], None, 0.0)]
+            return [exc]
+
+
+def failure_message(exc: BaseException) -> str:
+    """What an entry's record says about the exception that failed it."""
+    if isinstance(exc, MmtokError):
+        return str(exc)
+    return f"unexpected {type(exc).__name__}: {first_line(exc)}"
+
+
+class BatchRunner(PassRunner[_Entry]):
     """Runs items through an `Engine` and hands each chunk's records to `emit`, in input order."""
 
     def __init__(self, engine: Engine, options: BatchOptions, *, base: Path | None = None) -> None:
@@ -193,6 +255,7 @@ class BatchRunner:
         self.options = options
         self.base = base
         self.batch_size = options.batch_size
+        self.debug = options.debug
         self.loader_bytes = LOADER_MB * 2**20
         self.keep_images = options.show_dir is not None or engine.agent_engine is not None
         """Originals outlive preprocessing only for what reads their pixels later: pictures, the agent's model."""
@@ -362,7 +425,7 @@ class BatchRunner:
         try:
             chunk.prepared = self.engine.prepare(
                 [e.image for e in chunk.ready], [e.item.question for e in chunk.ready], adapter=adapter,
-                seeds=self.seeds,
+                post_prompt=self.options.post_prompt, seeds=self.seeds,
             )
         except Exception:  # one bad image must not sink its neighbours: the main thread retries one by one
             chunk.prepared = None
@@ -380,7 +443,7 @@ class BatchRunner:
     def _answer_chunk(self, chunk: _Chunk, summary: Summary, *, preprocess_ms: float) -> list[dict[str, Any]]:
         results: dict[int, dict[str, Any] | str] = {}
         if chunk.ready:
-            outcomes = self._answer(chunk.ready, chunk.prepared, preprocess_ms)
+            outcomes = self.run_pass(chunk.ready, chunk.prepared, preprocess_ms)
             results = {id(e): o for e, o in zip(chunk.ready, outcomes)}
         records = []
         for entry in chunk.entries:
@@ -388,41 +451,14 @@ class BatchRunner:
             if isinstance(outcome, dict):
                 records.append(record(entry.item, outcome))
             else:
-                records.append(record(entry.item, None, error=outcome or entry.item.error or "not processed"))
+                error = failure_message(outcome) if outcome is not None else entry.item.error or "not processed"
+                records.append(record(entry.item, None, error=error))
             summary.count(records[-1])
         return records
 
-    def _answer(self, entries: list[_Entry], prepared: Prepared | None, preprocess_ms: float) -> list[Any]:
-        """Results (dicts) or error messages (str) for `entries`, splitting the batch when it must."""
-        if len(entries) > self.batch_size:  # the batch size was lowered after an out-of-memory
-            mid = self.batch_size
-            return self._answer(entries[:mid], None, 0.0) + self._answer(entries[mid:], None, 0.0)
-        try:
-            if prepared is None:
-                start = time.perf_counter()
-                prepared = self.engine.prepare(self._images(entries), [e.item.question for e in entries],
-                                               seeds=self.seeds)
-                preprocess_ms = (time.perf_counter() - start) * 1e3
-            return self._results(entries, prepared, preprocess_ms)
-        except torch.cuda.OutOfMemoryError:
-            if self.engine.cache is not None:  # cached vision tokens yield to the batch (they may be on the GPU)
-                self.engine.cache.shrink()
-            if self.engine.device.type == "cuda":
-                torch.cuda.empty_cache()
-            if len(entries) == 1:
-                return ["out of memory even at batch size 1 (try fewer --tokens, a smaller model or --dtype bfloat16)"]
-            self.batch_size = max(1, len(entries) // 2)
-            return self._answer(entries, None, 0.0)
-        except WriteError:
-            raise  # an output cannot be written (--show-dir on a full disk): the run stops, the item is not at fault
-        except Exception as exc:
-            if self.options.debug:
-                raise
-            if len(entries) > 1:  # find the item that fails; the others still get answers
-                return [o for e in entries for o in self._answer([e], None, 0.0)]
-            if isinstance(exc, MmtokError):
-                return [str(exc)]
-            return [f"unexpected {type(exc).__name__}: {first_line(exc)}"]
+    def prepare_entries(self, entries: list[_Entry]) -> Prepared:
+        return self.engine.prepare(self._images(entries), [e.item.question for e in entries],
+                                   post_prompt=self.options.post_prompt, seeds=self.seeds)
 
     def _images(self, entries: list[_Entry]) -> list[Image.Image]:
         """The entries' originals, opened again where they were let go (a batch that must be split or retried)."""
@@ -434,7 +470,7 @@ class BatchRunner:
                 entry.image = image
         return [e.image for e in entries]
 
-    def _results(self, entries: list[_Entry], prepared: Prepared, preprocess_ms: float) -> list[dict[str, Any]]:
+    def answer_entries(self, entries: list[_Entry], prepared: Prepared, preprocess_ms: float) -> list[dict[str, Any]]:
         opts = self.options
         questions = [e.item.question for e in entries]
         run = {
@@ -456,8 +492,11 @@ class BatchRunner:
             full = answers if opts.method == "full" else self.engine.run_prepared(
                 prepared, questions, method="full", **run
             )
+        asked = {"post_prompt": opts.post_prompt} if opts.post_prompt else {}  # the question alone is not all it read
+        if self.engine.pan_and_scan is not None:  # the family can crop long images: say whether it did
+            asked["pan_and_scan"] = self.engine.pan_and_scan
         return [
-            answer_fields(a, load_ms=e.load_ms, full=None if full is None else full[i])
+            {**answer_fields(a, load_ms=e.load_ms, full=None if full is None else full[i]), **asked}
             for i, (e, a) in enumerate(zip(entries, answers))
         ]
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from PIL import Image
+from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from .baselines import RANDOM_SEED
@@ -31,8 +32,10 @@ from .options import (
     check_cache,
     check_conventions,
     check_options,
+    check_post_prompt,
 )
 from .selection import ALPHA, TAU_V, Selection
+from .text import with_post_prompt
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -90,6 +93,34 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return TORCH_DTYPES[name]
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """How the answer's tokens are drawn (`mmtok serve`'s temperature / top_p / seed); without one, greedy.
+
+    `temperature` 0 is greedy decoding, exactly what `ask` and `batch` do; None lets the checkpoint's generation
+    config decide (whether to sample, and its temperature, top_p, top_k); above 0 samples at that temperature.
+    `top_p` (None: the config's) is the nucleus; `seed` seeds PyTorch's generator just before the answer is drawn.
+    """
+
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+
+    def resolved(self, config: Any) -> Sampling:
+        """The same decoding with the generation config read: greedy however it was asked is `Sampling(0.0)`
+        (top_p and seed change nothing there), so requests that decode alike compare equal."""
+        greedy = self.temperature == 0 or self.temperature is None and not getattr(config, "do_sample", False)
+        return Sampling(0.0) if greedy else self
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """`generate` keywords for this decoding (what they leave out, the generation config says)."""
+        if self.temperature == 0:
+            return {"do_sample": False}
+        given = {"temperature": self.temperature, "top_p": self.top_p}
+        return {**({"do_sample": True} if self.temperature is not None else {}),
+                **{k: v for k, v in given.items() if v is not None}}
+
+
 class _Clock(BaseStreamer):
     """Timestamps generation: `generate` first streams the prompt, then each new token (on the host,
     so the GPU has finished the step by then)."""
@@ -112,7 +143,7 @@ class Engine:
 
     def __init__(
         self, model: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto", random_weights: bool = False,
-        agent_model: str | Engine | None = None, cache_mb: int | None = None,
+        agent_model: str | Engine | None = None, cache_mb: int | None = None, pan_and_scan: bool | None = None,
     ) -> None:
         """`random_weights=True`: build the checkpoint's architecture with random weights (see `load_adapter`).
 
@@ -121,14 +152,22 @@ class Engine:
 
         `agent_model`: a second, smaller checkpoint (or a loaded `Engine`) that makes the agent's preliminary
         answers (`run_prepared(agent=True)`); without it, this model makes them.
+
+        `pan_and_scan`: crop long images into extra views (Gemma 3's pan-and-scan; a `UsageError` for a family
+        without it); None follows the checkpoint's image processor.
         """
+        from .models.registry import check_pan_and_scan
+
+        check_pan_and_scan(model, pan_and_scan)  # seconds, before the model loads for minutes
         if isinstance(agent_model, str):
-            check_agent_model(agent_model)  # seconds, before the main model loads for minutes
+            check_agent_model(agent_model)
         self.model_name = model
         self.random_weights = random_weights
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.adapter: Adapter = load_adapter(model, device=self.device, dtype=self.dtype, random_weights=random_weights)
+        if pan_and_scan is not None and self.adapter.has_pan_and_scan:
+            self.adapter.pan_and_scan = pan_and_scan
         self.cache: VisionCache | None = None
         self.set_cache(cache_mb)
         self.agent_engine: Engine | None = None
@@ -140,6 +179,11 @@ class Engine:
                 self.agent_engine = Engine(agent_model, device=device, dtype=dtype, random_weights=random_weights)
             except MmtokError as exc:
                 raise _agent_model_error(exc) from exc
+
+    @property
+    def pan_and_scan(self) -> bool | None:
+        """Whether long images are cropped into extra views (Gemma 3); None for a family without pan-and-scan."""
+        return self.adapter.pan_and_scan_in_use()
 
     def set_cache(self, mb: int | None) -> None:
         """A new, empty vision-token cache of `mb` MB (None: the device's default; 0: none)."""
@@ -158,28 +202,41 @@ class Engine:
         return self.adapter.for_thread()
 
     def prepare(
-        self, images: list[Image.Image], questions: list[str], *, adapter: Adapter | None = None, seeds: bool = False
+        self, images: list[Image.Image], questions: list[str], *, adapter: Adapter | None = None,
+        post_prompt: str | None = None, conversations: Sequence[list[dict] | None] | None = None, seeds: bool = False,
     ) -> Prepared:
         """Processor inputs for a batch (CPU work; safe in a background thread with `preprocessor()`).
 
+        `post_prompt`: a fixed instruction the model reads after every question, on a line of its own (e.g.
+        "Answer the question using a single word or phrase."); `run_prepared` leaves it out of T (text.py).
+        `conversations`: per question, None or the whole chat to template instead of one user turn (`Adapter.prompt`;
+        the question is then its last user text, which the selection reads; a post_prompt belongs in the chat).
         The cache keys, and with `seeds` `random`'s seeds, are computed here too, so that the originals may be
-        dropped afterwards (`Prepared.drop_images`)."""
+        dropped afterwards (`Prepared.drop_images`).
+        """
         if len(images) != len(questions) or not images:
             raise ValueError("need one question per image, and at least one image")
+        check_post_prompt(post_prompt)
         adapter = adapter or self.adapter
-        prepared = adapter.preprocess(images, questions)
+        if post_prompt and conversations and any(c is not None for c in conversations):
+            raise ValueError("a post_prompt goes with one-turn prompts; a conversation carries its own instructions")
+        prepared = adapter.preprocess(images, [with_post_prompt(q, post_prompt) for q in questions], conversations)
+        prepared.post_prompt = post_prompt
         if self.cache is not None:  # hashing here keeps it off the model's thread in `mmtok batch`
             prepared.keys = adapter.image_keys(images)
         if seeds:
             prepared.seeds = [image_seed(im) for im in images]
         return prepared
 
-    def run(self, images: list[Image.Image], questions: list[str], **options: Any) -> list[Answer]:
-        """Answer one question per image as a single batch: `prepare`, then `run_prepared` with `options`
-        (tokens, method, max_new_tokens, alpha, tau_t, tau_v, budget, question_words, ignore_eos, agent,
-        agent_tokens; see there)."""
+    def run(
+        self, images: list[Image.Image], questions: list[str], *, post_prompt: str | None = None,
+        conversations: Sequence[list[dict] | None] | None = None, **options: Any,
+    ) -> list[Answer]:
+        """Answer one question per image as a single batch: `prepare` (with `post_prompt` or `conversations`, see
+        there), then `run_prepared` with `options` (tokens, method, max_new_tokens, alpha, tau_t, tau_v, budget,
+        question_words, ignore_eos, agent, agent_tokens, sampling; see there)."""
         t0 = self._sync()
-        prepared = self.prepare(images, questions)
+        prepared = self.prepare(images, questions, post_prompt=post_prompt, conversations=conversations)
         return self.run_prepared(prepared, questions, preprocess_ms=(self._sync() - t0) * 1e3, **options)
 
     @torch.inference_mode()
@@ -201,8 +258,11 @@ class Engine:
         agent: bool = False,
         agent_tokens: int | None = None,
         agent_max_new_tokens: int = AGENT_MAX_NEW_TOKENS,
+        sampling: Sampling | None = None,
+        stopping_criteria: StoppingCriteria | None = None,
     ) -> list[Answer]:
-        """Answer the questions of a batch made by `prepare`.
+        """Answer the questions of a batch made by `prepare` (the questions as given there, without its
+        `post_prompt`).
 
         `tokens` and `max_new_tokens` are one value for all or one per image. `budget` ("total", "per-view",
         "global"): what `tokens` means for an image of several views (see models/views.py); `question_words`
@@ -216,6 +276,11 @@ class Engine:
         `agent_max_new_tokens`. Each preliminary answer's words join its question's words in T, then the
         tokens are selected again and the answer generated; the prompt never contains the preliminary
         answer. Its cost is `timings_ms["agent"]`, the answer `Answer.agent_answer`.
+
+        `sampling` (None: greedy) draws the answers (the agent's first pass is always greedy); with a seed, a pass
+        gives the same answers every time it has the same rows. `stopping_criteria` watches the answers' generation
+        (one flag per row: a finished row stops counting for `generate`'s early stop; its later tokens are cut off
+        by the caller, who knows why it stopped).
         """
         budgets = _per_item(tokens, len(questions), "token budget")
         limits = _per_item(max_new_tokens, len(questions), "max_new_tokens")
@@ -242,7 +307,8 @@ class Engine:
         kept = order = fed = None
         if method != "full":
             selection = self._select(vt, questions, budgets, method=method, alpha=alpha, tau_t=tau_t, tau_v=tau_v,
-                                     agent_answers=agent_answers, prepared=prepared, **conventions)
+                                     agent_answers=agent_answers, prepared=prepared, post_prompt=prepared.post_prompt,
+                                     **conventions)
             kept, order = selection.indices, selection.order
             feed_tokens, feed_kept = merged_feed(vt, selection)
             fed = [len(f) for f in feed_kept]
@@ -255,7 +321,8 @@ class Engine:
         # Greedy decoding is deterministic, so one run to the largest limit, cut per item, gives
         # every item exactly what a run with its own limit would.
         new_tokens = self._generate(
-            gen_inputs, max(limits), streamer=clock,
+            gen_inputs, max(limits), sampling, streamer=clock,
+            **({"stopping_criteria": StoppingCriteriaList([stopping_criteria])} if stopping_criteria else {}),
             # EOS is masked out until the limit: every row does the same, fixed amount of work.
             **({"min_new_tokens": max(limits)} if ignore_eos else {}),
         )
@@ -357,12 +424,13 @@ class Engine:
             # The second model has its own processor, vision tokens and tau_t; a small model reads them all
             # unless the caller gave it a budget.
             answers = self.agent_engine.run(
-                list(prepared.images), questions, method=method if explicit_budget else "full", tokens=budgets,
+                list(prepared.images), questions, post_prompt=prepared.post_prompt,
+                method=method if explicit_budget else "full", tokens=budgets,
                 max_new_tokens=max_new_tokens, alpha=alpha, tau_v=tau_v, budget=budget, question_words=question_words,
             )
             return [a.answer for a in answers]
         kept = self._select(vt, questions, budgets, method=method, alpha=alpha, tau_t=tau_t, tau_v=tau_v,
-                            budget=budget, question_words=question_words).indices
+                            budget=budget, question_words=question_words, post_prompt=prepared.post_prompt).indices
         new_tokens = self._generate(self.adapter.generation_inputs(prepared, vt, kept), max_new_tokens)
         return [text for _, text in self._finish(new_tokens)]
 
@@ -370,13 +438,15 @@ class Engine:
         self, vt: VisionTokens, questions: list[str], budgets: list[int], *, method: str, alpha: float,
         tau_t: float | None, tau_v: float, agent_answers: list[str] | None = None,
         prepared: Prepared | None = None, budget: str = "total", question_words: str = "content",
+        post_prompt: str | None = None,
     ) -> Selection:
-        """T from the questions (and the agent's words), then the adapter's selection; tau_t None: the family's.
+        """T from the questions (and the agent's words; `post_prompt` as `text.question_words` says), then the
+        adapter's selection; tau_t None: the family's.
 
         `random` draws with a seed per image from its pixels (`image_seed`), when `prepared` has them or the images;
         `visionzip` reads the adapter's `visionzip_inputs` (`prepared` needed)."""
         adapter = self.adapter
-        text, text_mask = adapter.text_tokens(questions, agent_answers, words=question_words)
+        text, text_mask = adapter.text_tokens(questions, agent_answers, words=question_words, post_prompt=post_prompt)
         seeds = None
         if method == "random" and prepared is not None:
             seeds = prepared.seeds or [image_seed(im) for im in prepared.images]
@@ -392,11 +462,20 @@ class Engine:
             alpha=alpha, tau_t=adapter.tau_t if tau_t is None else tau_t, tau_v=tau_v,
         )
 
-    def _generate(self, gen_inputs: dict, max_new_tokens: int, **extra: Any) -> list[list[int]]:
-        """Greedy generation for the batch; each row's new token ids, not yet cut at EOS."""
+    def _generate(
+        self, gen_inputs: dict, max_new_tokens: int, sampling: Sampling | None = None, **extra: Any
+    ) -> list[list[int]]:
+        """Generation for the batch, greedy unless `sampling` says otherwise; each row's new token ids, not yet cut
+        at EOS. Never beam search: the timing streamer and the per-row stopping need one sequence per row."""
         pad_id = self.adapter.tokenizer.pad_token_id
+        decoding = {"do_sample": False}
+        if sampling is not None:
+            sampling = sampling.resolved(self.adapter.model.generation_config)
+            decoding = sampling.generate_kwargs()
+            if sampling.seed is not None:
+                torch.manual_seed(sampling.seed)
         out = self.adapter.model.generate(
-            **gen_inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, **extra,
+            **gen_inputs, max_new_tokens=max_new_tokens, num_beams=1, **decoding, **extra,
             **({"pad_token_id": pad_id} if pad_id is not None else {}),
         )
         return out[:, gen_inputs["input_ids"].shape[1] :].tolist()

@@ -9,6 +9,11 @@ class UsageError(MmtokError):
     """The command line asked for something impossible (exit status 2)."""
 
 
+class RefusedSource(MmtokError):
+    """An image source that a policy refuses (a private address, a path outside the allowed folder), as opposed to
+    one that could not be read."""
+
+
 def first_line(exc: BaseException) -> str:
     """An exception's message cut to its first line (its type's name when it has none)."""
     text = str(exc).strip()

@@ -97,6 +97,7 @@ def evaluate(
     agent: bool = False,
     agent_tokens: int | None = None,
     selection: dict[str, float | str] | None = None,
+    post_prompt: str | None = None,
     preprocess_once: bool = True,
 ) -> dict[str, Any]:
     """Run and score every configuration; returns the `--json` document (without `model`/`data`).
@@ -107,8 +108,9 @@ def evaluate(
     `agent`: methods in `AGENT_METHODS` also run with the agent (its first pass at `agent_tokens`, default
     each row's budget; a second model when `engine` has an `agent_engine`), labelled METHOD+agent.
     `selection`: alpha / tau_t / tau_v / budget / question_words for every run (the defaults where absent); the
-    report lists the values used. `preprocess_once=False` runs the processor again for every row, as `mmtok eval`
-    did before (benchmarks/cache.py compares the two).
+    report lists the values used. `post_prompt`: appended to every question (`Engine.prepare`), in the report.
+    `preprocess_once=False` runs the processor again for every row, as `mmtok eval` did before (benchmarks/cache.py
+    compares the two).
     """
     from .batch import BatchOptions, BatchRunner, Summary
 
@@ -143,7 +145,7 @@ def evaluate(
             batch_options = BatchOptions(tokens=1 if tokens == "full" else int(tokens), method=name,
                                          max_new_tokens=max_new_tokens, batch_size=batch_size, agent=with_agent,
                                          agent_tokens=agent_tokens if with_agent else None,
-                                         selection=dict(selection or {}))
+                                         selection=dict(selection or {}), post_prompt=post_prompt)
             runner = BatchRunner(engine, batch_options, base=base)
             summaries[number].add(runner.run(block, found[number].extend, reuse=prepared if preprocess_once else None))
     results = []
@@ -183,7 +185,8 @@ def evaluate(
     used = {"alpha": ALPHA, "tau_t": engine.adapter.tau_t, "tau_v": TAU_V, "budget": "total",
             "question_words": "content", **(selection or {})}
     cache = {k: v - stats_before.get(k, 0) for k, v in _cache_stats(engine).items()}
-    return {"metric": "f1" if binary_only else "accuracy", "items": len(items), "selection": used, "results": results,
+    return {"metric": "f1" if binary_only else "accuracy", "items": len(items), "selection": used,
+            "post_prompt": post_prompt, "pan_and_scan": engine.pan_and_scan, "results": results,
             "cache": cache or None}
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import io
+import ipaddress
 import json
 import os
 import socket
@@ -25,7 +26,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from PIL import Image, UnidentifiedImageError
 
-from .errors import MmtokError, UsageError
+from .errors import MmtokError, RefusedSource, UsageError
 
 if TYPE_CHECKING:
     from .engine import Answer
@@ -82,19 +83,90 @@ def is_url(source: str) -> bool:
 class _FewRedirects(urllib.request.HTTPRedirectHandler):
     max_redirections = MAX_REDIRECTS
 
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
+        # urllib would also follow a redirect to ftp://, which no limit here covers.
+        if not is_url(newurl):
+            raise RefusedSource(f"{req.full_url} redirects to {newurl.split(':')[0]}:, not to an http(s) URL")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def public_address(address: str) -> bool:
+    """Whether an IP address is on the public internet: not loopback, private, link-local, shared (CGNAT),
+    multicast, reserved or unspecified (an IPv4 address written as IPv6 counts as itself)."""
+    ip = ipaddress.ip_address(address.split("%")[0])  # an IPv6 scope (fe80::1%eth0) names the interface only
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+def _public_connection(address: tuple[str, int], timeout: Any = socket._GLOBAL_DEFAULT_TIMEOUT,
+                       source_address: Any = None) -> socket.socket:
+    """`socket.create_connection` that refuses a host with any non-public address, then connects to the very
+    addresses it checked (a second DNS answer cannot swap in a private one)."""
+    host, port = address
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise OSError(f"cannot resolve {host}: {exc.strerror or exc}") from None
+    refused = sorted({info[4][0] for info in found if not public_address(info[4][0])})
+    if refused:
+        raise RefusedSource(f"{host} resolves to {refused[0]}, a loopback, private or link-local address; "
+                            "such image URLs are refused (the server's --allow-private-urls allows them)")
+    error: OSError | None = None
+    for family, kind, proto, _, sockaddr in found:
+        sock = socket.socket(family, kind, proto)
+        try:
+            if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:
+                sock.settimeout(timeout)
+            if source_address:
+                sock.bind(source_address)
+            sock.connect(sockaddr)
+            return sock
+        except OSError as exc:
+            error = exc
+            sock.close()
+    raise error or OSError(f"no address for {host}")
+
+
+def _guarded(base: type[http.client.HTTPConnection]) -> Any:
+    """`base` whose every connection (the first request's and each redirect's) goes through `_public_connection`."""
+
+    def connection(*args: Any, **kwargs: Any) -> http.client.HTTPConnection:
+        conn = base(*args, **kwargs)
+        conn._create_connection = _public_connection  # http.client's own hook for how a connection is opened
+        return conn
+
+    return connection
+
+
+class _PublicHTTP(urllib.request.HTTPHandler):
+    def http_open(self, req: Any) -> Any:
+        return self.do_open(_guarded(http.client.HTTPConnection), req)
+
+
+class _PublicHTTPS(urllib.request.HTTPSHandler):
+    def https_open(self, req: Any) -> Any:
+        return self.do_open(_guarded(http.client.HTTPSConnection), req, context=self._context)
+
 
 def fetch_image(
-    url: str, timeout: float = URL_TIMEOUT_S, max_bytes: int = MAX_DOWNLOAD_BYTES, *, reserve: Reserve | None = None
+    url: str, timeout: float = URL_TIMEOUT_S, max_bytes: int = MAX_DOWNLOAD_BYTES, *, allow_private: bool = True,
+    reserve: Reserve | None = None,
 ) -> Image.Image:
     """Download and decode an http(s) image, with one-line errors for every way that fails.
 
     `timeout` bounds the whole download (connecting, redirects and every byte), not each read, so a
     server that trickles a byte at a time fails within it; the body is capped at `max_bytes` (checked
-    against Content-Length first, then while reading) and redirects at MAX_REDIRECTS.
+    against Content-Length first, then while reading) and redirects at MAX_REDIRECTS, each to http(s) only.
+
+    `allow_private=False` (`mmtok serve`'s default) refuses, with `RefusedSource`, a URL whose host, or the host of
+    any redirect, resolves to an address that is not public (`public_address`); the connection then goes straight
+    to the checked address, so a proxy from the environment is not used.
     """
     deadline = time.monotonic() + timeout
     request = urllib.request.Request(url, headers={"User-Agent": "mmtok"})
-    opener = urllib.request.build_opener(_FewRedirects)
+    guard = [] if allow_private else [urllib.request.ProxyHandler({}), _PublicHTTP, _PublicHTTPS]
+    opener = urllib.request.build_opener(_FewRedirects, *guard)
     chunks: list[bytes] = []
     try:
         with opener.open(request, timeout=timeout) as response:
@@ -119,6 +191,8 @@ def fetch_image(
     except MmtokError:
         raise
     except urllib.error.HTTPError as exc:
+        if 300 <= exc.code < 400:  # urllib's own message for this spans three lines
+            raise MmtokError(f"could not download {url}: more than {MAX_REDIRECTS} redirects") from None
         raise MmtokError(f"could not download {url}: HTTP {exc.code} {exc.reason}") from None
     except (TimeoutError, socket.timeout):
         raise MmtokError(f"could not download {url}: not complete within {timeout:g} s") from None
@@ -131,6 +205,26 @@ def fetch_image(
     if not data:
         raise MmtokError(f"{url} returned no data")
     return _decode(io.BytesIO(data), url, reserve=reserve)
+
+
+def decode_image(data: bytes, name: str) -> Image.Image:
+    """Image bytes decoded with the same limits as a file or a download (`name` says which image, in errors)."""
+    return _decode(io.BytesIO(data), name)
+
+
+def local_image(path: str | Path, root: str | Path) -> Image.Image:
+    """A regular file at most MAX_DOWNLOAD_BYTES long that lies inside `root` once links are resolved (`mmtok
+    serve`'s file:// images); anything else is refused with `RefusedSource`, or is a one-line MmtokError."""
+    real, inside = Path(os.path.realpath(path)), Path(os.path.realpath(root))
+    if not real.is_relative_to(inside):
+        raise RefusedSource(f"{path} is outside the folder the server allows local images from")
+    if not real.exists():
+        raise MmtokError(f"image not found: {path}")
+    if not real.is_file():  # a FIFO or a device would hang or never end
+        raise RefusedSource(f"{path} is not a regular file")
+    if real.stat().st_size > MAX_DOWNLOAD_BYTES:
+        raise MmtokError(f"{path} is over the {MAX_DOWNLOAD_BYTES / 1e6:g} MB image limit")
+    return _decode(real, str(path))
 
 
 def open_source(
@@ -311,7 +405,7 @@ class Item:
     """The image itself, already decoded (lmms-eval hands over PIL images); `image` then only names it."""
 
 
-def _positive_int(value: Any, name: str) -> int:
+def positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"'{name}' must be a positive integer (got {json.dumps(value)})")
     return value
@@ -352,9 +446,9 @@ def parse_line(
             raise ValueError("the question is empty")
         item.image, item.question = image, question
         if "tokens" in data:
-            item.tokens = _positive_int(data["tokens"], "tokens")
+            item.tokens = positive_int(data["tokens"], "tokens")
         if "max_new_tokens" in data:
-            item.max_new_tokens = _positive_int(data["max_new_tokens"], "max_new_tokens")
+            item.max_new_tokens = positive_int(data["max_new_tokens"], "max_new_tokens")
     except ValueError as exc:
         item.image = image if isinstance(image, str) else None
         item.question = question if isinstance(question, str) else None

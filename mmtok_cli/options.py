@@ -59,6 +59,12 @@ def check_cache(cache_mb: int | None) -> None:
         raise UsageError(f"--cache-mb must be 0 (no cache) or more (got {cache_mb})")
 
 
+def check_post_prompt(post_prompt: str | None) -> None:
+    """--post-prompt: None (nothing appended) or some text; an empty one is a mistake, not "none"."""
+    if post_prompt is not None and not post_prompt.strip():
+        raise UsageError("--post-prompt is empty; give the instruction to append to every question, or leave it out")
+
+
 def check_conventions(*, budget: str | None = None, question_words: str | None = None) -> None:
     """The one check of --budget and --question-words (None: not given), for the CLI and `Adapter.select`."""
     if budget is not None and budget not in BUDGETS:

@@ -193,12 +193,13 @@ def write_arch_folder(name: str, path: str | Path) -> Path:
     return path
 
 
-def load_arch(name: str, *, device: str = "auto", dtype: str = "auto") -> Engine:
+def load_arch(name: str, *, device: str = "auto", dtype: str = "auto", pan_and_scan: bool | None = None) -> Engine:
     """An engine on architecture `name` with random weights (see `write_arch_folder`)."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix=f"mmtok-{name}-") as folder:
-        engine = Engine(str(write_arch_folder(name, folder)), device=device, dtype=dtype, random_weights=True)
+        engine = Engine(str(write_arch_folder(name, folder)), device=device, dtype=dtype, random_weights=True,
+                        pan_and_scan=pan_and_scan)
     engine.model_name = name
     return engine
 
@@ -353,6 +354,7 @@ def _report(
         "dtype": str(engine.dtype).removeprefix("torch."),
         "model": engine.model_name,
         "family": engine.adapter.family,
+        "pan_and_scan": engine.pan_and_scan,
         "random_weights": engine.random_weights,
         "method": method,
         "versions": {"mmtok": __version__, "torch": torch.__version__, "transformers": transformers.__version__,

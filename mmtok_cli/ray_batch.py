@@ -52,7 +52,7 @@ class _Worker:
 
     def __init__(
         self, model: str, device: str, dtype: str, options: dict[str, Any], base: str, agent_model: str | None = None,
-        cache_mb: int | None = None,
+        cache_mb: int | None = None, pan_and_scan: bool | None = None,
     ) -> None:
         from .batch import BatchRunner
         from .engine import Engine
@@ -61,9 +61,10 @@ class _Worker:
         quiet_libraries()  # a worker's stderr reaches the driver's terminal: the same quiet as the CLI
         self.runner, self.error = None, None
         try:
-            engine = Engine(model, device=device, dtype=dtype, agent_model=agent_model, cache_mb=cache_mb)
+            engine = Engine(model, device=device, dtype=dtype, agent_model=agent_model, cache_mb=cache_mb,
+                            pan_and_scan=pan_and_scan)
         except Exception as exc:  # e.g. the model is missing on this node: its items say so, Ray stays calm
-            reason = str(exc) if isinstance(exc, MmtokError) else _root_cause(exc)
+            reason = str(exc) if isinstance(exc, MmtokError) else root_cause(exc)
             self.error = f"Ray worker could not load the model: {reason}"
             return
         self.runner = BatchRunner(engine, BatchOptions(**options), base=Path(base))
@@ -95,11 +96,13 @@ def run_on_ray(
     ray_options: RayOptions,
     agent_model: str | None = None,
     cache_mb: int | None = None,
+    pan_and_scan: bool | None = None,
 ) -> Summary:
     """Run `items` on a Ray actor pool; records reach `emit` in input order, one group per block.
 
     `agent_model`: each actor also loads this second model for the agent's first pass (`options.agent`).
     `cache_mb`: each actor's vision-token cache (`Engine`), which lives as long as the actor.
+    `pan_and_scan`: each actor's `Engine(pan_and_scan=)` (Gemma 3).
     """
     ray = import_ray()
     if ray_options.workers < 1:
@@ -121,7 +124,7 @@ def run_on_ray(
                      logging_level=logging.ERROR, configure_logging=True, **local)
         except Exception as exc:  # ConnectionError, ValueError... depending on the address
             where = ray_options.address or "a local instance"
-            raise MmtokError(f"could not start or reach Ray at {where}: {_root_cause(exc)}") from None
+            raise MmtokError(f"could not start or reach Ray at {where}: {root_cause(exc)}") from None
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # records in input order, as the local path writes them
     context.enable_progress_bars = False  # ours is on stderr already
@@ -138,7 +141,7 @@ def run_on_ray(
         fn_constructor_kwargs={
             "model": model, "device": device, "dtype": dtype,
             "options": dataclasses.asdict(options), "base": str(Path(base).resolve()), "agent_model": agent_model,
-            "cache_mb": cache_mb,
+            "cache_mb": cache_mb, "pan_and_scan": pan_and_scan,
         },
     )
     start = time.perf_counter()
@@ -154,7 +157,7 @@ def run_on_ray(
     except (KeyboardInterrupt, MmtokError):
         raise
     except Exception as exc:  # a worker died (e.g. the model could not load there): one line
-        raise MmtokError(f"the Ray job failed: {_root_cause(exc)}") from exc
+        raise MmtokError(f"the Ray job failed: {root_cause(exc)}") from exc
     finally:
         if started:  # we started it, so we stop it (a cluster given by --ray-address keeps running)
             ray.shutdown()
@@ -162,7 +165,7 @@ def run_on_ray(
     return summary
 
 
-def _root_cause(exc: BaseException) -> str:
+def root_cause(exc: BaseException) -> str:
     """The innermost message of a Ray error chain (Ray wraps worker exceptions several times)."""
     seen = exc
     while True:  # Ray keeps the worker's exception in .cause; Python chains use __cause__

@@ -51,10 +51,24 @@ def all_words(question: str, *, image_token: str | None = "<image>") -> list[str
     return ("Question: " + text).split()
 
 
-def question_words(question: str, mode: str = "content", *, image_token: str | None = "<image>") -> list[str]:
-    """The question's words that make T: `content_words` ("content") or `all_words` ("all")."""
+def with_post_prompt(question: str, post_prompt: str | None) -> str:
+    """The text the model is asked: the question, then the post-prompt on a line of its own (as lmms-eval's tasks
+    append theirs, e.g. pope's "\nAnswer the question using a single word or phrase.")."""
+    return f"{question}\n{post_prompt}" if post_prompt else question
+
+
+def question_words(
+    question: str, mode: str = "content", *, image_token: str | None = "<image>", post_prompt: str | None = None
+) -> list[str]:
+    """The question's words that make T: `content_words` ("content") or `all_words` ("all").
+
+    `post_prompt`: the fixed instruction the model reads after the question (`with_post_prompt`). Like any
+    answer-format instruction it is not part of "content" (it is the same for every question, so says nothing
+    about the image); "all" takes every word the model reads, so it is there, as it is in an lmms-eval task's
+    prompt.
+    """
     if mode == "all":
-        return all_words(question, image_token=image_token)
+        return all_words(with_post_prompt(question, post_prompt), image_token=image_token)
     return content_words(question, image_token=image_token)
 
 
@@ -68,14 +82,14 @@ def answer_words(answer: str) -> list[str]:
 
 def content_token_ids(
     question: str, tokenizer: Any, *, image_token: str | None = "<image>", agent_answer: str | None = None,
-    words: str = "content",
+    words: str = "content", post_prompt: str | None = None,
 ) -> list[int]:
-    """Token ids of the question's words (`question_words` with mode `words`), each word tokenized on its own,
-    without special tokens.
+    """Token ids of the question's words (`question_words` with mode `words` and `post_prompt`), each word
+    tokenized on its own, without special tokens.
 
     `agent_answer`: a preliminary answer whose words (`answer_words`) follow the question's (the agent).
     """
-    chosen = question_words(question, words, image_token=image_token)
+    chosen = question_words(question, words, image_token=image_token, post_prompt=post_prompt)
     if agent_answer:
         chosen = chosen + answer_words(agent_answer)
     if not chosen:

@@ -1,6 +1,9 @@
 """Checks shared by the per-family tests."""
 
 import json
+import time
+from collections import defaultdict
+from functools import wraps
 
 from .conftest import noise_image
 from .device import TEST_DEVICE
@@ -22,9 +25,11 @@ def assert_batch_equals_one_by_one(engine, budget_sets, *, sizes=SIZES, new_toke
         assert len({row.prompt_unpruned for row in batch}) > 1  # the rows really were padded
 
 
-def ray_and_local_records(data, model, *, workers: int = 1, batch_size: int = 2) -> tuple[list[dict], list[dict]]:
-    """`mmtok batch DATA` run locally and with `--ray --workers N` on the same options (float32, 3 new tokens):
-    each run's records without the clock-dependent fields (Ray's first, then the local run's)."""
+def ray_and_local_records(
+    data, model, *, workers: int = 1, batch_size: int = 2, extra: tuple[str, ...] = ()
+) -> tuple[list[dict], list[dict]]:
+    """`mmtok batch DATA` run locally and with `--ray --workers N` on the same options (float32, 3 new tokens, then
+    `extra`): each run's records without the clock-dependent fields (Ray's first, then the local run's)."""
     from typer.testing import CliRunner
 
     from mmtok_cli.cli import app
@@ -33,10 +38,43 @@ def ray_and_local_records(data, model, *, workers: int = 1, batch_size: int = 2)
 
     runner = CliRunner()
     common = [str(data), "--model", str(model), "--max-new-tokens", "3", "--batch-size", str(batch_size),
-              "--device", TEST_DEVICE, "--dtype", "float32"]
+              "--device", TEST_DEVICE, "--dtype", "float32", *extra]
     local = runner.invoke(app, ["batch", *common])
     out = data.with_name("ray.jsonl")
     distributed = runner.invoke(app, ["batch", *common, "--out", str(out), "--ray", "--workers", str(workers)])
     assert local.exit_code == distributed.exit_code == 0, distributed.stderr
     rows = [[json.loads(line) for line in text.splitlines()] for text in (out.read_text(), local.stdout)]
     return comparable(rows[0]), comparable(rows[1])
+
+
+class StageClocks:
+    """Clocks around the calls inside each stage `Answer.timings_ms` reports, put on one engine by `monkeypatch`:
+    the adapter's `preprocess`, `encode` and `select` and the language model's `forward` (the first forward of a
+    `generate` is the prefill, the others decode). `calls[name]` lists each call's milliseconds, in call order.
+
+    Each call also sleeps `pause_s`, so a stage counted twice, or counted in a neighbour, moves a clear amount of
+    time. The model and its outputs are untouched."""
+
+    def __init__(self, monkeypatch, engine, pause_s: float = 0.005) -> None:
+        self.calls: dict[str, list[float]] = defaultdict(list)
+        self.pause_s = pause_s
+        adapter = engine.adapter
+        for name in ("preprocess", "encode", "select"):
+            monkeypatch.setattr(adapter, name, self._clocked(name, getattr(adapter, name)))
+        monkeypatch.setattr(adapter.model, "forward", self._clocked("forward", adapter.model.forward))
+
+    def _clocked(self, name, call):
+        @wraps(call)
+        def clocked(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                time.sleep(self.pause_s)
+                return call(*args, **kwargs)
+            finally:
+                self.calls[name].append((time.perf_counter() - start) * 1e3)
+
+        return clocked
+
+
+ROUNDING_MS = 2e-3
+"""`timings_ms` are rounded to the microsecond."""

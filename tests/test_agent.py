@@ -4,6 +4,7 @@ Everything runs real tiny models; the only spies record what the adapter is hand
 """
 
 import json
+import time
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from mmtok_cli.options import AGENT_MAX_NEW_TOKENS
 from mmtok_cli.selection import ALPHA, TAU_V
 from mmtok_cli.text import answer_words, content_token_ids
 
+from .checks import ROUNDING_MS, StageClocks
 from .conftest import noise_image
 from .device import TEST_DEVICE
 from .test_batch import records, write_jsonl
@@ -138,12 +140,21 @@ def test_nothing_pruned_means_the_agent_changes_nothing(engine, pictures):
     assert agent.kept_indices == [list(range(agent.vision_total))] and agent.vision_kept == agent.vision_total
 
 
-def test_agent_cost_is_its_own_timing_and_part_of_the_total(engine, pictures):
-    answer = engine.ask(pictures[0], QUESTIONS[0], tokens=8, max_new_tokens=2, agent=True)
-    timings = answer.timings_ms
-    assert timings["agent"] > 0
+def test_agent_cost_is_its_own_timing_and_part_of_the_total(engine, pictures, monkeypatch):
+    """The agent's first pass (its selection and its generation) is timed as `agent`, not in a neighbour."""
+    clocks = StageClocks(monkeypatch, engine)
+    start = time.perf_counter()
+    answer = engine.ask(pictures[0], QUESTIONS[0], tokens=8, max_new_tokens=2, agent=True, ignore_eos=True)
+    wall = (time.perf_counter() - start) * 1e3
+    timings, calls = answer.timings_ms, clocks.calls
+    assert len(calls["select"]) == 2 and len(calls["forward"]) > 2  # the agent's pass, then the answer's
+    agent_forwards, answer_forwards = calls["forward"][:-2], calls["forward"][-2:]
+    assert timings["agent"] >= calls["select"][0] + sum(agent_forwards) - ROUNDING_MS
+    assert timings["select"] >= calls["select"][1] - ROUNDING_MS
+    assert timings["prefill"] + timings["decode"] >= sum(answer_forwards) - ROUNDING_MS
     parts = sum(v for k, v in timings.items() if k != "total")
     assert timings["total"] == pytest.approx(parts, abs=0.01)
+    assert timings["total"] <= wall  # the agent's time is not also counted in another stage
     assert "agent" not in engine.ask(pictures[0], QUESTIONS[0], tokens=8, max_new_tokens=2).timings_ms
 
 
@@ -231,12 +242,21 @@ def test_ask_agent_json(tiny_llava, image_file, engine):
     assert human.exit_code == 0 and f"agent answered {direct.agent_answer!r} first" in human.stderr
 
 
-def test_agent_options_from_a_config_file(tiny_llava, image_file, tmp_path):
+def test_agent_options_from_a_config_file(tiny_llava, image_file, tmp_path, engine):
+    from mmtok_cli.io import load_image
+
     config = tmp_path / "agent.yaml"
-    config.write_text(f"model: {tiny_llava}\ndevice: cpu\nagent: true\nagent-tokens: 4\nmax_new_tokens: 2\n")
+    config.write_text(f"model: {tiny_llava}\ndevice: {TEST_DEVICE}\ntokens: 8\nagent: true\nagent-tokens: 4\n"
+                      "max_new_tokens: 2\n")
     result = runner.invoke(app, ["ask", str(image_file), QUESTIONS[0], "--config", str(config), "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["agent_answer"] is not None
+    record = json.loads(result.stdout)
+    image, question = load_image(str(image_file)), QUESTIONS[0]
+    expected = engine.ask(image, question, tokens=8, max_new_tokens=2, agent=True, agent_tokens=4)
+    assert (record["agent_answer"], record["answer"]) == (expected.agent_answer, expected.answer)
+    # what the run would have said had the file's agent-tokens or max_new_tokens been lost
+    assert engine.ask(image, question, tokens=8, max_new_tokens=2, agent=True).agent_answer != expected.agent_answer
+    assert engine.ask(image, question, tokens=8, agent=True, agent_tokens=4).answer != expected.answer
 
 
 def test_ask_with_a_second_agent_model(tiny_llava, tiny_qwen, image_file, qwen_engine):

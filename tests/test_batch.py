@@ -324,14 +324,31 @@ def test_out_of_memory_halves_the_batch_and_loses_nothing(engine, images):
     assert [r["answer"] for r in got] == [r["answer"] for r in again]
 
 
-def test_compare_measures_speedup_and_agreement(tiny_llava, images):
-    data = write_jsonl(images / "cmp.jsonl", [{"image": "img0.png", "question": "what is this ?"}])
-    result = invoke(str(data), "--model", str(tiny_llava), "--tokens", "64", "--compare", "--max-new-tokens", "4",
+def test_compare_measures_speedup_and_agreement(tiny_llava, images, engine):
+    """--compare's unpruned answer is the unpruned model's (`Engine.ask` with method full), at a budget that really
+    prunes; `agree` says whether the two answers match, both ways."""
+    question = "what is this ?"
+    lines = [{"image": f"img{i}.png", "question": question} for i in range(3)]
+    lines.append({"image": "img0.png", "question": question, "tokens": 64})  # all 64 tokens: the same answer
+    data = write_jsonl(images / "cmp.jsonl", lines)
+    result = invoke(str(data), "--model", str(tiny_llava), "--tokens", "2", "--compare", "--max-new-tokens", "4",
                     "--device", TEST_DEVICE)
-    rec = records(result.stdout)[0]
-    assert rec["compare"]["agree"] is True  # 64 of 64 tokens: nothing pruned, same answer
-    assert rec["compare"]["answer"] == rec["answer"]
-    assert rec["speedup"]["measured"] > 0 and rec["speedup"]["estimated"] == 1.0
+    assert result.exit_code == 0, result.output
+    got = records(result.stdout)
+    agreed = []
+    for line, rec in zip(lines, got):
+        image = load_image(str(images / line["image"]))
+        k = line.get("tokens", 2)
+        pruned = engine.ask(image, question, tokens=k, max_new_tokens=4)
+        full = engine.ask(image, question, method="full", max_new_tokens=4)
+        assert rec["vision_tokens"]["kept"] == k and rec["answer"] == pruned.answer
+        assert rec["compare"]["answer"] == full.answer
+        assert rec["compare"]["agree"] is (full.answer == pruned.answer)
+        agreed.append(rec["compare"]["agree"])
+        totals = rec["timings_ms"]["total"], rec["compare"]["timings_ms"]["total"]
+        assert rec["speedup"]["measured"] == round(totals[1] / totals[0], 3)
+        assert (rec["speedup"]["estimated"] > 1) is (k < 64)
+    assert agreed[-1] is True and False in agreed  # the budget of 2 changed an answer
 
 
 def test_estimated_speedup_is_the_prefill_flops_ratio(engine):

@@ -1,7 +1,8 @@
-"""bfloat16 smoke runs of every family on the test device (MMTOK_TEST_DEVICE; the GPU's default dtype is bf16).
+"""bfloat16 runs of every family on the test device (MMTOK_TEST_DEVICE; the GPU's default dtype is bf16).
 
 The exact-token tests run in float32; these check that a bf16 engine runs end to end on a batch of two images
-of different sizes: finite bf16 vision tokens, the budget kept, answers of the right shape.
+of different sizes (finite bf16 vision tokens, the budget kept, answers of the right shape) and that its
+unpruned run gives the ids transformers' own bf16 `generate` gives on the same inputs.
 """
 
 import pytest
@@ -17,6 +18,7 @@ FAMILY_BUILDERS = {"qwen3.5-moe": lambda path, **kw: build_tiny_qwen_vl(path, ve
 SIZES = [(160, 120), (90, 200)]
 QUESTIONS = ["What colour is the cat on the sofa?", "Is there a red circle?"]
 K = 4
+NEW = 4
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILY_BUILDERS))
@@ -24,9 +26,10 @@ def bf16(request, tmp_path_factory):
     from mmtok_cli.engine import Engine
 
     family = request.param
-    path = FAMILY_BUILDERS[family](tmp_path_factory.mktemp("bf16") / family, seed=7)
+    path = FAMILY_BUILDERS[family](tmp_path_factory.mktemp("bf16") / family, seed=1)  # a seed whose every model answers by the image
     engine = Engine(str(path), device=TEST_DEVICE, dtype="bfloat16")
     assert engine.adapter.family == family and engine.dtype == torch.bfloat16
+    engine.path = path
     return engine, [noise_image(60 + i, size) for i, size in enumerate(SIZES)]
 
 
@@ -58,3 +61,22 @@ def test_a_batch_of_two_sizes_keeps_the_budget_and_answers(bf16, method):
         # (LLaVA-NeXT/-OneVision also drop their row newlines when pruning, hence no exact count here)
         assert (answer.prompt_pruned == answer.prompt_unpruned) if method == "full" else (
             answer.prompt_pruned <= answer.prompt_unpruned - answer.vision_total + K)
+
+
+def test_full_equals_transformers_own_bf16_generate(bf16):
+    """The checkpoint loaded by transformers alone in bf16, `generate` on the processor's inputs for the same
+    batch: the engine's unpruned run gives the same ids, row by row."""
+    from transformers import AutoModelForImageTextToText
+
+    engine, images = bf16
+    model = AutoModelForImageTextToText.from_pretrained(engine.path, dtype=torch.bfloat16).to(TEST_DEVICE).eval()
+    assert type(model) is type(engine.adapter.model) and model.dtype == torch.bfloat16
+    inputs = engine.prepare(images, QUESTIONS).inputs
+    with torch.inference_mode():
+        out = model.generate(**inputs, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False)
+    answers = engine.run(images, QUESTIONS, method="full", max_new_tokens=NEW, ignore_eos=True)
+    width = inputs["input_ids"].shape[1]
+    assert [a.output_ids for a in answers] == out[:, width:].tolist()
+    # the ids depend on the image, so matching them means something (a degenerate tiny model's would not)
+    swapped = engine.run(images[::-1], QUESTIONS, method="full", max_new_tokens=NEW, ignore_eos=True)
+    assert [a.output_ids for a in swapped] != [a.output_ids for a in answers]

@@ -6,8 +6,10 @@ import pytest
 from typer.testing import CliRunner
 
 from mmtok_cli.cli import app
+from mmtok_cli.metrics import normalize
 from mmtok_cli.synth import generate
 
+from .conftest import noise_image
 from .device import TEST_DEVICE
 
 runner = CliRunner()
@@ -20,31 +22,69 @@ def synth_set(tmp_path_factory):
     return folder / "questions.jsonl"
 
 
-def test_eval_table_json_predictions_and_plot(tiny_llava, synth_set, tmp_path):
+@pytest.fixture(scope="module")
+def mixed_set(engine, tmp_path_factory):
+    """Noise images, each with yes/no questions and an open question whose label is full's own answer (from the
+    engine, outside `eval`): full gets the open questions right and pruned rows mostly do not, so the rows'
+    accuracies differ and a retention below 1 has something to be wrong about."""
+    folder = tmp_path_factory.mktemp("mixed")
+    images = [noise_image(20 + i) for i in range(4)]
+    for i, image in enumerate(images):
+        image.save(folder / f"{i}.png")
+    open_question = "What is in the picture?"
+    full = engine.run(images, [open_question] * len(images), method="full", max_new_tokens=2)
+    lines = []
+    for i, got in enumerate(full):
+        assert normalize(got.answer), got.answer  # a label must have words to match
+        lines += [
+            {"id": f"{i}-yes", "image": f"{i}.png", "question": "Is there a cat in the image?", "answer": "yes"},
+            {"id": f"{i}-no", "image": f"{i}.png", "question": "Is there a dog in the image?", "answer": "no"},
+            {"id": f"{i}-open", "image": f"{i}.png", "question": open_question, "answer": got.answer},
+        ]
+    path = folder / "questions.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return path
+
+
+def test_eval_table_json_predictions_and_plot(tiny_llava, mixed_set, tmp_path):
     out, preds, plot = tmp_path / "eval.json", tmp_path / "preds.jsonl", tmp_path / "eval.png"
+    methods = ("mmtok", "random", "uniform", "vision", "text", "divprune")
     result = runner.invoke(app, [
-        "eval", str(synth_set), "--model", str(tiny_llava), "--device", TEST_DEVICE, "--tokens", "8,2",
-        "--methods", "mmtok,random,uniform,vision,text,divprune", "--max-new-tokens", "2", "--batch-size", "4",
+        "eval", str(mixed_set), "--model", str(tiny_llava), "--device", TEST_DEVICE, "--tokens", "8,2",
+        "--methods", ",".join(methods), "--max-new-tokens", "2", "--batch-size", "4",
         "--json", str(out), "--predictions", str(preds), "--plot", str(plot),
     ])
     assert result.exit_code == 0, result.output
     assert "retention" in result.stdout and "divprune" in result.stdout
     report = json.loads(out.read_text())
-    items = sum(1 for _ in synth_set.open())
-    assert report["model"] == str(tiny_llava) and report["data"] == str(synth_set) and report["items"] == items
+    labelled = [json.loads(x) for x in mixed_set.read_text().splitlines()]
+    items = len(labelled)
+    assert report["model"] == str(tiny_llava) and report["data"] == str(mixed_set) and report["items"] == items
+    assert report["metric"] == "accuracy"  # open questions among the yes/no ones
     rows = report["results"]
-    assert [(r["method"], r["tokens"]) for r in rows] == [("full", "full")] + [
-        (m, k) for m in ("mmtok", "random", "uniform", "vision", "text", "divprune") for k in (8, 2)
-    ]
-    for r in rows:
-        assert {"method", "tokens", "accuracy", "f1", "retention", "mean_kept", "items_per_s"} <= set(r)
-        assert 0 <= r["accuracy"] <= 1 and r["f1"] is not None and r["failed"] == 0
-        assert r["mean_kept"] == (64 if r["method"] == "full" else r["tokens"])
-    # The "no" half of the POPE questions scores whatever the random model says, so full is above 0.
-    assert rows[0]["accuracy"] > 0 and rows[0]["retention"] == 1.0
+    assert [(r["method"], r["tokens"]) for r in rows] == [("full", "full")] + [(m, k) for m in methods for k in (8, 2)]
     lines = [json.loads(x) for x in preds.read_text().splitlines()]
     assert len(lines) == items * len(rows)
     assert {"method", "tokens", "id", "answer", "prediction", "correct"} <= set(lines[0])
+    # Every headline number, recounted from the predictions file the same run wrote.
+    full_accuracy = None
+    for r in rows:
+        assert {"method", "tokens", "accuracy", "f1", "retention", "mean_kept", "items_per_s"} <= set(r)
+        assert r["failed"] == 0 and r["mean_kept"] == (64 if r["method"] == "full" else r["tokens"])
+        mine = [x for x in lines if (x["method"], x["tokens"]) == (r["method"], r["tokens"])]
+        assert [x["id"] for x in mine] == [x["id"] for x in labelled]
+        accuracy = sum(x["correct"] for x in mine) / items
+        full_accuracy = accuracy if full_accuracy is None else full_accuracy
+        assert r["accuracy"] == round(accuracy, 4)
+        assert r["retention"] == round(accuracy / full_accuracy, 4)
+        yes_no = [(x["prediction"].strip().lower().startswith("yes"), x["answer"] == "yes") for x in mine
+                  if x["answer"] in ("yes", "no")]
+        tp = sum(said and truth for said, truth in yes_no)
+        said_yes, truly_yes = sum(said for said, _ in yes_no), sum(truth for _, truth in yes_no)
+        assert r["f1"] == (round(2 * tp / (said_yes + truly_yes), 4) if tp else 0.0)
+    # full answers the open questions as the engine did when labelling them
+    assert all(x["correct"] for x in lines if x["method"] == "full" and x["id"].endswith("-open"))
+    assert full_accuracy > 0 and any(r["retention"] < 1 for r in rows[1:])  # the recount above had work to do
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -307,14 +307,98 @@ def _records(text):
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def test_batch_ray_equals_local_batch(paths, tmp_path):
+def test_batch_ray_equals_local_batch_with_pan_and_scan_turned_on(paths, tmp_path):
     names = _write_images(tmp_path, SIZES)
     data = tmp_path / "q.jsonl"
     data.write_text("".join(json.dumps({"id": f"q{i}", "image": names[i % 3], "question": QUESTION,
                                         "tokens": [3, 8, 500][i % 3]}) + "\n" for i in range(5)))
-    ray_rows, local_rows = ray_and_local_records(data, paths[True], workers=2)
+    # the checkpoint as Google ships it (no pan-and-scan), the flag turning it on in every Ray actor
+    ray_rows, local_rows = ray_and_local_records(data, paths[False], workers=2, extra=("--pan-and-scan",))
     assert ray_rows == local_rows
     assert [r["vision_tokens"]["kept"] for r in local_rows] == [3, 8, 16, 3, 8]
+    assert [r["vision_tokens"]["total"] for r in ray_rows] == [48, 48, 16, 48, 48]  # the long images' 2 crops
+    assert all(r["pan_and_scan"] is True for r in ray_rows)
+
+
+def _cli(*args):
+    result = runner.invoke(app, [*map(str, args), "--device", TEST_DEVICE, "--dtype", "float32"])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_pan_and_scan_option_on_every_command(paths, engines, tmp_path):
+    """--pan-and-scan on a checkpoint without it answers as the checkpoint that has it in its image processor
+    (same weights), --no-pan-and-scan the other way round; every command takes it and says so."""
+    long_image = tmp_path / "long.png"
+    noise_image(3, SIZES[0]).save(long_image)
+    picture = Image.open(long_image).convert("RGB")
+    on, off = (engines[scan].ask(picture, QUESTION, tokens=6, max_new_tokens=3) for scan in (True, False))
+    assert (on.vision_total, off.vision_total) == (48, 16)
+    config = tmp_path / "c.yaml"
+    config.write_text("pan_and_scan: true\n")
+
+    for model, flag, want in ((paths[False], "--pan-and-scan", on), (paths[False], ("--config", config), on),
+                              (paths[True], "--no-pan-and-scan", off)):
+        got = json.loads(_cli("ask", long_image, QUESTION, "--model", model, "--tokens", 6, "--max-new-tokens", 3,
+                              "--json", *([flag] if isinstance(flag, str) else flag)).stdout)
+        assert (got["answer"], got["kept_indices"], got["vision_tokens"]["total"], got["pan_and_scan"]) == (
+            want.answer, want.kept_indices, want.vision_total, want is on)
+
+    data = tmp_path / "q.jsonl"
+    data.write_text(json.dumps({"image": "long.png", "question": QUESTION, "answer": "red"}) + "\n")
+    report = tmp_path / "eval.json"
+    _cli("eval", data, "--model", paths[False], "--tokens", 6, "--methods", "mmtok", "--max-new-tokens", 3,
+         "--pan-and-scan", "--json", report)
+    report = json.loads(report.read_text())
+    assert report["pan_and_scan"] is True and report["results"][0]["mean_kept"] == 48
+
+    shown = _cli("show", long_image, QUESTION, "--model", paths[False], "--tokens", 6, "--max-new-tokens", 3,
+                 "--pan-and-scan", "--out", tmp_path / "kept.png")
+    assert shown.stdout == f"mmtok: {on.answer}\n" and "mmtok 6/48" in shown.stderr
+
+    profiled = tmp_path / "profile.json"
+    _cli("profile", "--model", paths[False], "--image", long_image, "--tokens", 6, "--repeats", 1, "--warmup", 0,
+         "--pan-and-scan", "--json", profiled)
+    profiled = json.loads(profiled.read_text())
+    assert profiled["pan_and_scan"] is True and profiled["results"][0]["vision_tokens"]["total"] == 48
+
+
+def test_pan_and_scan_on_a_family_without_it_is_one_line(tiny_llava, tmp_path):
+    from mmtok_cli.errors import UsageError
+
+    config_only = tmp_path / "llava-config-only"  # the check reads config.json alone, before any weights load
+    config_only.mkdir()
+    (config_only / "config.json").write_text((tiny_llava / "config.json").read_text())
+    image = tmp_path / "x.png"
+    noise_image(1).save(image)
+    data = tmp_path / "q.jsonl"
+    data.write_text(json.dumps({"image": "x.png", "question": "q"}) + "\n")
+    for args in (["ask", image, "q"], ["show", image, "q", "--out", tmp_path / "x-kept.png"], ["batch", data],
+                 ["batch", data, "--ray"], ["profile", "--image", image]):
+        result = runner.invoke(app, [*map(str, args), "--model", str(config_only), "--pan-and-scan"])
+        assert result.exit_code == 2, result.output
+        assert result.output.strip() == ("error: --pan-and-scan: llava models have no pan-and-scan (only gemma3 "
+                                         "crops long images into extra views)")
+    with pytest.raises(UsageError, match="llava models have no pan-and-scan"):
+        Engine(str(config_only), pan_and_scan=True)
+
+
+def test_lmms_eval_model_takes_pan_and_scan(paths, engines):
+    pytest.importorskip("lmms_eval")
+    from lmms_eval.api.instance import Instance
+
+    from mmtok_cli.errors import UsageError
+    from mmtok_cli.lmms.model import Mmtok
+
+    model = Mmtok(pretrained=str(paths[False]), tokens=6, device=TEST_DEVICE, dtype="float32", pan_and_scan=True)
+    picture = noise_image(3, SIZES[0])
+    model.task_dict = {"t": {"test": [{"image": picture}]}}
+    request = Instance("generate_until", (QUESTION, {"max_new_tokens": 3}, lambda doc: [doc["image"]], 0, "t",
+                                          "test"), idx=0, metadata={"task": "t", "doc_id": 0, "repeats": 1})
+    assert model.engine.pan_and_scan is True
+    assert model.generate_until([request]) == [engines[True].ask(picture, QUESTION, tokens=6, max_new_tokens=3).answer]
+    with pytest.raises(UsageError, match="pan_and_scan must be true or false"):
+        Mmtok(pretrained=str(paths[False]), pan_and_scan="yes")
 
 
 def _independent_checkpoint(path):

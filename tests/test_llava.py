@@ -1,10 +1,13 @@
 """The LLaVA-1.5 path on a tiny random checkpoint, against plain transformers and a hand-built reference."""
 
+import time
+
 import pytest
 import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from . import reference
+from .checks import ROUNDING_MS, StageClocks
 from .conftest import noise_image
 from .device import TEST_DEVICE, to_device
 
@@ -117,13 +120,23 @@ def test_batch_equals_one_by_one(engine):
         assert got.output_ids == alone.output_ids
 
 
-def test_timings_cover_every_stage(engine):
-    answer = engine.ask(noise_image(5), QUESTION, tokens=8, max_new_tokens=4)
-    t = answer.timings_ms
+def test_timings_cover_every_stage(engine, monkeypatch):
+    """Each stage's time holds the clocked calls made inside it, and no stage is counted twice."""
+    clocks = StageClocks(monkeypatch, engine)
+    start = time.perf_counter()
+    answer = engine.ask(noise_image(105), QUESTION, tokens=8, max_new_tokens=4, ignore_eos=True)
+    wall = (time.perf_counter() - start) * 1e3
+    t, calls = answer.timings_ms, clocks.calls
     assert set(t) == {"preprocess", "vision", "select", "prefill", "decode", "total"}
-    assert all(v >= 0 for v in t.values())
+    assert [len(calls[name]) for name in ("preprocess", "encode", "select", "forward")] == [1, 1, 1, 4]
+    assert t["preprocess"] >= calls["preprocess"][0] - ROUNDING_MS
+    assert t["vision"] >= calls["encode"][0] - ROUNDING_MS
+    assert t["select"] >= calls["select"][0] - ROUNDING_MS
+    assert t["prefill"] >= calls["forward"][0] - ROUNDING_MS
+    assert t["decode"] >= sum(calls["forward"][1:]) - ROUNDING_MS
     parts = sum(v for key, v in t.items() if key != "total")
-    assert parts == pytest.approx(t["total"], rel=0.01, abs=0.05)
+    assert parts == pytest.approx(t["total"], abs=0.01)
+    assert t["total"] <= wall  # the stages do not overlap
 
 
 @pytest.fixture(scope="module")

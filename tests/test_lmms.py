@@ -1,7 +1,8 @@
 """mmtok as an lmms-eval model (`python -m lmms_eval --model mmtok`), on the shipped demo model.
 
-The end-to-end test runs lmms-eval's own command over a local POPE-format task (tests/lmms_task) and
-compares it with `mmtok eval` on the same file: same accuracy, same answer per question. lmms-eval exits 0
+The end-to-end test runs lmms-eval's own command over a local POPE-format task (tests/lmms_task, which asks
+as lmms-eval's `pope` task does, post-prompt included) and compares it with `mmtok eval --post-prompt` on the same
+file: same accuracy, same answer per question. lmms-eval exits 0
 even when an evaluation fails, so the test reads its results and samples files, never its exit status.
 """
 
@@ -26,6 +27,8 @@ needs_lmms_eval = pytest.mark.skipif(
     "&& pip install -e '.[lmms]')")
 BATCH = 4
 TOKENS = 8
+POPE_POST_PROMPT = "Answer the question using a single word or phrase."
+"""What lmms-eval's pope task appends to each question, after a newline."""
 
 
 def test_entry_point_module_imports_no_ml_stack():
@@ -57,8 +60,28 @@ def pope_set(tmp_path_factory):
     return folder
 
 
+def _task_kwargs(path):
+    """A task yaml's `lmms_eval_specific_kwargs` (its `!function` tags read as plain strings)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
+    return yaml.load(Path(path).read_text(), Loader=Loader)["lmms_eval_specific_kwargs"]
+
+
 @needs_lmms_eval
-def test_lmms_eval_accuracy_equals_mmtok_eval(pope_set, tmp_path):
+def test_local_task_asks_as_lmms_evals_pope_task():
+    import lmms_eval.tasks.pope as pope
+
+    ours = _task_kwargs(TASK_DIR / "mmtok_pope_local.yaml")
+    assert ours["default"] == _task_kwargs(Path(pope.__path__[0]) / "pope.yaml")["default"]
+    assert ours["default"]["post_prompt"] == "\n" + POPE_POST_PROMPT
+
+
+@needs_lmms_eval
+def test_lmms_eval_pope_answers_equal_mmtok_eval_with_its_post_prompt(pope_set, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "HF_DATASETS_CACHE": str(tmp_path / "datasets"), "MMTOK_POPE_IMAGES": str(pope_set / "images")}
     out = tmp_path / "lmms-out"
@@ -80,7 +103,9 @@ def test_lmms_eval_accuracy_equals_mmtok_eval(pope_set, tmp_path):
         "--images", str(pope_set / "images"),
         "--model", "demo", "--tokens", str(TOKENS), "--methods", "mmtok", "--device", TEST_DEVICE, "--dtype", "float32",
         "--batch-size", str(BATCH), "--max-new-tokens", "10", "--json", str(report), "--predictions", str(preds),
+        "--post-prompt", POPE_POST_PROMPT,
     ], env=env, check=True, capture_output=True, text=True, timeout=600)
+    assert json.loads(report.read_text())["post_prompt"] == POPE_POST_PROMPT
     row = json.loads(report.read_text())["results"][1]
     assert (row["method"], row["tokens"], row["failed"]) == ("mmtok", TOKENS, 0)
     ours = [r["prediction"] for r in map(json.loads, preds.read_text().splitlines()) if r["method"] == "mmtok"]
@@ -146,3 +171,21 @@ def test_loglikelihood_and_bad_model_args_are_one_line(model):
         Mmtok(pretrained="demo", budgett=3)
     with pytest.raises(UsageError, match="unknown --method 'best'"):
         Mmtok(pretrained="demo", method="best")
+
+
+@needs_lmms_eval
+def test_post_prompt_model_arg_is_appended_to_each_request(model, pope_set):
+    from mmtok_cli.errors import UsageError
+    from mmtok_cli.lmms.model import Mmtok
+
+    extra = "Say yes or no."
+    with_it = Mmtok(pretrained="demo", tokens=TOKENS, device=TEST_DEVICE, dtype="float32", batch_size=2,
+                    post_prompt=extra)
+    lines = [json.loads(x) for x in (pope_set / "pope_random.json").read_text().splitlines()][:3]
+    docs = [{"image": Image.open(pope_set / "images" / x["image"]), "text": x["text"]} for x in lines]
+    direct = [model.engine.ask(d["image"].convert("RGB"), d["text"], tokens=TOKENS, max_new_tokens=10,
+                               post_prompt=extra).answer for d in docs]
+    plain = model.generate_until(_requests(model, docs, {"max_new_tokens": 10}))
+    assert with_it.generate_until(_requests(with_it, docs, {"max_new_tokens": 10})) == direct != plain
+    with pytest.raises(UsageError, match="--post-prompt is empty"):
+        Mmtok(pretrained="demo", post_prompt="")

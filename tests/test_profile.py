@@ -2,6 +2,7 @@
 
 import json
 import statistics
+import time
 
 import pytest
 import torch
@@ -22,22 +23,53 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def report(engine):
-    return prof.profile(engine, budgets=[8, 16], batch_sizes=[1, 2], new_tokens=3, warmup=0, repeats=2,
-                        image=noise_image(3))
+def profiled(engine):
+    """The report of a profile run, and each `Engine.run` call it made: the batch, the budget, the first answer's
+    timings and a clock around the call (in order: a warm-up round, then two repeats, each over every config)."""
+    calls = []
+    run = engine.run
+
+    def recorded(images, questions, **options):
+        start = time.perf_counter()
+        answers = run(images, questions, **options)
+        tokens = "full" if options["method"] == "full" else options["tokens"]
+        calls.append({"config": (tokens, len(images)), "timings": answers[0].timings_ms,
+                      "wall_ms": (time.perf_counter() - start) * 1e3})
+        return answers
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engine, "run", recorded)
+        report = prof.profile(engine, budgets=[8, 16], batch_sizes=[1, 2], new_tokens=3, warmup=1, repeats=2,
+                              image=noise_image(3))
+    return report, calls
 
 
-def test_every_configuration_has_every_stage(report):
-    assert [(r["tokens"], r["batch_size"]) for r in report["results"]] == [
-        ("full", 1), (8, 1), (16, 1), ("full", 2), (8, 2), (16, 2)]
-    for row in report["results"]:
-        assert set(row["stages_ms"]) == {"preprocess", "vision", "select", "prefill", "decode_per_token"}
-        assert all(v >= 0 for v in row["stages_ms"].values())
-        for stage, (lo, hi) in row["stages_ms_spread"].items():
-            assert lo <= row["stages_ms"][stage] <= hi
+@pytest.fixture(scope="module")
+def report(profiled):
+    return profiled[0]
+
+
+def test_every_configuration_has_every_stage(profiled):
+    """Each stage's median and spread are those of the engine's own timings over the repeats (warm-up left out)."""
+    report, calls = profiled
+    configs = [("full", 1), (8, 1), (16, 1), ("full", 2), (8, 2), (16, 2)]
+    assert [(r["tokens"], r["batch_size"]) for r in report["results"]] == configs
+    assert [c["config"] for c in calls] == configs * 3
+    for i, row in enumerate(report["results"]):
+        runs = [calls[len(configs) * round_ + i] for round_ in (1, 2)]
+        values = {stage: [c["timings"][stage] for c in runs] for stage in ("preprocess", "vision", "select", "prefill")}
+        values["decode_per_token"] = [c["timings"]["decode"] / 2 for c in runs]  # 3 new tokens: 2 after the first
+        assert set(row["stages_ms"]) == set(values) and all(v >= 0 for v in row["stages_ms"].values())
+        for stage, got in values.items():
+            assert row["stages_ms"][stage] == round(statistics.median(got), 3)
+            assert row["stages_ms_spread"][stage] == [round(min(got), 3), round(max(got), 3)]
+        # the profiler's clock is around the engine's call, per item of the batch
+        walls = [c["wall_ms"] / row["batch_size"] for c in runs]
+        assert row["end_to_end_ms_spread"][0] >= round(min(walls), 3) - 1e-3
+        assert row["end_to_end_ms"] >= round(statistics.median(walls), 3) - 1e-3
+        assert row["end_to_end_ms"] >= sum(row["stages_ms"][s] for s in ("preprocess", "vision", "select", "prefill"))
         assert row["runs"] == 2 and (row["peak_memory_mb"] is None) == (TEST_DEVICE == "cpu")  # tracked on CUDA only
         assert row["vision_tokens"] == {"kept": 64 if row["tokens"] == "full" else row["tokens"], "total": 64}
-        assert row["end_to_end_ms"] >= sum(row["stages_ms"][s] for s in ("preprocess", "vision", "select", "prefill"))
     assert report["device"] == TEST_DEVICE and report["dtype"] == "float32" and report["new_tokens"] == 3
     assert set(report["versions"]) >= {"torch", "transformers"}
     json.dumps(report)  # the --json document

@@ -191,6 +191,9 @@ def test_batch_on_ray_equals_the_local_run(qwen, tmp_path):
              for i, k in enumerate([3, 7, 10_000])]
     ray_rows, local_rows = ray_and_local_records(write_jsonl(tmp_path / "q.jsonl", lines), path, batch_size=3)
     assert ray_rows == local_rows
+    assert [(r["id"], r["error"]) for r in local_rows] == [("q0", None), ("q1", None), ("q2", None)]
+    kept, total = ([r["vision_tokens"][key] for r in local_rows] for key in ("kept", "total"))
+    assert kept == [3, 7, total[2]] and total[2] > 7
 
 
 def _independent_checkpoint(path):

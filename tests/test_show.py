@@ -256,6 +256,23 @@ def _dimmed(colour):
     return tuple(round(v * (1 - show.DIM) + d * show.DIM) for v, d in zip(colour, show.DARK))
 
 
+def _assert_kept_bright_and_dropped_dimmed(picture, kept, colour=COLOUR):
+    """A saved one-column picture of a square, one-colour image on the tiny LLaVA (8x8 tokens, 48-px cells at 384
+    px): inside its outline each kept token's cell is the image's colour, each dropped token's cell is dimmed.
+    The panel is found by its colours (the captions are grey text on white), the cells by the 8x8 grid."""
+    pixels = np.asarray(picture.convert("RGB"))
+    painted = np.zeros(pixels.shape[:2], dtype=bool)
+    for c in (colour, _dimmed(colour), show.OUTLINE):
+        painted |= (pixels == np.array(c, dtype=np.uint8)).all(-1)
+    ys, xs = np.nonzero(painted)
+    panel = pixels[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    assert panel.shape[:2] == (384, 384)
+    for i in range(64):
+        row, col = divmod(i, 8)
+        inside = panel[48 * row + 1 : 48 * row + 47, 48 * col + 1 : 48 * col + 47]
+        assert (inside == np.array(colour if i in kept else _dimmed(colour), dtype=np.uint8)).all(), i
+
+
 def test_kept_regions_stay_bright_and_dropped_ones_are_dimmed(engine):
     """112x112 on the tiny LLaVA: 8x8 tokens of 14 px, drawn at 384 px (48-px cells with 1-px outlines)."""
     image = Image.new("RGB", (112, 112), COLOUR)
@@ -407,28 +424,33 @@ def test_show_rejects_bad_options_in_one_line_before_loading(image_file, tmp_pat
     assert len(result.stderr.strip().splitlines()) == 1 and "loading" not in result.stderr
 
 
-def test_ask_show_saves_the_picture(tiny_llava, image_file, tmp_path):
+def test_ask_show_saves_the_picture(tiny_llava, engine, tmp_path):
+    image_file = tmp_path / "plain.png"
+    Image.new("RGB", (112, 112), COLOUR).save(image_file)
     out = tmp_path / "ask.png"
     result = _run("ask", image_file, "What is here?", "--model", tiny_llava, "-k", 4, "--max-new-tokens", 3,
                   "--show", out)
     assert result.exit_code == 0, result.stderr
+    kept = engine.ask(Image.open(image_file).convert("RGB"), "What is here?", tokens=4, max_new_tokens=3)
+    kept = kept.kept_indices[0]
+    assert len(kept) == 4 and kept != [0, 1, 2, 3]  # not what a drawing of the first k tokens would show
     with Image.open(out) as picture:
         assert picture.width == show.PANEL_SIDE + 2 * show.GAP
+        _assert_kept_bright_and_dropped_dimmed(picture, kept)
     missing = _run("ask", image_file, "What is here?", "--model", tiny_llava, "--show", tmp_path / "no" / "a.png")
     assert missing.exit_code == 2 and "does not exist" in missing.stderr
 
 
-def test_batch_show_dir_writes_one_picture_per_answered_item(tiny_llava, tmp_path):
+def test_batch_show_dir_writes_one_picture_per_answered_item(tiny_llava, engine, tmp_path):
     import json
 
-    from .conftest import noise_image
-
-    for i in range(3):
-        noise_image(i).save(tmp_path / f"img{i}.png")
+    colours = [COLOUR, (110, 60, 200), (150, 200, 90)]  # colours whose dimmed shade _dimmed gets exactly
+    for i, colour in enumerate(colours):
+        Image.new("RGB", (112, 112), colour).save(tmp_path / f"img{i}.png")
     lines = [{"id": "a/1", "image": "img0.png", "question": "what is this ?"},
              {"id": 2, "image": "img1.png", "question": "what is this ?", "tokens": 5},
              {"id": "gone", "image": "missing.png", "question": "what is this ?"},
-             {"id": "c", "image": "img2.png", "question": "what is this ?"}]
+             {"id": "c", "image": "img2.png", "question": "what is this ?", "tokens": 3}]
     source = tmp_path / "q.jsonl"
     source.write_text("".join(json.dumps(line) + "\n" for line in lines))
     pictures = tmp_path / "pictures"
@@ -436,7 +458,13 @@ def test_batch_show_dir_writes_one_picture_per_answered_item(tiny_llava, tmp_pat
                   "--show-dir", pictures)
     assert result.exit_code == 1  # the missing image
     assert sorted(p.name for p in pictures.iterdir()) == sorted(show.picture_name(i) for i in ("a/1", 2, "c"))
-    with Image.open(pictures / "2.png") as picture:
-        kept = np.asarray(picture.convert("RGB"))
-    assert kept.shape[1] == show.PANEL_SIDE + 2 * show.GAP
+    # each picture shows its own item's kept tokens (answered alone here)
+    for item_id, image, colour, k in (("a/1", 0, COLOUR, 64), (2, 1, colours[1], 5), ("c", 2, colours[2], 3)):
+        alone = engine.ask(Image.open(tmp_path / f"img{image}.png").convert("RGB"), "what is this ?", tokens=k,
+                           max_new_tokens=3)
+        kept = alone.kept_indices[0]
+        assert len(kept) == k
+        with Image.open(pictures / show.picture_name(item_id)) as picture:
+            assert picture.width == show.PANEL_SIDE + 2 * show.GAP
+            _assert_kept_bright_and_dropped_dimmed(picture, kept, colour)
     assert _run("batch", source, "--show-dir", source).exit_code == 2  # a file, not a folder

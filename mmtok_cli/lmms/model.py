@@ -17,7 +17,7 @@ from ..batch import BatchOptions, BatchRunner
 from ..engine import Engine
 from ..errors import MmtokError, UsageError
 from ..io import Item
-from ..options import DEFAULT_MODEL, check_agent, check_options, selection_params
+from ..options import DEFAULT_MODEL, check_agent, check_options, check_post_prompt, selection_params
 
 IMAGE_TAG = "<image>"
 """Some tasks write LLaVA's image placeholder into the prompt; the adapter places the image itself."""
@@ -27,6 +27,8 @@ class Mmtok(lmms):
     """`--model_args pretrained=HUB_ID|FOLDER|demo,tokens=64,method=mmtok[,alpha=,tau_t=,tau_v=,device=,dtype=,agent=]`.
 
     Generation follows each task's `max_new_tokens` and `until`; decoding is always greedy (mmtok's).
+    `post_prompt`: appended to every request's text on a line of its own, after the task's own post-prompt (as
+    `mmtok eval --post-prompt`). `pan_and_scan`: Gemma 3's crops of long images (`--pan-and-scan`).
     """
 
     is_simple = True
@@ -47,12 +49,15 @@ class Mmtok(lmms):
         max_batch_size: int | None = None,  # lmms-eval passes it for --batch_size auto, which mmtok does not use
         budget: str | None = None,
         question_words: str | None = None,
+        post_prompt: str | None = None,
+        pan_and_scan: bool | None = None,
         **unknown: Any,
     ) -> None:
         super().__init__()
         if unknown:
             raise UsageError(f"unknown model_args for mmtok: {', '.join(sorted(unknown))} (known: pretrained, tokens, "
-                             "method, alpha, tau_t, tau_v, budget, question_words, device, dtype, agent, agent_tokens)")
+                             "method, alpha, tau_t, tau_v, budget, question_words, post_prompt, pan_and_scan, device, "
+                             "dtype, agent, agent_tokens)")
         try:
             size = int(batch_size)
         except ValueError:
@@ -64,12 +69,17 @@ class Mmtok(lmms):
             raise UsageError(f"model_args tokens must be an integer (got {tokens!r})")
         check_options(tokens=tokens, method=str(method), max_new_tokens=1, dtype=str(dtype), device=str(device))
         check_agent(agent=bool(agent), method=str(method), agent_tokens=agent_tokens)
+        post_prompt = None if post_prompt is None else str(post_prompt)  # lmms-eval makes "1" a number
+        check_post_prompt(post_prompt)
+        if pan_and_scan is not None and not isinstance(pan_and_scan, bool):
+            raise UsageError(f"model_args pan_and_scan must be true or false (got {pan_and_scan!r})")
         self.options = BatchOptions(
             tokens=tokens, method=str(method), batch_size=size, agent=bool(agent), agent_tokens=agent_tokens,
             selection=selection_params(alpha=alpha, tau_t=tau_t, tau_v=tau_v, budget=budget,
                                        question_words=question_words),
+            post_prompt=post_prompt,
         )
-        self.engine = Engine(str(pretrained), device=str(device), dtype=str(dtype))
+        self.engine = Engine(str(pretrained), device=str(device), dtype=str(dtype), pan_and_scan=pan_and_scan)
         self._device = self.engine.device
 
     @property

@@ -145,6 +145,8 @@ class Prepared:
     regions); empty once they are dropped (`drop_images`), which keeps a batch waiting in memory small."""
     keys: list[str] | None = None
     """Each image's cache key (`cache.image_key`), set by `Engine.prepare`."""
+    post_prompt: str | None = None
+    """The instruction the prompts carry after each question (`Engine.prepare`); T leaves it out (text.py)."""
     seeds: list[int] | None = None
     """Each image's seed for `random` (`engine.image_seed`), set by `Engine.prepare(seeds=True)`; without it,
     `random` computes them from `images`."""
@@ -170,6 +172,9 @@ class Adapter(ABC):
     divprune_on: ClassVar[str] = "vision"
     """The features `divprune` runs on, as its authors' code does for the family: "vision" (V, the LLM's input
     tokens: DivPrune's own LLaVA code) or "features" (U)."""
+    has_pan_and_scan: ClassVar[bool] = False
+    """The family can crop long images into extra views (Gemma 3's pan-and-scan); only then may `Engine` set its
+    `pan_and_scan`."""
 
     def __init__(self, model: Any, processor: Any) -> None:
         self.model = model
@@ -215,18 +220,37 @@ class Adapter(ABC):
     def image_token_id(self) -> int:
         return self.model.config.image_token_id
 
-    def prompt(self, question: str) -> str:
-        """The chat-templated prompt: a user turn with the image, then the question text."""
+    def prompt(self, question: str, conversation: list[dict] | None = None) -> str:
+        """The chat-templated prompt: a user turn with the image, then the question text.
+
+        `conversation`: the whole chat instead (chat-template messages, the image as one `{"type": "image"}` part,
+        `question` its last user text), as `mmtok serve` receives it; it needs the checkpoint's chat template."""
         if not getattr(self.processor, "chat_template", None):
+            if conversation is not None:
+                raise MmtokError("the checkpoint has no chat template, so it reads only one user message: the image, "
+                                 "then the question")
             if self.fallback_prompt is None:
                 raise MmtokError("the checkpoint has no chat template; add chat_template.jinja to its folder")
             return self.fallback_prompt.format(image=self.image_token, question=question)
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        if conversation is None:
+            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+            return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        from jinja2 import TemplateError
 
-    def preprocess(self, images: list[Image.Image], questions: list[str]) -> Prepared:
-        """Processor outputs for one image per question, on the model's device."""
-        prompts = [self.prompt(q) for q in questions]
+        try:
+            return self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+        except TemplateError as exc:  # e.g. a template that knows no system turn, or wants turns to alternate
+            raise MmtokError(f"the checkpoint's chat template refuses these messages: {exc}") from None
+
+    def prompts(self, questions: list[str], conversations: Sequence[list[dict] | None] | None = None) -> list[str]:
+        """`prompt` for each question (and its conversation, where one is given)."""
+        return [self.prompt(q, c) for q, c in zip(questions, conversations or [None] * len(questions), strict=True)]
+
+    def preprocess(
+        self, images: list[Image.Image], questions: list[str], conversations: Sequence[list[dict] | None] | None = None
+    ) -> Prepared:
+        """Processor outputs for one image per question (`conversations`: see `prompt`), on the model's device."""
+        prompts = self.prompts(questions, conversations)
         inputs = self.processor(images=images, text=prompts, padding=True, return_tensors="pt")
         return Prepared(inputs=inputs.to(self.device), image_sizes=[(im.height, im.width) for im in images],
                         images=list(images))
@@ -234,6 +258,10 @@ class Adapter(ABC):
     @abstractmethod
     def encode(self, prepared: Prepared) -> VisionTokens:
         """Run the vision side once and return V, U and the masks."""
+
+    def pan_and_scan_in_use(self) -> bool | None:
+        """Whether long images are cropped into extra views now; None for a family without pan-and-scan."""
+        return None
 
     def cache_salt(self) -> str:
         """Settings besides the image's pixels that change its vision tokens and can change between runs of one
@@ -274,17 +302,20 @@ class Adapter(ABC):
         )
 
     def text_tokens(
-        self, questions: list[str], agent_answers: list[str] | None = None, *, words: str = "content"
+        self, questions: list[str], agent_answers: list[str] | None = None, *, words: str = "content",
+        post_prompt: str | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """T for each question, padded: (B, m, d) input-embedding rows and a (B, m) mask.
 
         `agent_answers`: one preliminary answer per question, whose words join the question's (the agent).
-        `words`: which of the question's words ("content" or "all", see `text.question_words`).
+        `words`: which of the question's words ("content" or "all", see `text.question_words`, which says what
+        happens to the `post_prompt` the model reads after each question).
         """
         check_conventions(question_words=words)
         answers = agent_answers or [None] * len(questions)
         ids = [
-            content_token_ids(q, self.tokenizer, image_token=self.image_token, agent_answer=a, words=words)
+            content_token_ids(q, self.tokenizer, image_token=self.image_token, agent_answer=a, words=words,
+                              post_prompt=post_prompt)
             for q, a in zip(questions, answers, strict=True)
         ]
         m = max((len(i) for i in ids), default=0)

@@ -17,6 +17,7 @@ the model reads them (the whole image's first, then each crop's).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -41,9 +42,10 @@ class Gemma3Adapter(Adapter):
     budget = ("K of the image's soft tokens (256 = 16 x 16, pooled from SigLIP's 64 x 64 patches); with "
               "pan-and-scan, K in total split evenly over the image and its crops")
     fallback_prompt = "<start_of_turn>user\n{image}{question}<end_of_turn>\n<start_of_turn>model\n"
+    has_pan_and_scan = True
     pan_and_scan: bool | None = None
     """Crop long images into extra views: None follows the checkpoint's image processor (`do_pan_and_scan`).
-    Set it on an engine's adapter: `engine.adapter.pan_and_scan = True`."""
+    `Engine(pan_and_scan=True)` (`--pan-and-scan`) sets it."""
 
     @staticmethod
     def model_class() -> type:
@@ -64,8 +66,13 @@ class Gemma3Adapter(Adapter):
             options["do_pan_and_scan"] = self.pan_and_scan
         return {name: options[name] for name in PAN_AND_SCAN if name in options}
 
-    def preprocess(self, images: list[Image.Image], questions: list[str]) -> Prepared:
-        prompts = [self.prompt(q) for q in questions]
+    def pan_and_scan_in_use(self) -> bool:
+        return bool(self.image_options().get("do_pan_and_scan"))
+
+    def preprocess(
+        self, images: list[Image.Image], questions: list[str], conversations: Sequence[list[dict] | None] | None = None
+    ) -> Prepared:
+        prompts = self.prompts(questions, conversations)
         # Gemma's chat template writes BOS itself: then the tokenizer must not add a second one (what transformers'
         # `apply_chat_template(tokenize=True)` does too); the fallback prompt has none and gets the tokenizer's.
         bos = self.tokenizer.bos_token

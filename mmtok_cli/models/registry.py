@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 import torch
 
 from .. import demo
-from ..errors import MmtokError, first_line
+from ..errors import MmtokError, UsageError, first_line
 from .base import Adapter
 from .gemma3 import Gemma3Adapter
 from .internvl import InternVLAdapter
@@ -106,6 +106,18 @@ def _locate(model: str) -> tuple[Callable[..., Any], type[Adapter]]:
 def check_model(model: str) -> type[Adapter]:
     """The family of `model`, or a one-line MmtokError, without loading weights (seconds, not minutes)."""
     return _locate(model)[1]
+
+
+def check_pan_and_scan(model: str, pan_and_scan: bool | None) -> None:
+    """Pan-and-scan asked of a family that has it, or a one-line usage error (from config.json: seconds, before
+    any weights load). Turning it off is what every other family does anyway, so that is never an error."""
+    if not pan_and_scan:
+        return
+    family = check_model(model)
+    if not family.has_pan_and_scan:
+        have = ", ".join(a.family for a in ADAPTERS if a.has_pan_and_scan)
+        raise UsageError(f"--pan-and-scan: {family.family} models have no pan-and-scan (only {have} crops long "
+                         "images into extra views)")
 
 
 def load_adapter(model: str, *, device: torch.device, dtype: torch.dtype, random_weights: bool = False) -> Adapter:

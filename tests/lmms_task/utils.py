@@ -13,7 +13,10 @@ def doc_to_visual(doc):
 
 
 def doc_to_text(doc, lmms_eval_specific_kwargs=None):
-    return doc["text"]  # as `mmtok eval` reads a POPE line: the question as it is
+    from lmms_eval.tasks.pope.utils import pope_doc_to_text
+
+    # lmms-eval's pope task's own prompt; POPE's files name the question 'text', its dataset 'question'
+    return pope_doc_to_text({"question": doc["text"]}, lmms_eval_specific_kwargs or {})
 
 
 def process_results(doc, results):
