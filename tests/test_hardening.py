@@ -165,8 +165,8 @@ def test_a_write_that_fails_mid_run_stops_in_one_line_and_resume_continues(tiny_
     assert line.startswith("error: cannot write ") and name in line and "File too large" in line, line
     assert f"{out} keeps {len(kept)} complete records" in line and "--resume" in line, line
     assert len(kept) == (0 if pictures else 2) and [json.loads(r)["id"] for r in kept] == list(range(len(kept)))
-    done = _batch_in_child([*common, "--out", out, *extra, "--resume"])
-    assert done.returncode == 0, done.stderr
+    done = run("batch", *common, "--out", out, *extra, "--resume")
+    assert done.exit_code == 0, done.stderr
     assert [json.loads(r)["id"] for r in out.read_text().splitlines()] == list(range(6))
 
 
@@ -174,14 +174,14 @@ def test_outputs_on_a_full_device_fail_in_one_line(tiny_llava, data, tmp_path):
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full here")
     args = [data, "--question", "what?", "--model", tiny_llava, "--max-new-tokens", "1"]
-    full = _batch_in_child([*args, "--out", "/dev/full"])
-    assert full.returncode == 1 and _lines(full.stderr) == [
+    full = run("batch", *args, "--out", "/dev/full")
+    assert full.exit_code == 1 and _lines(full.stderr) == [
         "error: cannot write '/dev/full': No space left on device; 0 records went to /dev/full before it"]
-    with open("/dev/full", "w") as device:
+    with open("/dev/full", "w") as device:  # stdout itself on the full device: a real file descriptor, a child
         piped = _batch_in_child([*args, "--out", "-"], stdout=device)
     assert piped.returncode == 1 and _lines(piped.stderr) == [
         "error: cannot write the records to stdout: No space left on device; 0 records went to stdout before it"]
-    assert _batch_in_child([*args, "--out", "/dev/null"]).returncode == 0  # a device takes no fsync: not an error
+    assert run("batch", *args, "--out", "/dev/null").exit_code == 0  # a device takes no fsync: not an error
     labelled = write_jsonl(tmp_path / "d.jsonl", [{"image": str(data / "img0.png"), "question": "q?", "answer": "a"}])
     for flag in ("--json", "--predictions"):
         result = run("eval", labelled, "--model", tiny_llava, "--methods", "mmtok", "--tokens", "4", flag, "/dev/full")
