@@ -5,12 +5,14 @@
 Writes `--items` PNGs just under the decoded-pixel cap (io.MAX_PIXELS, square) and as many 64 x 64 ones,
 runs `mmtok batch` on each set in a subprocess with a tiny random-weight LLaVA (the model's own memory
 is then negligible), and prints the peak resident set size (getrusage of the child) of both runs and
-their difference: what the images in flight cost. Memory does not depend on the machine's load.
+their difference: what the images in flight cost, and a digest of each run's answers (equal digests from
+two versions of mmtok: the same answers). Memory does not depend on the machine's load.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import subprocess
@@ -24,17 +26,21 @@ from mmtok_cli.io import MAX_PIXELS
 from mmtok_cli.tiny import build_tiny_llava
 
 
-def peak_rss_mb(questions: Path, model: Path, batch_size: int) -> float:
-    """Peak RSS of one `mmtok batch` child process, in MB (a fresh probe process per run, so peaks do not mix)."""
+def peak_rss_mb(questions: Path, model: Path, batch_size: int) -> tuple[float, str]:
+    """Peak RSS of one `mmtok batch` child process, in MB (a fresh probe process per run, so peaks do not mix), and
+    a digest of its answers."""
+    answers = questions.with_suffix(".out.jsonl")
     probe = (
         "import resource, subprocess, sys; "
         "subprocess.run([sys.executable, '-m', 'mmtok_cli', 'batch', sys.argv[1], '--model', sys.argv[2], "
-        "'--batch-size', sys.argv[3], '--max-new-tokens', '1', '--out', '-'], stdout=subprocess.DEVNULL, check=True); "
+        "'--batch-size', sys.argv[3], '--max-new-tokens', '1', '--out', sys.argv[4]], check=True); "
         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
     )
-    out = subprocess.run([sys.executable, "-c", probe, str(questions), str(model), str(batch_size)],
+    out = subprocess.run([sys.executable, "-c", probe, str(questions), str(model), str(batch_size), str(answers)],
                          capture_output=True, text=True, check=True)
-    return int(out.stdout) / 1024
+    records = [json.loads(line) for line in answers.read_text().splitlines()]
+    digest = hashlib.sha256(json.dumps([(r["id"], r["answer"], r["error"]) for r in records]).encode()).hexdigest()
+    return int(out.stdout) / 1024, digest[:12]
 
 
 def main() -> None:
@@ -55,8 +61,10 @@ def main() -> None:
                                          for _ in range(args.items)))
             runs[name] = peak_rss_mb(questions, model, args.batch_size)
     print(f"{args.items} items, batch size {args.batch_size}, images {side} x {side} ({side * side / 1e6:.1f} Mpixel)")
-    print(f"peak RSS: small images {runs['small']:.0f} MB, largest accepted {runs['largest']:.0f} MB, "
-          f"difference {runs['largest'] - runs['small']:.0f} MB")
+    (small, small_answers), (largest, largest_answers) = runs["small"], runs["largest"]
+    print(f"peak RSS: small images {small:.0f} MB, largest accepted {largest:.0f} MB, "
+          f"difference {largest - small:.0f} MB")
+    print(f"answers: small images {small_answers}, largest accepted {largest_answers}")
 
 
 if __name__ == "__main__":

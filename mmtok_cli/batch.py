@@ -4,6 +4,10 @@ A background thread decodes (or downloads) images with a small thread pool and r
 so the model never waits on disk, network or PIL when the loader keeps up. The main thread runs the
 model on one chunk at a time and writes the chunk's records (in input order, errors included) before
 taking the next, so an interruption loses at most the chunk in flight.
+
+The decoded originals in flight are bounded in bytes (`ByteBudget`, LOADER_MB), not in batches: once a chunk is
+preprocessed its originals are let go unless something still needs their pixels (`--show-dir`'s pictures, the
+agent's second model); `random`'s seeds and the cache's keys are taken from them while preprocessing.
 """
 
 from __future__ import annotations
@@ -21,9 +25,9 @@ import torch
 
 from .engine import Engine
 from .errors import MmtokError, first_line
-from .io import URL_TIMEOUT_S, InputPlan, Item, answer_fields, open_visuals, record
+from .io import URL_TIMEOUT_S, InputPlan, Item, WriteError, answer_fields, image_bytes, open_visuals, record
 from .models.base import Prepared
-from .video import FrameSampling
+from .video import FrameSampling, is_video
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -34,6 +38,56 @@ QUEUE_CHUNKS = 2
 """Chunks the loader may prepare ahead of the model."""
 STALL_S = 0.25
 """When input stops arriving for this long, a partial chunk goes to the model instead of waiting."""
+STOP_S = 10.0
+"""How long a run that stops early waits for the loader to put down its work."""
+LOADER_MB = 512
+"""Decoded images the loader may hold at once, in MB: decoding (with its copies), waiting for their chunk, and kept
+after preprocessing where something needs them. A 4096 x 4096 image holds 64 MB, a 640 x 480 photo 1.2 MB; where
+the images of a chunk would not fit, the chunk goes to the model smaller (answers do not depend on batching)."""
+
+
+def _held_bytes(entry: Any) -> int:
+    """What a decoded original costs until its chunk is preprocessed: itself, and the RGB array the processor makes
+    of it (transformers' image processors turn every image of a batch into one before resizing any); a video's
+    frames and their copy; an item of several inputs, each of them."""
+    if isinstance(entry, (list, tuple)):
+        return sum(_held_bytes(v) for v in entry)
+    if is_video(entry):
+        return 2 * entry.frames.nbytes
+    return image_bytes(*entry.size) + 3 * entry.width * entry.height
+
+
+class ByteBudget:
+    """The loader's memory bound. An image takes its bytes before it decodes (`io.Reserve`) and gives them back
+    when its original is let go. The item the loader waits for always goes ahead, over the bound by one image at
+    most, so the loader never waits for an image that waits for it; the others wait their turn."""
+
+    def __init__(self, limit: int, stop: threading.Event) -> None:
+        self.limit, self.used, self.next = limit, 0, 0
+        self._stop = stop
+        self._changed = threading.Condition()
+
+    def take(self, number: int, size: int) -> None:
+        """Hold `size` bytes for the input's item `number`, once they fit or the loader needs that item."""
+        with self._changed:
+            while self.used + size > self.limit and number > self.next and not self._stop.is_set():
+                self._changed.wait(0.2)
+            self.used += size
+
+    def give(self, size: int) -> None:
+        with self._changed:
+            self.used -= size
+            self._changed.notify_all()
+
+    def needs(self, number: int) -> None:
+        """The loader waits for item `number` now: it may go ahead whatever it costs."""
+        with self._changed:
+            self.next = number
+            self._changed.notify_all()
+
+    @property
+    def full(self) -> bool:
+        return self.used >= self.limit
 
 
 @dataclass
@@ -125,6 +179,8 @@ class _Entry:
     image: Any = None
     """What the item asks about, opened: an image, a video, or a list of them."""
     load_ms: float = 0.0
+    held: int = 0
+    """Bytes of the run's `ByteBudget` this entry's original holds."""
 
 
 @dataclass
@@ -182,6 +238,8 @@ class PassRunner(Generic[E]):
                                    "--dtype bfloat16)")]
             self.batch_size = max(1, len(entries) // 2)
             return self.run_pass(entries, None, 0.0)
+        except WriteError:
+            raise  # an output cannot be written (--show-dir on a full disk): the run stops, the entry is not at fault
         except Exception as exc:
             if self.debug:
                 raise
@@ -207,19 +265,38 @@ class BatchRunner(PassRunner[_Entry]):
         self.batch_size = options.batch_size
         self.debug = options.debug
         self.sampling, self.frame_rule = engine.video_sampling(options.frame_sampling)
+        self.loader_bytes = LOADER_MB * 2**20
+        self.keep_images = options.show_dir is not None or engine.agent_engine is not None
+        """Originals outlive preprocessing only for what reads their pixels later: pictures, the agent's model."""
+        self.seeds = options.method == "random"
 
     def run(
         self,
         items: Iterable[Item],
         emit: Callable[[list[dict[str, Any]]], None],
         progress: Callable[[int, Summary], None] | None = None,
+        *,
+        reuse: list[_Chunk] | None = None,
     ) -> Summary:
+        """Answer `items`, handing each chunk's records to `emit` in input order.
+
+        `reuse`: the chunks of an earlier run over the same items, already preprocessed: they are answered again
+        without loading or preprocessing anything (`mmtok eval`'s method x budget rows). An empty list is filled
+        with this run's chunks (with `random`'s seeds, whatever the method, for the runs that replay them)."""
         summary = Summary(batch_size=self.batch_size)
+        start = time.perf_counter()
+        if reuse:
+            for chunk in reuse:
+                self._answered(self._answer_chunk(chunk, summary, preprocess_ms=0.0), summary, start, emit, progress)
+            summary.wall_s = time.perf_counter() - start
+            return summary
+        if reuse is not None:
+            self.seeds = True
         chunks: queue.Queue = queue.Queue(maxsize=QUEUE_CHUNKS)
         stop = threading.Event()  # one per run: a runner answers many runs (a Ray actor, one per block)
-        loader = threading.Thread(target=self._load, args=(iter(items), chunks, stop), name="mmtok-loader",
+        budget = ByteBudget(self.loader_bytes, stop)
+        loader = threading.Thread(target=self._load, args=(iter(items), chunks, stop, budget), name="mmtok-loader",
                                   daemon=True)
-        start = time.perf_counter()
         loader.start()
         try:
             while True:
@@ -230,26 +307,41 @@ class BatchRunner(PassRunner[_Entry]):
                     break
                 if isinstance(chunk, BaseException):
                     raise chunk
-                records = self._answer_chunk(chunk, summary)
-                emit(records)
-                summary.wall_s = time.perf_counter() - start
-                summary.batch_size = self.batch_size
-                if progress:
-                    progress(len(records), summary)
+                try:
+                    records = self._answer_chunk(chunk, summary, preprocess_ms=chunk.preprocess_ms)
+                finally:
+                    for entry in chunk.entries:  # what was kept for answering is let go now
+                        budget.give(entry.held)
+                        entry.held = 0
+                if reuse is not None:
+                    reuse.append(chunk)
+                self._answered(records, summary, start, emit, progress)
         finally:
             stop.set()
+            # A run that stops early (a failed write, Ctrl-C) lets the loader finish its step first: a thread still
+            # inside torch while the interpreter exits can abort the process.
+            loader.join(timeout=STOP_S)
             summary.wall_s = time.perf_counter() - start
         return summary
 
+    def _answered(self, records: list[dict[str, Any]], summary: Summary, start: float,
+                  emit: Callable[[list[dict[str, Any]]], None], progress: Callable[[int, Summary], None] | None) -> None:
+        emit(records)
+        summary.wall_s = time.perf_counter() - start
+        summary.batch_size = self.batch_size
+        if progress:
+            progress(len(records), summary)
+
     # -- background side -------------------------------------------------------------------------
 
-    def _load(self, items: Iterator[Item], out: queue.Queue, stop: threading.Event) -> None:
-        """Assemble chunks of `batch_size` loaded images and preprocess them; runs in a thread."""
+    def _load(self, items: Iterator[Item], out: queue.Queue, stop: threading.Event, budget: ByteBudget) -> None:
+        """Assemble chunks of `batch_size` loaded images (fewer where their bytes fill `budget`) and preprocess
+        them; runs in a thread."""
         try:
             adapter = self.engine.preprocessor()
             with ThreadPoolExecutor(LOAD_THREADS, thread_name_prefix="mmtok-image") as pool:
                 inbox: queue.Queue = queue.Queue(maxsize=2 * max(self.batch_size, LOAD_THREADS))
-                reader = threading.Thread(target=self._read, args=(items, pool, inbox, stop), daemon=True)
+                reader = threading.Thread(target=self._read, args=(items, pool, inbox, stop, budget), daemon=True)
                 reader.start()
                 chunk: list[_Entry] = []
                 ok = 0
@@ -259,38 +351,41 @@ class BatchRunner(PassRunner[_Entry]):
                         got = inbox.get(timeout=STALL_S if chunk else 0.2)
                     except queue.Empty:
                         if chunk:
-                            self._put(out, self._prepare(chunk, adapter), stop)
+                            self._put(out, self._prepare(chunk, adapter, budget), stop)
                             chunk, ok = [], 0
                         continue
                     if got is _END:
                         break
                     if isinstance(got, BaseException):
                         raise got
-                    item, future = got
+                    item, future, number = got
                     entry = _Entry(item)
                     if future is not None:
-                        entry.image, entry.load_ms, item.error = future.result()
+                        budget.needs(number)
+                        entry.image, entry.held, entry.load_ms, item.error = future.result()
                         ok += entry.image is not None
                     chunk.append(entry)
-                    if ok >= self.batch_size:
-                        self._put(out, self._prepare(chunk, adapter), stop)
+                    if ok >= self.batch_size or ok and budget.full:
+                        self._put(out, self._prepare(chunk, adapter, budget), stop)
                         chunk, ok = [], 0
                 if chunk and not stop.is_set():
-                    self._put(out, self._prepare(chunk, adapter), stop)
+                    self._put(out, self._prepare(chunk, adapter, budget), stop)
                 pool.shutdown(wait=False, cancel_futures=True)
             self._put(out, _END, stop)
         except BaseException as exc:  # hand it to the main thread, which reports it
             self._put(out, exc, stop)
 
     def _read(
-        self, items: Iterator[Item], pool: ThreadPoolExecutor, inbox: queue.Queue, stop: threading.Event
+        self, items: Iterator[Item], pool: ThreadPoolExecutor, inbox: queue.Queue, stop: threading.Event,
+        budget: ByteBudget,
     ) -> None:
         """Read input and start loading each image; the bounded inbox limits how far ahead this runs."""
         try:
-            for item in items:
+            for number, item in enumerate(items):
                 if stop.is_set():
                     return
-                self._put(inbox, (item, pool.submit(self._open, item) if item.error is None else None), stop)
+                future = pool.submit(self._open, item, number, budget) if item.error is None else None
+                self._put(inbox, (item, future, number), stop)
             self._put(inbox, _END, stop)
         except BaseException as exc:
             self._put(inbox, exc, stop)
@@ -304,18 +399,35 @@ class BatchRunner(PassRunner[_Entry]):
             except queue.Full:
                 continue
 
-    def _open(self, item: Item) -> tuple[Any, float, str | None]:
-        if item.picture is not None:
-            return item.picture, 0.0, None
+    def _open(
+        self, item: Item, number: int = 0, budget: ByteBudget | None = None
+    ) -> tuple[Any, int, float, str | None]:
+        """(what the item asks about, bytes it holds in `budget`, ms, error) for one item; decoding an image waits
+        for its bytes in `budget`."""
+        if item.picture is not None:  # the caller's own picture: not ours to count or let go
+            return item.picture, 0, 0.0, None
+        held = 0
+
+        def reserve(size: int) -> None:
+            nonlocal held
+            budget.take(number, size)
+            held += size
+
         start = time.perf_counter()
+        image = error = None
+        kept = 0
         try:
             image = open_visuals(item.visual_sources(), self.base, sampling=self.sampling, rule=self.frame_rule,
-                                 timeout=self.options.download_timeout)
+                                 timeout=self.options.download_timeout, reserve=reserve if budget is not None else None)
         except MmtokError as exc:
-            return None, (time.perf_counter() - start) * 1e3, str(exc)
-        return image, (time.perf_counter() - start) * 1e3, None
+            error = str(exc)
+        finally:
+            if budget is not None:
+                kept = _held_bytes(image) if image is not None else 0
+                budget.give(held - kept)  # decoding's copies are gone; the image itself stays counted
+        return image, kept, (time.perf_counter() - start) * 1e3, error
 
-    def _prepare(self, entries: list[_Entry], adapter: Any) -> _Chunk:
+    def _prepare(self, entries: list[_Entry], adapter: Any, budget: ByteBudget) -> _Chunk:
         chunk = _Chunk(entries, ready=[e for e in entries if e.image is not None])
         if not chunk.ready:
             return chunk
@@ -323,19 +435,25 @@ class BatchRunner(PassRunner[_Entry]):
         try:
             chunk.prepared = self.engine.prepare(
                 [e.image for e in chunk.ready], [e.item.question for e in chunk.ready], adapter=adapter,
-                post_prompt=self.options.post_prompt,
+                post_prompt=self.options.post_prompt, seeds=self.seeds,
             )
         except Exception:  # one bad image must not sink its neighbours: the main thread retries one by one
             chunk.prepared = None
         chunk.preprocess_ms = (time.perf_counter() - start) * 1e3
+        if chunk.prepared is not None and not self.keep_images:
+            chunk.prepared.drop_images()
+            for entry in chunk.ready:
+                entry.image = None
+                budget.give(entry.held)
+                entry.held = 0
         return chunk
 
     # -- model side ------------------------------------------------------------------------------
 
-    def _answer_chunk(self, chunk: _Chunk, summary: Summary) -> list[dict[str, Any]]:
+    def _answer_chunk(self, chunk: _Chunk, summary: Summary, *, preprocess_ms: float) -> list[dict[str, Any]]:
         results: dict[int, dict[str, Any] | str] = {}
         if chunk.ready:
-            outcomes = self.run_pass(chunk.ready, chunk.prepared, chunk.preprocess_ms)
+            outcomes = self.run_pass(chunk.ready, chunk.prepared, preprocess_ms)
             results = {id(e): o for e, o in zip(chunk.ready, outcomes)}
         records = []
         for entry in chunk.entries:
@@ -349,8 +467,18 @@ class BatchRunner(PassRunner[_Entry]):
         return records
 
     def prepare_entries(self, entries: list[_Entry]) -> Prepared:
-        return self.engine.prepare([e.image for e in entries], [e.item.question for e in entries],
-                                   post_prompt=self.options.post_prompt)
+        return self.engine.prepare(self._images(entries), [e.item.question for e in entries],
+                                   post_prompt=self.options.post_prompt, seeds=self.seeds)
+
+    def _images(self, entries: list[_Entry]) -> list[Any]:
+        """The entries' originals, opened again where they were let go (a batch that must be split or retried)."""
+        for entry in entries:
+            if entry.image is None:
+                image, _, _, error = self._open(entry.item)
+                if error is not None:
+                    raise MmtokError(error)
+                entry.image = image
+        return [e.image for e in entries]
 
     def answer_entries(self, entries: list[_Entry], prepared: Prepared, preprocess_ms: float) -> list[dict[str, Any]]:
         opts = self.options

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +42,8 @@ def image_key(image: Image.Image, salt: str = "") -> str:
     tokens), so the same picture from two files or URLs is one entry and two pictures never are."""
     digest = hashlib.blake2b(digest_size=16)
     digest.update(f"{image.mode}:{image.width}x{image.height}:{salt}:".encode())
-    digest.update(image.tobytes())
+    for strip in pixel_strips(image):
+        digest.update(strip)
     return digest.hexdigest()
 
 
@@ -67,6 +69,20 @@ def visual_key(entry: Any, salt: str = "") -> str:
         digest.update(("items:" + ",".join(visual_key(v, salt) for v in entry)).encode())
         return digest.hexdigest()
     return video_key(entry, salt) if is_video(entry) else image_key(entry, salt)
+
+
+STRIP_BYTES = 4 * 2**20
+
+
+def pixel_strips(image: Image.Image) -> Iterator[bytes]:
+    """`image.tobytes()` in pieces of whole rows (about STRIP_BYTES each), for hashing a large image without a
+    second copy of all its pixels."""
+    rows = max(1, STRIP_BYTES // max(1, len(image.getbands()) * image.width))
+    if rows >= image.height:
+        yield image.tobytes()
+        return
+    for top in range(0, image.height, rows):
+        yield image.crop((0, top, image.width, min(top + rows, image.height))).tobytes()
 
 
 def tensor_bytes(value: Any) -> int:

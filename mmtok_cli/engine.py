@@ -17,7 +17,7 @@ from transformers.generation.stopping_criteria import StoppingCriteria, Stopping
 from transformers.generation.streamers import BaseStreamer
 
 from .baselines import RANDOM_SEED
-from .cache import VisionCache, default_mb
+from .cache import VisionCache, default_mb, pixel_strips
 from .errors import MmtokError, UsageError
 from .flops import estimated_speedup
 from .models import Adapter, load_adapter
@@ -212,7 +212,7 @@ class Engine:
 
     def prepare(
         self, images: list[Any], questions: list[str], *, adapter: Adapter | None = None,
-        post_prompt: str | None = None, conversations: Sequence[list[dict] | None] | None = None,
+        post_prompt: str | None = None, conversations: Sequence[list[dict] | None] | None = None, seeds: bool = False,
     ) -> Prepared:
         """Processor inputs for a batch (CPU work; safe in a background thread with `preprocessor()`). Each entry of
         `images` is what one question asks about: an image, a video (`video.Video`), or a list of them in prompt
@@ -222,6 +222,8 @@ class Engine:
         "Answer the question using a single word or phrase."); `run_prepared` leaves it out of T (text.py).
         `conversations`: per question, None or the whole chat to template instead of one user turn (`Adapter.prompt`;
         the question is then its last user text, which the selection reads; a post_prompt belongs in the chat).
+        The cache keys, and with `seeds` `random`'s seeds, are computed here too, so that the originals may be
+        dropped afterwards (`Prepared.drop_images`).
         """
         if len(images) != len(questions) or not images:
             raise ValueError("need one question per item, and at least one item")
@@ -233,6 +235,8 @@ class Engine:
         prepared.post_prompt = post_prompt
         if self.cache is not None:  # hashing here keeps it off the model's thread in `mmtok batch`
             prepared.keys = adapter.image_keys(images)
+        if seeds:
+            prepared.seeds = [image_seed(im) for im in images]
         return prepared
 
     def run(
@@ -388,13 +392,15 @@ class Engine:
         is joined from the entries. The encoding's time goes to the rows that were encoded, the join's to all.
         """
         adapter, cache = self.adapter, self.cache
-        if cache is None or not prepared.images:
+        if cache is None or prepared.keys is None and not prepared.images:
             start = self._sync()
             vt = adapter.encode(prepared)
             share = (self._sync() - start) * 1e3 / prepared.rows
             return vt, [False] * prepared.rows, [share] * prepared.rows
         start = self._sync()
         if prepared.keys is None:  # prepared without `Engine.prepare`
+            if not prepared.pixels:
+                raise ValueError("the cache needs the batch's images or their keys (Engine.prepare)")
             prepared.keys = adapter.image_keys(prepared.images)
         keys = prepared.keys
         found = {key: cache.get(key) for key in dict.fromkeys(keys)}
@@ -455,12 +461,15 @@ class Engine:
         """T from the questions (and the agent's words; `post_prompt` as `text.question_words` says), then the
         adapter's selection; tau_t None: the family's.
 
-        `random` draws with a seed per image from its pixels (`image_seed`), when `prepared` has the images;
+        `random` draws with a seed per image from its pixels (`image_seed`), when `prepared` has them or the images;
         `visionzip` reads the adapter's `visionzip_inputs` (`prepared` needed)."""
         adapter = self.adapter
         text, text_mask = adapter.text_tokens(questions, agent_answers, words=question_words, post_prompt=post_prompt)
-        images = prepared.images if prepared is not None else []
-        seeds = [image_seed(im) for im in images] if method == "random" and images else None
+        seeds = None
+        if method == "random" and prepared is not None:
+            seeds = prepared.seeds or ([image_seed(im) for im in prepared.images] if prepared.pixels else None)
+            if not seeds:  # a default seed would silently draw other tokens than the same batch with its images
+                raise ValueError("random needs the batch's images or their seeds (Engine.prepare(seeds=True))")
         zip_inputs = None
         if method == "visionzip":
             if prepared is None:
@@ -505,7 +514,8 @@ def image_seed(image: Any, seed: int = RANDOM_SEED) -> int:
     """`random`'s seed for an item: a checksum of its pixels (an image's, a video's sampled frames, or those of each
     input in turn), so the draw follows the item, not its batch."""
     for visual in as_visuals(image):
-        seed = zlib.crc32(visual.frames.tobytes() if is_video(visual) else visual.tobytes(), seed)
+        for strip in [visual.frames.tobytes()] if is_video(visual) else pixel_strips(visual):
+            seed = zlib.crc32(strip, seed)
     return seed
 
 

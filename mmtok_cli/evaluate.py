@@ -1,8 +1,8 @@
 """`mmtok eval`: every method x budget over labelled JSONL, through the batch runner, scored.
 
-Each configuration is one `BatchRunner` run over all items (the batch command's loader, batching and
-error handling). `full` always runs once (budgets mean nothing to it) because retention is measured
-against it. The headline metric is POPE's F1 when every item is a yes/no question, else accuracy;
+Each configuration is one `BatchRunner` run over each block of items (the batch command's loader, batching and
+error handling); the first one preprocesses the block, the others answer its prepared chunks again. `full`
+always runs once (budgets mean nothing to it) because retention is measured against it. The headline metric is POPE's F1 when every item is a yes/no question, else accuracy;
 retention = that metric / full's. With the agent, each method that reads the question's tokens (mmtok,
 text) also runs with it, as its own row labelled `mmtok+agent`, so one run compares both.
 """
@@ -17,7 +17,7 @@ from typing import Any
 
 from . import options
 from .errors import MmtokError, UsageError
-from .io import Item, open_source, parse_line
+from .io import Item, open_source, parse_line, write_text, writing
 from .metrics import normalize, score
 
 
@@ -98,6 +98,7 @@ def evaluate(
     agent_tokens: int | None = None,
     selection: dict[str, float | str] | None = None,
     post_prompt: str | None = None,
+    preprocess_once: bool = True,
 ) -> dict[str, Any]:
     """Run and score every configuration; returns the `--json` document (without `model`/`data`).
 
@@ -108,6 +109,8 @@ def evaluate(
     each row's budget; a second model when `engine` has an `agent_engine`), labelled METHOD+agent.
     `selection`: alpha / tau_t / tau_v / budget / question_words for every run (the defaults where absent); the
     report lists the values used. `post_prompt`: appended to every question (`Engine.prepare`), in the report.
+    `preprocess_once=False` runs the processor again for every row, as `mmtok eval` did before (benchmarks/cache.py
+    compares the two).
     """
     from .batch import BatchOptions, BatchRunner, Summary
 
@@ -121,9 +124,10 @@ def evaluate(
     configs: list[tuple[str, int | str, bool]] = [("full", "full", False)] + [
         (m, b, a) for m, a in variants for b in budgets
     ]
-    # Block by block, every configuration in turn: each block's images are decoded once, encoded once (by the
-    # first configuration) and served from the engine's cache to all the others. Items are grouped by image first, so
-    # an image's questions share a block; records go back to input order.
+    # Block by block, every configuration in turn: each block's images are decoded once and preprocessed once (by the
+    # first configuration, whose prepared chunks the others answer again), encoded once and served from the engine's
+    # cache to all the others. Items are grouped by image first, so an image's questions share a block; records go
+    # back to input order.
     order = _group_by_image(items)
     size = batch_size * BLOCK_BATCHES
     blocks = [[items[i] for i in order[start : start + size]] for start in range(0, len(order), size)]
@@ -132,6 +136,7 @@ def evaluate(
     stats_before = _cache_stats(engine)
     for number_block, block in enumerate(blocks, start=1):
         block = _decoded(block, base)
+        prepared: list = []  # the block's chunks, preprocessed by the first configuration for all of them
         for number, (name, tokens, with_agent) in enumerate(configs):
             method = f"{name}+agent" if with_agent else name
             if progress:
@@ -141,7 +146,8 @@ def evaluate(
                                          max_new_tokens=max_new_tokens, batch_size=batch_size, agent=with_agent,
                                          agent_tokens=agent_tokens if with_agent else None,
                                          selection=dict(selection or {}), post_prompt=post_prompt)
-            summaries[number].add(BatchRunner(engine, batch_options, base=base).run(block, found[number].extend))
+            runner = BatchRunner(engine, batch_options, base=base)
+            summaries[number].add(runner.run(block, found[number].extend, reuse=prepared if preprocess_once else None))
     results = []
     for (name, tokens, with_agent), got_records, summary in zip(configs, found, summaries):
         method = f"{name}+agent" if with_agent else name
@@ -246,9 +252,10 @@ def plot(reports: Sequence[dict[str, Any]], path: str | Path) -> None:
         ax.set_title(f"{report.get('model', '')} on {Path(str(report.get('data', ''))).name}", fontsize=9)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with writing(path, "--plot"):
+        fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
 def write_json(report: dict[str, Any], path: Path) -> None:
-    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_text(path, json.dumps(report, indent=2) + "\n", "--json")

@@ -11,12 +11,15 @@ import ipaddress
 import json
 import os
 import socket
+import stat
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -38,7 +41,14 @@ MAX_PIXELS = 40_000_000
 """Decoded-size cap per image: 120 MB as RGB (PIL's own bomb error comes only past 179 Mpixel)."""
 MAX_SIDE = 4096
 """Images are scaled down to this many pixels on their longest side when decoded: every supported processor
-reads fewer, and an image in flight then holds at most 50 MB."""
+reads fewer, and an image in flight then holds at most 64 MB (PIL keeps 4 bytes a pixel)."""
+PIL_BLOCK_BYTES = 64 * 2**20
+"""Pillow allocates a large image in blocks of at most this size (its PILLOW_BLOCK_SIZE, 16 MB by default). Blocks
+over glibc's largest mmap threshold (32 MB) are mapped and unmapped on their own, so the memory of a large image
+goes back to the system when it is let go; 16 MB blocks land in the heap, where a few large images in a row left
+the process holding twice what it used (`benchmarks/memory.py`). A PILLOW_BLOCK_SIZE in the environment wins."""
+if "PILLOW_BLOCK_SIZE" not in os.environ and Image.core.get_block_size() < PIL_BLOCK_BYTES:
+    Image.core.set_block_size(PIL_BLOCK_BYTES)
 
 # Fields every output record has; an input key with one of these names is kept under "input".
 RECORD_FIELDS = (
@@ -50,19 +60,24 @@ VISUAL_KEYS = {"image": "image", "images": "image", "video": "video", "videos": 
 "videos" a list; an item's inputs are in the order of its keys, each list in its own order."""
 
 
-def load_image(source: str) -> Image.Image:
+Reserve = Callable[[int], None]
+"""Called with the bytes an image will take while it decodes, before it does; may block until they are free (the
+batch loader's memory bound, `batch.ByteBudget`)."""
+
+
+def load_image(source: str, *, reserve: Reserve | None = None) -> Image.Image:
     """Open an image file (or '-' for stdin) fully and as RGB, or explain in one line why not."""
     if source == "-":
         data = sys.stdin.buffer.read()
         if not data:
             raise MmtokError("no image data on stdin")
-        return _decode(io.BytesIO(data), "stdin")
+        return _decode(io.BytesIO(data), "stdin", reserve=reserve)
     path = Path(source).expanduser()
     if not path.exists():
         raise MmtokError(f"image not found: {source}")
     if path.is_dir():
         raise MmtokError(f"'{source}' is a folder, not an image")
-    return _decode(path, source)
+    return _decode(path, source, reserve=reserve)
 
 
 def is_url(source: str) -> bool:
@@ -196,10 +211,12 @@ def fetch_bytes(
 
 
 def fetch_image(
-    url: str, timeout: float = URL_TIMEOUT_S, max_bytes: int = MAX_DOWNLOAD_BYTES, *, allow_private: bool = True
+    url: str, timeout: float = URL_TIMEOUT_S, max_bytes: int = MAX_DOWNLOAD_BYTES, *, allow_private: bool = True,
+    reserve: Reserve | None = None,
 ) -> Image.Image:
-    """Download (`fetch_bytes`, `allow_private` there) and decode an http(s) image."""
-    return _decode(io.BytesIO(fetch_bytes(url, timeout, max_bytes, allow_private=allow_private)), url)
+    """Download (`fetch_bytes`, `allow_private` there) and decode an http(s) image (`reserve`: see `Reserve`)."""
+    data = fetch_bytes(url, timeout, max_bytes, allow_private=allow_private)
+    return _decode(io.BytesIO(data), url, reserve=reserve)
 
 
 def decode_image(data: bytes | Path, name: str) -> Image.Image:
@@ -225,15 +242,17 @@ def local_file(
     return real
 
 
-def open_source(source: str, base: Path | None = None, *, timeout: float = URL_TIMEOUT_S) -> Image.Image:
+def open_source(
+    source: str, base: Path | None = None, *, timeout: float = URL_TIMEOUT_S, reserve: Reserve | None = None
+) -> Image.Image:
     """An image from a URL (downloaded within `timeout` seconds), an absolute path, or a path relative to
-    `base` (the JSONL file's folder)."""
+    `base` (the JSONL file's folder). `reserve`: see `Reserve`."""
     if is_url(source):
-        return fetch_image(source, timeout=timeout)
+        return fetch_image(source, timeout=timeout, reserve=reserve)
     path = Path(source).expanduser()
     if base is not None and not path.is_absolute():
         path = base / path
-    return load_image(str(path)) if path.exists() else _missing(source, path)
+    return load_image(str(path), reserve=reserve) if path.exists() else _missing(source, path)
 
 
 def _missing(source: str, path: Path, what: str = "image") -> Any:
@@ -263,11 +282,12 @@ def open_video(
 
 def open_visuals(
     sources: list[tuple[str, str]], base: Path | None = None, *, sampling: FrameSampling | None = None,
-    rule: Any = None, timeout: float = URL_TIMEOUT_S,
+    rule: Any = None, timeout: float = URL_TIMEOUT_S, reserve: Reserve | None = None,
 ) -> Any:
-    """An item's visual inputs opened in order: one image or video alone, several as a list (`Engine.prepare`)."""
+    """An item's visual inputs opened in order: one image or video alone, several as a list (`Engine.prepare`).
+    `reserve` hears each image's bytes before it decodes (a video's frames are counted once decoded)."""
     opened = [open_video(src, base, sampling=sampling, rule=rule, timeout=timeout) if kind == "video"
-              else open_source(src, base, timeout=timeout) for kind, src in sources]
+              else open_source(src, base, timeout=timeout, reserve=reserve) for kind, src in sources]
     return opened[0] if len(opened) == 1 else opened
 
 
@@ -284,13 +304,16 @@ def source_fields(sources: list[tuple[str, str]]) -> dict[str, Any]:
     return out
 
 
-def _decode(fp: Path | io.BytesIO, name: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def _decode(
+    fp: Path | io.BytesIO, name: str, max_pixels: int = MAX_PIXELS, *, reserve: Reserve | None = None
+) -> Image.Image:
     """Decode fully, as RGB; images over `max_pixels` are refused from their header, before decoding.
 
     Images larger than MAX_SIDE on their longest side come back scaled down to it (aspect kept). JPEGs that
     large are decoded at a reduced scale to begin with (libjpeg's DCT scaling, `draft`, never below MAX_SIDE),
     so a huge photo costs a quarter of the memory or less while decoding; the pixel cap applies to the size
-    actually decoded.
+    actually decoded. An RGB image is scaled down before it is copied out of the decoder, so decoding holds the
+    full-size pixels once, not twice. `reserve` hears what decoding will hold at most (`decode_bytes`) first.
     """
     try:
         with Image.open(fp) as image:
@@ -304,10 +327,13 @@ def _decode(fp: Path | io.BytesIO, name: str, max_pixels: int = MAX_PIXELS) -> I
                     f"'{name}' is {width} x {height} = {width * height / 1e6:.0f} Mpixel, over the "
                     f"{max_pixels / 1e6:g} Mpixel limit; downscale it first"
                 )
+            if reserve is not None:
+                reserve(decode_bytes(width, height, rgb=image.mode == "RGB"))
             image.load()  # decode now: a truncated file fails here, not halfway through the model
-            rgb = image.convert("RGB")
-        if max(rgb.size) > MAX_SIDE:
-            rgb.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.BICUBIC)
+            if image.mode == "RGB":  # the same pixels as converting first; the full size is never copied
+                _shrink(image)
+            rgb = image.convert("RGB")  # a copy that outlives the decoder's file
+        _shrink(rgb)
         return rgb
     except MmtokError:
         raise
@@ -317,12 +343,32 @@ def _decode(fp: Path | io.BytesIO, name: str, max_pixels: int = MAX_PIXELS) -> I
         raise MmtokError(f"'{name}' could not be decoded as an image: {exc}") from None
 
 
+def _shrink(image: Image.Image) -> None:
+    if max(image.size) > MAX_SIDE:
+        image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.BICUBIC)
+
+
+def image_bytes(width: int, height: int) -> int:
+    """What a decoded RGB image of that size holds (PIL keeps 4 bytes a pixel)."""
+    return 4 * width * height
+
+
+def decode_bytes(width: int, height: int, *, rgb: bool = True) -> int:
+    """The most `_decode` holds at once for an image decoded at width x height: the decoded pixels, the RGB copy
+    (at full size unless the image is RGB already) and, when scaled down, the smaller copy."""
+    scale = min(1.0, MAX_SIDE / max(width, height))
+    small = image_bytes(round(width * scale), round(height * scale))
+    return image_bytes(width, height) * (1 if rgb else 2) + small * (2 if scale < 1 else 1)
+
+
 def check_output(path: str | Path, option: str, *, inputs: Iterable[str | Path] = ()) -> Path:
     """An output file path checked before any model loads (every command's outputs go through here).
 
-    Refused, as one-line usage errors: a folder, a missing or unwritable folder, an existing file that cannot be
-    written, and the same file as one of `inputs` (by inode, so links and other
-    spellings count too; no flag overrides that: writing it would destroy the input).
+    Refused, as one-line usage errors: a folder, a missing folder, the same file as one of `inputs` (by inode, so
+    links and other spellings count too; no flag overrides that: writing it would destroy the input), and a place
+    where the file cannot really be written. That is tried, not asked (`os.access` says yes to root almost
+    everywhere, /proc and /sys included): an existing file is opened for appending (nothing is truncated or
+    written), otherwise a file is created in the folder and removed again.
     """
     target = Path(path).expanduser()
     if target.is_dir():
@@ -330,13 +376,74 @@ def check_output(path: str | Path, option: str, *, inputs: Iterable[str | Path] 
     folder = target.parent
     if not folder.is_dir():
         raise UsageError(f"the folder of {option} '{path}' does not exist (no folder {folder})")
-    if not os.access(folder, os.W_OK | os.X_OK) or target.exists() and not os.access(target, os.W_OK):
-        raise UsageError(f"{option} '{path}' cannot be written (permission denied)")
     for source in inputs:
         source = Path(source).expanduser()
         if target.exists() and source.exists() and os.path.samefile(source, target):
             raise UsageError(f"{option} '{path}' is the input file {source}; writing it would destroy the input")
+    if target.is_file():
+        try:
+            with target.open("ab"):
+                pass
+        except OSError as exc:
+            raise UsageError(f"{option} '{path}' cannot be written ({_reason(exc)})") from None
+    elif target.exists():  # a device or a pipe (/dev/null, /dev/stdout): opening one may block or have effects
+        if not os.access(target, os.W_OK):
+            raise UsageError(f"{option} '{path}' cannot be written (permission denied)")
+    else:
+        _probe_folder(folder, f"{option} '{path}' cannot be written")
     return target
+
+
+def check_output_folder(path: str | Path, option: str) -> Path:
+    """An output folder (created later if only it is missing) in which files can really be created, checked
+    before any model loads like `check_output`."""
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{option} '{path}' is a file, not a folder")
+    if not folder.exists() and not folder.parent.is_dir():
+        raise UsageError(f"the folder that would hold {option} '{path}' does not exist (no folder {folder.parent})")
+    _probe_folder(folder if folder.exists() else folder.parent, f"{option} '{path}' cannot be written")
+    return folder
+
+
+def _probe_folder(folder: Path, refusal: str) -> None:
+    """Create a file in `folder` and remove it, or refuse with `refusal` and the reason."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".mmtok-probe-", dir=folder)
+    except OSError as exc:
+        raise UsageError(f"{refusal}: no file can be created in {folder} ({_reason(exc)})") from None
+    os.close(fd)
+    try:
+        os.unlink(probe)
+    except OSError:
+        pass
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+class WriteError(MmtokError):
+    """An output could not be written while the work ran (a full disk, a removed folder, ...)."""
+
+
+@contextmanager
+def writing(path: str | Path, what: str | None = None) -> Iterator[None]:
+    """Turn an OSError while writing `path` into one `WriteError` line naming it (`what`: e.g. "--json")."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise  # the reader went away: the CLI stops quietly
+    except OSError as exc:
+        name = f"{what} '{path}'" if what else f"'{path}'"
+        inside = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(path) else ""
+        raise WriteError(f"cannot write {name}{inside}: {_reason(exc)}") from None
+
+
+def write_text(path: str | Path, text: str, what: str | None = None) -> None:
+    """Write a whole text file (a --json report), with a one-line error when that fails."""
+    with writing(path, what):
+        Path(path).write_text(text, encoding="utf-8")
 
 
 @dataclass
@@ -572,8 +679,12 @@ def done_ids(path: Path, *, retry_errors: bool = False) -> Counter[str]:
     ids.update(key for _, key in kept)
     if retry_errors and len(kept) < len(records):
         temporary = path.with_name(path.name + ".mmtok-tmp")
-        temporary.write_bytes(b"".join(raw + b"\n" for raw, _ in kept))
-        os.replace(temporary, path)  # atomic: a crash leaves the old file or the new one, never half
+        try:
+            with writing(path, "--out"):
+                temporary.write_bytes(b"".join(raw + b"\n" for raw, _ in kept))
+                os.replace(temporary, path)  # atomic: a crash leaves the old file or the new one, never half
+        finally:
+            temporary.unlink(missing_ok=True)
     return ids
 
 
@@ -622,18 +733,72 @@ def _several(inputs: list[dict[str, Any]]) -> bool:
 
 
 class RecordWriter:
-    """Writes whole JSONL lines and flushes after each group, so an interruption never tears a line."""
+    """Writes whole JSONL lines and flushes after each group, so an interruption never tears a line.
 
-    def __init__(self, target: str, *, append: bool) -> None:
+    A group that cannot be written (a full disk) is taken back out of the file, so the file keeps only whole
+    records and `--resume` continues from them; `stopped` says so in one line.
+    """
+
+    def __init__(self, target: str, *, append: bool, option: str | None = None) -> None:
+        """`option`: the flag that named `target` (e.g. --predictions), for messages."""
         self.to_stdout = target == "-"
-        self.fp: IO[str] = sys.stdout if self.to_stdout else open(target, "a" if append else "w", encoding="utf-8")
+        self.name, self.option = "stdout" if self.to_stdout else target, option
+        self.written = 0
+        """Records of this run that are complete in the output."""
+        with writing(target, option):
+            self.fp: IO[Any] = sys.stdout if self.to_stdout else open(target, "ab" if append else "wb", buffering=0)
+        self.regular = not self.to_stdout and stat.S_ISREG(os.fstat(self.fp.fileno()).st_mode)
+        self.end = self.fp.tell() if self.regular else 0
+        """Where the last whole record ends."""
 
     def write(self, records: list[dict[str, Any]]) -> None:
-        if records:
-            self.fp.write("".join(json.dumps(r) + "\n" for r in records))
-        self.fp.flush()
-        if not self.to_stdout:
-            os.fsync(self.fp.fileno())
+        text = "".join(json.dumps(r) + "\n" for r in records)
+        if self.to_stdout:
+            try:
+                self.fp.write(text)
+                self.fp.flush()
+            except BrokenPipeError:
+                raise
+            except OSError as exc:
+                raise WriteError(f"cannot write the records to stdout: {_reason(exc)}") from None
+        else:
+            with writing(self.name, self.option):
+                self._write_file(text.encode("utf-8"))
+        self.written += len(records)
+
+    def _write_file(self, data: bytes) -> None:
+        try:
+            view = memoryview(data)
+            while view:  # unbuffered: a short write is not an error yet, the next one says why
+                view = view[self.fp.write(view) :]
+            if self.regular:  # fsync means nothing to a device (/dev/null refuses it)
+                os.fsync(self.fp.fileno())
+        except OSError:
+            if self.regular:
+                try:  # take the torn group back out, so only whole records stay
+                    os.ftruncate(self.fp.fileno(), self.end)
+                except OSError:
+                    pass  # done_ids cuts a torn last line when resuming
+            raise
+        self.end += len(data)
+
+    def stopped(self, exc: MmtokError) -> MmtokError:
+        """`exc` (a write that failed mid-run) with what is safe and how to go on, in one line."""
+        total = self._records_in_file()
+        if total is None:  # stdout or a device: nothing to resume from
+            return MmtokError(f"{exc}; {self.written} records went to {self.name} before it")
+        before = f" ({total - self.written} from before this run)" if total > self.written else ""
+        return MmtokError(f"{exc}; {self.name} keeps {total} complete records{before}: make room and rerun with "
+                          "--resume to continue")
+
+    def _records_in_file(self) -> int | None:
+        if not self.regular:
+            return None
+        try:
+            with open(self.name, "rb") as fp:
+                return sum(chunk.count(b"\n") for chunk in iter(lambda: fp.read(1 << 20), b""))
+        except OSError:
+            return None
 
     def close(self) -> None:
         if not self.to_stdout:

@@ -449,5 +449,8 @@ def plot(report: dict[str, Any], path: str | Path) -> None:
     right.legend()
     fig.suptitle(f"{report['model']} · {report['device_name']} · {report['dtype']} · {new_tokens} new token(s)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    from .io import writing
+
+    with writing(path, "--plot"):
+        fig.savefig(path, dpi=120)
     plt.close(fig)

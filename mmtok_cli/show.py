@@ -73,13 +73,14 @@ def check_picture_path(path: str | Path, option: str, inputs: Iterable[str | Pat
 
 
 def prepare_picture_dir(path: str | Path, option: str = "--show-dir") -> Path:
-    """The folder pictures go to, created if only it is missing."""
-    folder = Path(path).expanduser()
-    if folder.exists() and not folder.is_dir():
-        raise UsageError(f"{option} '{path}' is a file, not a folder")
-    if not folder.parent.exists():
-        raise UsageError(f"the folder that would hold {option} '{path}' does not exist")
-    folder.mkdir(exist_ok=True)
+    """The folder pictures go to, created if only it is missing, after trying that files can be made there."""
+    from .io import check_output_folder
+
+    folder = check_output_folder(path, option)
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{option} '{path}' cannot be created ({exc.strerror or exc})") from None
     return folder
 
 
@@ -93,10 +94,13 @@ def picture_name(item_id: Any) -> str:
 
 
 def save_picture(picture: Image.Image, path: str | Path) -> None:
+    from .io import writing
+
     try:
-        picture.convert("RGB").save(path)
-    except (OSError, ValueError) as exc:
-        raise MmtokError(f"cannot write the picture to '{path}': {getattr(exc, 'strerror', None) or exc}") from None
+        with writing(path, "the picture"):
+            picture.convert("RGB").save(path)
+    except ValueError as exc:
+        raise MmtokError(f"cannot write the picture '{path}': {exc}") from None
 
 
 def render(

@@ -30,6 +30,7 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from .errors import UsageError
+from .io import check_output_folder, writing
 
 SIZE = 336
 GRID = 3
@@ -157,20 +158,19 @@ def generate(out: str | Path, n: int, seed: int = 0) -> list[Scene]:
     """
     if n < 1:
         raise UsageError(f"--n must be at least 1 (got {n})")
-    folder = Path(out)
-    if folder.exists() and not folder.is_dir():
-        raise UsageError(f"--out {out} exists and is not a folder")
-    (folder / "images").mkdir(parents=True, exist_ok=True)
+    folder = check_output_folder(out, "--out")
     scenes = make_scenes(n, seed)
-    for scene in scenes:
-        draw(scene).save(folder / scene.image, format="PNG")
-    with (folder / "questions.jsonl").open("w", encoding="utf-8", newline="\n") as fp:
-        records = questions(scenes, seed)
-        for rec in records:
-            fp.write(json.dumps(rec) + "\n")
-    write_pope_files(folder, records)
-    (folder / "scenes.json").write_text(
-        json.dumps([{"image": s.image, "objects": [asdict(o) for o in s.objects]} for s in scenes]) + "\n",
-        encoding="utf-8",
-    )
+    with writing(folder, "--out"):
+        (folder / "images").mkdir(parents=True, exist_ok=True)
+        for scene in scenes:
+            draw(scene).save(folder / scene.image, format="PNG")
+        with (folder / "questions.jsonl").open("w", encoding="utf-8", newline="\n") as fp:
+            records = questions(scenes, seed)
+            for rec in records:
+                fp.write(json.dumps(rec) + "\n")
+        write_pope_files(folder, records)
+        (folder / "scenes.json").write_text(
+            json.dumps([{"image": s.image, "objects": [asdict(o) for o in s.objects]} for s in scenes]) + "\n",
+            encoding="utf-8",
+        )
     return scenes

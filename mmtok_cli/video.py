@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +72,13 @@ class Video:
     @property
     def width(self) -> int:
         return int(self.frames.shape[2])
+
+    def released(self) -> Video:
+        """This video without its pixels (`Prepared.drop_images`): frames of the same shape that hold no memory,
+        its frame indices and timing kept."""
+        import numpy as np
+
+        return replace(self, frames=np.broadcast_to(np.zeros((), np.uint8), self.frames.shape))
 
     def metadata(self) -> dict[str, Any]:
         """transformers' `VideoMetadata` fields for the processor: the file's fps and frame count, and which frames

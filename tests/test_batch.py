@@ -18,6 +18,7 @@ from mmtok_cli.batch import BatchOptions, BatchRunner
 from mmtok_cli.cli import app
 from mmtok_cli.flops import estimated_speedup, prefill_flops
 from mmtok_cli.io import load_image, read_jsonl
+from mmtok_cli.models.base import Released
 
 from .conftest import noise_image
 from .device import TEST_DEVICE
@@ -454,3 +455,69 @@ def test_resume_with_retry_errors_reruns_only_failed_items(tiny_llava, images, t
     assert lines[0] == first[0]  # untouched
     assert [json.loads(line)["id"] for line in lines] == ["ok", "late"]
     assert json.loads(lines[1])["error"] is None
+
+
+# -- the loader's memory (issue 24) ------------------------------------------------------------------
+
+
+def test_originals_are_let_go_after_preprocessing_unless_a_picture_needs_them(engine, images, tmp_path):
+    lines = [json.dumps({"image": f"img{i % 5}.png", "question": f"what is {i} ?"}) for i in range(6)]
+    pictures = [load_image(str(images / f"img{i % 5}.png")) for i in range(6)]
+    questions = [f"what is {i} ?" for i in range(6)]
+    options = {"tokens": 8, "max_new_tokens": 3}
+    for method in ("random", "mmtok"):
+        got, chunks = [], []
+        BatchRunner(engine, BatchOptions(method=method, batch_size=4, **options), base=images).run(
+            read_jsonl(lines), got.extend, reuse=chunks)
+        assert chunks and all(c.prepared.released and not c.prepared.pixels for c in chunks)
+        assert all(isinstance(v, Released) for c in chunks for v in c.prepared.images)  # tensors, keys, seeds wait
+        assert all(e.image is None for c in chunks for e in c.entries)
+        # random's draw follows each image's pixels, taken while preprocessing: the same as with the images at hand
+        want = engine.run(pictures[:4], questions[:4], method=method, **options) + engine.run(
+            pictures[4:], questions[4:], method=method, **options)
+        assert [r["answer"] for r in got] == [a.answer for a in want]
+        assert [r["vision_tokens"]["kept"] for r in got] == [a.vision_kept for a in want]
+    chunks = []
+    BatchRunner(engine, BatchOptions(batch_size=4, show_dir=tmp_path, **options), base=images).run(
+        read_jsonl(lines), lambda records: None, reuse=chunks)
+    assert [len(c.prepared.images) for c in chunks] == [4, 2]  # the pictures are drawn on them
+    assert all(c.prepared.pixels for c in chunks)
+
+
+def test_images_in_flight_are_bounded_in_bytes_not_batches(engine, tmp_path):
+    """Large images go to the model in smaller chunks, so the loader's bytes stay bounded; the answers stay."""
+    for i in range(3):
+        noise_image(60 + i, (1024, 768)).save(tmp_path / f"big{i}.png")  # 5.5 MB held each, with the processor's copy
+    lines = [json.dumps({"image": f"big{i % 3}.png", "question": "what is this ?"}) for i in range(6)]
+    results = {}
+    for limit_mb in (512, 12):
+        runner_ = BatchRunner(engine, BatchOptions(tokens=8, max_new_tokens=3, batch_size=6), base=tmp_path)
+        runner_.loader_bytes = limit_mb * 2**20
+        got, chunks = [], []
+        runner_.run(read_jsonl(lines), got.extend, reuse=chunks)
+        results[limit_mb] = [len(c.ready) for c in chunks], [r["answer"] for r in got]
+    assert results[512][0] == [6]
+    assert max(results[12][0]) <= 3 and sum(results[12][0]) == 6  # two fit in 12 MB, the next one goes ahead
+    assert results[12][1] == results[512][1]
+
+
+def test_the_byte_budget_lets_the_item_the_loader_waits_for_go_ahead():
+    from mmtok_cli.batch import ByteBudget
+
+    stop = threading.Event()
+    budget = ByteBudget(100, stop)
+    budget.take(0, 80)
+    took = threading.Event()
+    later = threading.Thread(target=lambda: (budget.take(2, 50), took.set()))
+    later.start()
+    assert not took.wait(0.3)  # 80 + 50 > 100: item 2 waits
+    budget.needs(1)
+    budget.take(1, 50)  # item 1 does not fit either, but the loader waits for it: it goes ahead
+    assert budget.used == 130 and budget.full
+    budget.give(80)
+    budget.give(50)
+    assert took.wait(2) and budget.used == 50  # room again: item 2 took its bytes
+    later.join()
+    budget.needs(5)
+    budget.take(5, 1000)  # whatever it costs
+    assert budget.used == 1050

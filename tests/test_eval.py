@@ -124,3 +124,36 @@ def test_bad_input_is_one_line(tmp_path, lines, args, message):
     result = runner.invoke(app, ["eval", str(data), "--model", str(tmp_path / "no-model"), *args])
     assert result.exit_code == 2
     assert message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_eval_preprocesses_each_block_once_for_all_rows(tiny_llava, synth_set, tmp_path, monkeypatch):
+    """The processor runs as often for a table of seven rows as for full alone, and every row answers what
+    `mmtok batch` answers with that method and budget."""
+    from mmtok_cli.engine import Engine
+
+    calls = []
+    prepare = Engine.prepare
+    monkeypatch.setattr(Engine, "prepare", lambda self, images, *a, **k: calls.append(len(images)) or prepare(
+        self, images, *a, **k))
+    common = [str(synth_set), "--model", str(tiny_llava), "--device", TEST_DEVICE, "--max-new-tokens", "3",
+              "--batch-size", "4"]
+
+    def table(methods: str) -> list[dict]:
+        calls.clear()
+        preds = tmp_path / "preds.jsonl"
+        result = runner.invoke(app, ["eval", *common, "--tokens", "8,2", "--methods", methods, "--predictions",
+                                     str(preds)])
+        assert result.exit_code == 0, result.output
+        return [json.loads(x) for x in preds.read_text().splitlines()]
+
+    table("full")
+    alone = list(calls)
+    rows = table("mmtok,random,divprune")
+    items = sum(1 for _ in synth_set.open())
+    assert sum(alone) == items and calls == alone  # one preprocessing per chunk, not per row
+    for method, tokens in (("random", 2), ("mmtok", 8), ("divprune", 2)):
+        result = runner.invoke(app, ["batch", *common, "--method", method, "--tokens", str(tokens)])
+        assert result.exit_code == 0, result.output
+        want = {r["id"]: r["answer"] for r in map(json.loads, result.stdout.splitlines())}
+        got = {r["id"]: r["prediction"] for r in rows if (r["method"], r["tokens"]) == (method, tokens)}
+        assert got == want

@@ -3,6 +3,7 @@
 import http.server
 import io
 import json
+import math
 import os
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from typer.testing import CliRunner
 from mmtok_cli.cli import app
 from mmtok_cli.errors import MmtokError
 from mmtok_cli.evaluate import load_labelled
-from mmtok_cli.io import MAX_SIDE, _decode, fetch_image
+from mmtok_cli.io import MAX_PIXELS, MAX_SIDE, _decode, fetch_image
 
 from .conftest import noise_image
 from .device import cpu_only
@@ -72,25 +73,121 @@ def test_eval_outputs_cannot_overwrite_the_data(tmp_path):
     assert labelled.read_bytes() == before
 
 
-def test_output_in_a_place_that_cannot_be_written_is_refused_before_loading(tmp_path):
-    # As root (CI) permissions do not stop writes; a read-only file system does.
-    place = next((p for p in ("/sys", "/proc/sys") if os.path.isdir(p) and not os.access(p, os.W_OK)), None)
-    if place is None:
-        if os.geteuid() == 0:
-            pytest.skip("running as root with no read-only file system at hand")
-        place = tmp_path / "ro"
-        place.mkdir(mode=0o555)
-    for option, args in (
-        ("--json", ["profile", "--json", f"{place}/out.json"]),
-        ("--json", ["eval", str(write_jsonl(tmp_path / "d.jsonl", [{"image": "x.png", "question": "q", "answer": "a"}])),
-                    "--json", f"{place}/out.json"]),
-        ("--out", ["batch", str(tmp_path), "--question", "q", "--out", f"{place}/out.jsonl"]),
-    ):
-        # The model cannot be found either: an error about the output shows it was checked first.
-        result = run(*args, "--model", "no/such-model")
-        assert result.exit_code == 2 and one_error_line(result), result.stderr
-        # the folder exists: the error is that it cannot be written, naming the option and the path
-        assert f"{option} '{args[-1]}' cannot be written (permission denied)" in result.stderr, result.stderr
+def _unwritable_places(tmp_path: Path) -> list[tuple[str, Path]]:
+    """Places where no output can go, as this user. Root may write almost anywhere `os.access` is asked about,
+    yet procfs and sysfs refuse new files to root too, and /proc/version refuses to be opened for writing."""
+    places = [(kind, Path(path)) for kind, path in (
+        ("procfs folder", "/proc"), ("sysfs folder", "/sys/kernel"), ("procfs file", "/proc/version"),
+    ) if os.path.exists(path)]
+    if os.geteuid() != 0:  # permissions stop only other users
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        places.append(("read-only folder", locked))
+    return places
+
+
+FOLDER_OUTPUTS = {"batch": ("--show-dir",), "synth": ("--out",)}
+
+
+def _every_output(place: Path, data_file: Path, image: Path) -> list[list[str]]:
+    """Every output option of every command, aimed at `place` (a folder: a new file in it; a file: itself)."""
+    def at(name: str) -> str:
+        return str(place / name) if place.is_dir() else str(place)
+
+    return [
+        ["ask", str(image), "q?", "--show", at("kept.png")],
+        ["show", str(image), "q?", "--out", at("kept.png")],
+        ["batch", str(data_file), "--out", at("out.jsonl")],
+        ["batch", str(data_file), "--show-dir", at("pictures")],
+        ["eval", str(data_file), "--json", at("out.json")],
+        ["eval", str(data_file), "--plot", at("out.png")],
+        ["eval", str(data_file), "--predictions", at("out.jsonl")],
+        ["profile", "--json", at("out.json")],
+        ["profile", "--plot", at("out.png")],
+        ["synth", "--out", at("synth")],
+    ]
+
+
+def test_outputs_that_cannot_really_be_written_are_refused_before_loading(tmp_path, image_file):
+    places = _unwritable_places(tmp_path)
+    assert len(places) >= 2, "this machine offers fewer than two kinds of unwritable place"
+    labelled = write_jsonl(tmp_path / "d.jsonl", [{"image": str(image_file), "question": "q", "answer": "a"}])
+    for kind, place in places:
+        for args in _every_output(place, labelled, image_file):
+            if place.is_file() and args[-2] in FOLDER_OUTPUTS.get(args[0], ()):
+                continue  # a file given for a folder: refused as no folder, tested elsewhere
+            # The model cannot be found either: an error about the output shows it was checked first.
+            result = run(*args, *([] if args[0] == "synth" else ["--model", "no/such-model"]))
+            assert result.exit_code == 2 and one_error_line(result), (kind, args, result.stderr)
+            # the place exists: the error is that it cannot be written, naming the option and the path
+            assert f"{args[-2]} '{args[-1]}' cannot be written" in result.stderr, (kind, args, result.stderr)
+    assert not any(tmp_path.glob("**/.mmtok-probe-*"))
+
+
+def test_a_writable_output_passes_the_check_untouched(tmp_path, image_file):
+    existing = tmp_path / "out.json"
+    existing.write_text("keep me")
+    result = run("profile", "--json", existing, "--model", "no/such-model")
+    assert result.exit_code == 1 and "no/such-model" in result.stderr  # past the output check, at the model
+    assert existing.read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["noise.png", "out.json"]
+
+
+def _batch_in_child(args: list[str], *, max_file_bytes: int | None = None, stdout=subprocess.PIPE):
+    """`mmtok batch ARGS` in a child process whose files cannot grow past `max_file_bytes`: a disk that fills up
+    mid-run, for real (the kernel refuses the write; Python ignores the SIGXFSZ that comes with it)."""
+    import resource
+
+    def limit():
+        if max_file_bytes is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+
+    return subprocess.run([sys.executable, "-m", "mmtok_cli", "batch", *map(str, args)], preexec_fn=limit,
+                          stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=300, check=False)
+
+
+def _lines(text: str) -> list[str]:
+    return [line for line in text.strip().splitlines() if line]
+
+
+@pytest.mark.parametrize("pictures", [False, True], ids=["records", "pictures"])
+def test_a_write_that_fails_mid_run_stops_in_one_line_and_resume_continues(tiny_llava, data, tmp_path, pictures):
+    rows = [{"id": i, "image": str(data / f"img{i % 3}.png"), "question": f"what {i}?"} for i in range(6)]
+    questions = write_jsonl(tmp_path / "q.jsonl", rows)
+    out = tmp_path / "a.jsonl"
+    common = [questions, "--model", tiny_llava, "--max-new-tokens", "2", "--batch-size", "1"]
+    # Room for two records (~450 bytes each) but not three; a picture (several KB) fails at once.
+    extra = ["--show-dir", tmp_path / "pictures"] if pictures else []
+    failed = _batch_in_child([*common, "--out", out, *extra], max_file_bytes=1200)
+    kept = out.read_text().splitlines()
+    assert failed.returncode == 1 and len(_lines(failed.stderr)) == 1, failed.stderr
+    line = failed.stderr.strip()
+    name = str(tmp_path / "pictures") if pictures else str(out)
+    assert line.startswith("error: cannot write ") and name in line and "File too large" in line, line
+    assert f"{out} keeps {len(kept)} complete records" in line and "--resume" in line, line
+    assert len(kept) == (0 if pictures else 2) and [json.loads(r)["id"] for r in kept] == list(range(len(kept)))
+    done = run("batch", *common, "--out", out, *extra, "--resume")
+    assert done.exit_code == 0, done.stderr
+    assert [json.loads(r)["id"] for r in out.read_text().splitlines()] == list(range(6))
+
+
+def test_outputs_on_a_full_device_fail_in_one_line(tiny_llava, data, tmp_path):
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    args = [data, "--question", "what?", "--model", tiny_llava, "--max-new-tokens", "1"]
+    full = run("batch", *args, "--out", "/dev/full")
+    assert full.exit_code == 1 and _lines(full.stderr) == [
+        "error: cannot write '/dev/full': No space left on device; 0 records went to /dev/full before it"]
+    with open("/dev/full", "w") as device:  # stdout itself on the full device: a real file descriptor, a child
+        piped = _batch_in_child([*args, "--out", "-"], stdout=device)
+    assert piped.returncode == 1 and _lines(piped.stderr) == [
+        "error: cannot write the records to stdout: No space left on device; 0 records went to stdout before it"]
+    assert run("batch", *args, "--out", "/dev/null").exit_code == 0  # a device takes no fsync: not an error
+    labelled = write_jsonl(tmp_path / "d.jsonl", [{"image": str(data / "img0.png"), "question": "q?", "answer": "a"}])
+    for flag in ("--json", "--predictions"):
+        result = run("eval", labelled, "--model", tiny_llava, "--methods", "mmtok", "--tokens", "4", flag, "/dev/full")
+        assert result.exit_code == 1 and one_error_line(result), result.stderr
+        assert f"cannot write {flag} '/dev/full': No space left on device" in result.stderr
+        assert "retention" in result.stdout or flag == "--predictions"  # the table came first
 
 
 def test_synth_into_a_non_empty_folder_needs_overwrite(tmp_path):
@@ -245,6 +342,22 @@ def test_huge_images_are_decoded_no_larger_than_needed():
     assert _decode(io.BytesIO(_png(5000, 1000)), "wide.png").size == (MAX_SIDE, round(1000 * MAX_SIDE / 5000))
 
 
+def _batch_peak_rss(questions: Path, model: Path, batch_size: int) -> tuple[int, int, list[dict]]:
+    """`mmtok batch` in a fresh child: its peak RSS in KB (a probe process in between, so peaks do not mix), its
+    exit status and its records."""
+    out = questions.with_name("answers.jsonl")
+    probe = (
+        "import resource, subprocess, sys; "
+        "p = subprocess.run([sys.executable, '-m', 'mmtok_cli', 'batch', sys.argv[1], '--model', sys.argv[2], "
+        "'--batch-size', sys.argv[3], '--max-new-tokens', '1', '--out', sys.argv[4]]); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, p.returncode)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe, str(questions), str(model), str(batch_size), str(out)],
+                          capture_output=True, text=True, timeout=300, check=True)
+    peak_kb, code = (int(v) for v in done.stdout.split())
+    return peak_kb, code, [json.loads(line) for line in out.read_text().splitlines()]
+
+
 @cpu_only  # host RSS; a CUDA context alone would change it
 def test_a_batch_of_bombs_stays_within_the_memory_bound(tiny_llava, tmp_path, bomb):
     """Three 144-Mpixel PNGs (420 KB each) in one batch: error records, and a peak far below what decoding costs."""
@@ -253,18 +366,22 @@ def test_a_batch_of_bombs_stays_within_the_memory_bound(tiny_llava, tmp_path, bo
         (tmp_path / f"bomb{i}.png").write_bytes(bomb)
         rows.append({"id": i, "image": f"bomb{i}.png", "question": "what?"})
     questions = write_jsonl(tmp_path / "q.jsonl", rows)
-    probe = (
-        "import resource, subprocess, sys; "
-        "p = subprocess.run([sys.executable, '-m', 'mmtok_cli', 'batch', sys.argv[1], '--model', sys.argv[2], "
-        "'--batch-size', '3', '--out', sys.argv[3]]); "
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, p.returncode)"
-    )
-    out = subprocess.run([sys.executable, "-c", probe, str(questions), str(tiny_llava), str(tmp_path / "a.jsonl")],
-                         capture_output=True, text=True, timeout=300)
-    peak_kb, code = (int(v) for v in out.stdout.split())
-    recs = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    peak_kb, code, recs = _batch_peak_rss(questions, tiny_llava, 3)
     assert code == 1 and all("over the 40 Mpixel limit" in r["error"] for r in recs) and len(recs) == 3
     assert peak_kb < 1_500_000, f"peak RSS {peak_kb / 1e6:.2f} GB"  # decoding them would take 3 x 432 MB and more
+
+
+@cpu_only  # host RSS; a CUDA context alone would change it
+def test_the_largest_accepted_images_stay_within_the_loaders_bound(tiny_llava, tmp_path):
+    """Six 40-Mpixel PNGs at batch size 6 (`benchmarks/memory.py`, smaller): originals let go once preprocessed, the
+    rest bounded in bytes. Before, the loader held every one of them and decoded four at once: over 2 GB."""
+    side = math.isqrt(MAX_PIXELS)
+    ramp = Image.linear_gradient("L").resize((side, side))
+    Image.merge("RGB", (ramp, ramp.rotate(90), ramp)).save(tmp_path / "largest.png")
+    questions = write_jsonl(tmp_path / "q.jsonl", [{"image": "largest.png", "question": "what?"}] * 6)
+    peak_kb, code, recs = _batch_peak_rss(questions, tiny_llava, 6)
+    assert code == 0 and len(recs) == 6 and all(r["error"] is None for r in recs)
+    assert peak_kb < 1_500_000, f"peak RSS {peak_kb / 1e6:.2f} GB"
 
 
 # -- JSONL, resume -------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ directly, M-RoPE positions are written out from Qwen's rule, and decoding is a h
 loop over the language model.
 """
 
+import inspect
 import json
 
 import pytest
@@ -128,8 +129,10 @@ def _greedy(model, embeds, positions, steps, eos, deepstack=None, visual=None):
     from transformers import DynamicCache
 
     lm, cache, out = model.model.language_model, DynamicCache(config=model.config.text_config), []
+    # transformers 5.25 renamed the language model's `past_key_values` to `cache` (the old name warns until 5.40)
+    kv = {"cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values": cache}
     extra = {"visual_pos_masks": visual[None], "deepstack_visual_embeds": deepstack} if deepstack else {}
-    hidden = lm(inputs_embeds=embeds[None], position_ids=positions[:, None], past_key_values=cache, use_cache=True,
+    hidden = lm(inputs_embeds=embeds[None], position_ids=positions[:, None], **kv, use_cache=True,
                 **extra).last_hidden_state
     nxt = positions.max() + 1
     for _ in range(steps):
@@ -138,7 +141,7 @@ def _greedy(model, embeds, positions, steps, eos, deepstack=None, visual=None):
         if token == eos:
             break
         embeds = model.get_input_embeddings()(torch.tensor([[token]], device=embeds.device))
-        hidden = lm(inputs_embeds=embeds, position_ids=nxt.view(1, 1, 1).expand(3, 1, 1), past_key_values=cache,
+        hidden = lm(inputs_embeds=embeds, position_ids=nxt.view(1, 1, 1).expand(3, 1, 1), **kv,
                     use_cache=True).last_hidden_state
         nxt = nxt + 1
     return out

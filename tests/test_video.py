@@ -436,6 +436,34 @@ def test_batch_answers_videos_and_fails_bad_ones_alone(qwen25, clip, tmp_path, m
         assert message in recs[key]["error"] and "\n" not in recs[key]["error"], (key, recs[key]["error"])
 
 
+def test_batch_lets_frames_go_after_preprocessing_and_answers_alike(qwen25, clip, tmp_path):
+    """The loader drops an item's pixels once its chunk is preprocessed (issue 24): stand-ins keep each row's
+    layout and a video's timing, `random` draws from seeds taken before, so answers equal the engine's own."""
+    import json
+    import shutil
+
+    from mmtok_cli.batch import BatchOptions, BatchRunner
+    from mmtok_cli.io import load_image, read_jsonl
+
+    path, engine = qwen25
+    shutil.copy(clip, tmp_path / "clip.mp4")
+    noise_image(82, (90, 70)).save(tmp_path / "img.png")
+    lines = [json.dumps({"video": "clip.mp4", "question": QUESTION}),
+             json.dumps({"images": ["img.png"], "video": "clip.mp4", "question": "What changed?"})]
+    four = decode(clip, FrameSampling(frames=4))
+    entries = [four, [load_image(str(tmp_path / "img.png")), four]]
+    for method in ("random", "mmtok"):
+        got, chunks = [], []
+        runner = BatchRunner(engine, BatchOptions(method=method, tokens=10, max_new_tokens=NEW, batch_size=2,
+                                                  frame_sampling=FrameSampling(frames=4)), base=tmp_path)
+        runner.run(read_jsonl(lines), got.extend, reuse=chunks)
+        assert chunks and all(c.prepared.released for c in chunks)
+        assert not any(chunks[0].prepared.visuals[0][0].frames.strides)  # the stand-in's frames hold no memory
+        want = engine.run(entries, [QUESTION, "What changed?"], method=method, tokens=10, max_new_tokens=NEW)
+        assert [r["answer"] for r in got] == [a.answer for a in want], method
+        assert [r["vision_tokens"]["inputs"] for r in got] == [a.vision_inputs for a in want]
+
+
 def test_show_draws_a_video_as_a_contact_sheet(qwen25, clip, tmp_path):
     """A panel per temporal grid, each grid's tokens covering its frame once over; `mmtok show` writes the sheet."""
     from typer.testing import CliRunner

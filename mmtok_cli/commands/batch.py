@@ -188,7 +188,7 @@ def batch(
 
             pictures = prepare_picture_dir(show_dir)
         from ..batch import BatchOptions, BatchProgress, BatchRunner, print_summary
-        from ..io import RecordWriter
+        from ..io import RecordWriter, WriteError
 
         options = BatchOptions(tokens=tokens, method=method, max_new_tokens=max_new_tokens,
                                batch_size=batch_size, compare=compare, debug=debug, show_dir=pictures,
@@ -231,6 +231,8 @@ def batch(
                 err.print(f"[red]interrupted[/]; records written so far are complete: rerun with --resume "
                           f"to continue{'' if out != '-' else ' (needs --out FILE)'}", highlight=False)
                 raise typer.Exit(130) from None
+            except WriteError as exc:  # a full disk: say what is safe and how to go on
+                raise writer.stopped(exc) from None
             finally:
                 writer.close()
         print_summary(err, summary, plan, out, batch_size)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -119,6 +118,7 @@ def eval_command(
       mmtok eval coco_pope_random.json coco_pope_popular.json --images val2014 --tokens 64,4 --methods mmtok
     """
     from ..evaluate import load_labelled, parse_methods, parse_tokens
+    from ..io import RecordWriter
 
     def work() -> None:
         budgets, chosen = parse_tokens(tokens), parse_methods(methods)
@@ -140,7 +140,7 @@ def eval_command(
         from .. import evaluate as ev
 
         engine, _ = load_engine(model, device, dtype, agent_model, cache_mb, pan_and_scan)
-        sink = predictions_path.open("w", encoding="utf-8") if predictions_path else None
+        sink = RecordWriter(str(predictions_path), append=False, option="--predictions") if predictions_path else None
         reports = []
         try:
             with err.status("evaluating …") as status:
@@ -150,8 +150,7 @@ def eval_command(
                         engine, items, methods=chosen, budgets=budgets, base=base, batch_size=batch_size,
                         max_new_tokens=max_new_tokens,
                         progress=lambda text: status.update(f"evaluating: {escape(name + text)}"),
-                        predictions=(lambda rows: sink.writelines(json.dumps({"data": str(path), **r}) + "\n"
-                                                                  for r in rows)) if sink else None,
+                        predictions=(lambda rows: sink.write([{"data": str(path), **r} for r in rows])) if sink else None,
                         agent=agent, agent_tokens=agent_tokens,
                         selection=selection, post_prompt=post_prompt,
                     )
@@ -159,13 +158,13 @@ def eval_command(
         finally:
             if sink:
                 sink.close()
+        for report in reports:  # first: an output that fails to write (a full disk) must not take the table along
+            _print_eval(report)
         if json_path is not None:
             several = {"model": engine.model_name, "files": reports}
             ev.write_json(reports[0] if len(reports) == 1 else several, json_path)
         if plot_path is not None:
             ev.plot(reports, plot_path)
-        for report in reports:
-            _print_eval(report)
 
     guarded(debug, work)
 

@@ -125,11 +125,13 @@ def profile(
             )
         report["load_s"] = round(load_s, 2)
         report["wall_s"] = round(time.perf_counter() - start, 2)
+        _print_profile(report)  # first: an output that fails to write (a full disk) must not take the table along
         if json_path is not None:
-            json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+            from ..io import write_text
+
+            write_text(json_path, json.dumps(report, indent=2) + "\n", "--json")
         if plot_path is not None:
             prof.plot(report, plot_path)
-        _print_profile(report)
 
     guarded(debug, work)
 

@@ -241,6 +241,22 @@ def as_visuals(entry: Any) -> list[Any]:
     return list(entry) if isinstance(entry, (list, tuple)) else [entry]
 
 
+@dataclass(frozen=True)
+class Released:
+    """An image let go after preprocessing (`Prepared.drop_images`): its size, no pixels."""
+
+    size: tuple[int, int]
+    """(width, height), as PIL's `Image.size`."""
+
+
+def _released(entry: Any) -> Any:
+    if isinstance(entry, (list, tuple)):
+        return [_released(v) for v in entry]
+    if is_video(entry):
+        return entry.released()
+    return entry if isinstance(entry, Released) else Released(tuple(entry.size))
+
+
 @dataclass
 class Prepared:
     """Processor outputs for a batch, plus what the processor does not keep."""
@@ -252,11 +268,30 @@ class Prepared:
     order, each row's in prompt order (one per row where every item is one image)."""
     images: list[Any] = field(default_factory=list)
     """What each row asks about, as given to `Engine.prepare`: an image, a video, or a list of them in prompt order
-    (for what needs their pixels later, such as `random`'s seed)."""
+    (for what needs their pixels later: the agent's second model, pictures of the kept regions, a video's timing).
+    After `drop_images`, stand-ins without pixels (`Released`, `Video.released`)."""
     keys: list[str] | None = None
     """Each row's cache key (`cache.visual_key`), set by `Engine.prepare`."""
     post_prompt: str | None = None
     """The instruction the prompts carry after each question (`Engine.prepare`); T leaves it out (text.py)."""
+    seeds: list[int] | None = None
+    """Each image's seed for `random` (`engine.image_seed`), set by `Engine.prepare(seeds=True)`; without it,
+    `random` computes them from `images`."""
+
+    released: bool = False
+    """`drop_images` let the originals go."""
+
+    def drop_images(self) -> None:
+        """Let go of the originals' pixels: the processor's outputs, keys and seeds are all that answering needs.
+        Each input keeps a stand-in with its kind and size (a video its frame indices and timing), which the rows'
+        layout and the records read."""
+        self.images = [_released(entry) for entry in self.images]
+        self.released = True
+
+    @property
+    def pixels(self) -> bool:
+        """Whether `images` are the originals, pixels and all."""
+        return bool(self.images) and not self.released
 
     @property
     def rows(self) -> int:
@@ -528,6 +563,7 @@ class Adapter(ABC):
             image_sizes=[prepared.image_sizes[i] for r in rows for i in range(firsts[r], firsts[r] + sizes[r])],
             images=[prepared.images[r] for r in rows] if prepared.images else [],
             keys=[prepared.keys[r] for r in rows] if prepared.keys else None,
+            seeds=[prepared.seeds[r] for r in rows] if prepared.seeds else None, released=prepared.released,
         )
 
     def text_tokens(
