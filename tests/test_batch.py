@@ -235,8 +235,10 @@ def test_interrupt_kill_and_resume_give_every_id_once(tiny_llava, images, tmp_pa
               "--device", TEST_DEVICE]
 
     # Ctrl-C while more input is still to come: exit 130 and whole lines only.
+    # A shell's background job ignores SIGINT and children inherit that: give the child Ctrl-C back.
     first = subprocess.Popen([sys.executable, "-m", "mmtok_cli", "batch", "-", *common], stdin=subprocess.PIPE,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=images)
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=images,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     _feed_until_written(first, lines[:10], out, 10)
     first.send_signal(signal.SIGINT)
     assert first.wait(60) == 130
